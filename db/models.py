@@ -1,0 +1,140 @@
+"""The schema: the database is the source of truth for every image's state."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on every backend; SQLite would otherwise hand back naive values."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+class ImageState(enum.StrEnum):
+    QUEUED = "queued"
+    SCORING = "scoring"
+    SCORED = "scored"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+
+class BatchState(enum.StrEnum):
+    SCORING = "scoring"
+    COMPLETE = "complete"
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON}
+
+
+class Batch(Base):
+    __tablename__ = "batch"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    name: Mapped[str] = mapped_column(String(255))
+    submitted_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    state: Mapped[str] = mapped_column(String(16), default=BatchState.SCORING.value)
+
+    images: Mapped[list[Image]] = relationship(back_populates="batch")
+
+
+class Image(Base):
+    __tablename__ = "image"
+    __table_args__ = (
+        # Batch progress is a GROUP BY state over one batch: this index answers it alone.
+        Index("ix_image_batch_state", "batch_id", "state"),
+        # The reconciler looks for stale queued/scoring images across all batches.
+        Index("ix_image_state_updated", "state", "updated_at"),
+        Index("ix_image_sha256", "sha256"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batch.id", ondelete="CASCADE"))
+    sha256: Mapped[str] = mapped_column(String(64))
+    original_name: Mapped[str] = mapped_column(String(1024))
+    storage_key: Mapped[str | None] = mapped_column(String(128))
+    size_bytes: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"))
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    format: Mapped[str | None] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), default=ImageState.QUEUED.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    enqueued_at: Mapped[datetime | None] = mapped_column()
+
+    batch: Mapped[Batch] = relationship(back_populates="images")
+    results: Mapped[list[Result]] = relationship(back_populates="image")
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(255))
+    threshold: Mapped[float] = mapped_column(Float)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Result(Base):
+    __tablename__ = "result"
+    __table_args__ = (
+        # Idempotency: a re-delivered task can never add a second result for the same model.
+        UniqueConstraint("image_id", "model_version_id", name="uq_result_image_model"),
+        Index("ix_result_flagged_p", "flagged", "p_leukemia"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("image.id", ondelete="CASCADE"))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_version.id"))
+    p_leukemia: Mapped[float] = mapped_column(Float)
+    flagged: Mapped[bool] = mapped_column(Boolean)
+    threshold: Mapped[float] = mapped_column(Float)
+    scored_at: Mapped[datetime] = mapped_column(default=utcnow)
+    worker: Mapped[str | None] = mapped_column(String(255))
+
+    image: Mapped[Image] = relationship(back_populates="results")
+    model_version: Mapped[ModelVersion] = relationship()

@@ -1,0 +1,101 @@
+"""Every setting LeukoScreen reads from the environment, in one place.
+
+Defaults are chosen so that a laptop runs the whole service with no external server:
+an SQLite database and Celery's filesystem transport under ``./var``. Production sets
+``DATABASE_URL`` (PostgreSQL) and ``BROKER_URL`` (Redis).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGED_MODEL = Path(__file__).resolve().parent.parent / "model" / "weights" / "lenet_lld.keras"
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw not in (None, "") else default
+
+
+def _env_str(name: str, default: str) -> str:
+    raw = os.environ.get(name)
+    return raw if raw not in (None, "") else default
+
+
+def _broker_url() -> str:
+    for name in ("BROKER_URL", "REDIS_URL", "CELERY_BROKER_URL"):
+        if os.environ.get(name):
+            return os.environ[name]
+    return "filesystem://"
+
+
+@dataclass(frozen=True)
+class Settings:
+    var_dir: Path
+    database_url: str
+    broker_url: str
+    storage_dir: Path
+    broker_dir: Path
+    model_path: Path
+    chunk_size: int
+    batch_size: int
+    max_file_bytes: int
+    max_request_bytes: int
+    max_image_pixels: int
+    max_zip_entries: int
+    max_zip_ratio: int
+    stale_after_s: int
+    max_attempts: int
+    reconcile_every_s: int
+    default_queue: str
+    secret_key: str = "dev-only-insecure-key"
+
+    @property
+    def uses_filesystem_broker(self) -> bool:
+        return self.broker_url.startswith("filesystem://")
+
+    @property
+    def broker_transport_options(self) -> dict[str, object]:
+        if not self.uses_filesystem_broker:
+            # Redis re-delivers unacknowledged tasks after this many seconds; it must exceed
+            # the longest chunk so that a slow chunk is not handed to a second worker.
+            return {"visibility_timeout": _env_int("LEUKOSCREEN_VISIBILITY_TIMEOUT", 3600)}
+        folder = str(self.broker_dir)
+        return {
+            "data_folder_in": folder,
+            "data_folder_out": folder,
+            "processed_folder": str(self.broker_dir / "processed"),
+            "store_processed": False,
+        }
+
+
+def load_settings() -> Settings:
+    var_dir = Path(_env_str("LEUKOSCREEN_VAR_DIR", "var")).resolve()
+    database_url = _env_str("DATABASE_URL", f"sqlite:///{var_dir / 'leukoscreen.db'}")
+    # Accept the URL form Heroku-style platforms hand out, and pick psycopg 3 explicitly.
+    if database_url.startswith("postgres://"):
+        database_url = "postgresql+psycopg://" + database_url[len("postgres://") :]
+    elif database_url.startswith("postgresql://"):
+        database_url = "postgresql+psycopg://" + database_url[len("postgresql://") :]
+    return Settings(
+        var_dir=var_dir,
+        database_url=database_url,
+        broker_url=_broker_url(),
+        storage_dir=Path(_env_str("LEUKOSCREEN_STORAGE_DIR", str(var_dir / "images"))).resolve(),
+        broker_dir=Path(_env_str("LEUKOSCREEN_BROKER_DIR", str(var_dir / "broker"))).resolve(),
+        model_path=Path(_env_str("LEUKOSCREEN_MODEL_PATH", str(PACKAGED_MODEL))).resolve(),
+        chunk_size=_env_int("LEUKOSCREEN_CHUNK_SIZE", 64),
+        batch_size=_env_int("LEUKOSCREEN_BATCH_SIZE", 32),
+        max_file_bytes=_env_int("LEUKOSCREEN_MAX_FILE_BYTES", 20 * 1024 * 1024),
+        max_request_bytes=_env_int("LEUKOSCREEN_MAX_REQUEST_BYTES", 2 * 1024 * 1024 * 1024),
+        max_image_pixels=_env_int("LEUKOSCREEN_MAX_IMAGE_PIXELS", 50_000_000),
+        max_zip_entries=_env_int("LEUKOSCREEN_MAX_ZIP_ENTRIES", 20_000),
+        max_zip_ratio=_env_int("LEUKOSCREEN_MAX_ZIP_RATIO", 200),
+        stale_after_s=_env_int("LEUKOSCREEN_STALE_AFTER_S", 900),
+        max_attempts=_env_int("LEUKOSCREEN_MAX_ATTEMPTS", 5),
+        reconcile_every_s=_env_int("LEUKOSCREEN_RECONCILE_EVERY_S", 60),
+        default_queue=_env_str("LEUKOSCREEN_QUEUE", "cpu"),
+        secret_key=_env_str("LEUKOSCREEN_SECRET_KEY", "dev-only-insecure-key"),
+    )

@@ -1,0 +1,107 @@
+"""Content-addressed storage of original uploads.
+
+Files are named by the SHA-256 of their bytes, written to a temporary file in the same
+directory tree and renamed into place, so a reader never sees a partial file and the same
+bytes uploaded twice are stored once. The directory can be a volume shared by hosts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+CHUNK = 1024 * 1024
+TMP_PREFIX = ".incoming-"
+
+
+class TooLarge(Exception):
+    """The stream carried more bytes than the per-file limit."""
+
+
+@dataclass(frozen=True)
+class Staged:
+    """Bytes received into a temporary file, hashed, not yet committed to the store."""
+
+    path: Path
+    sha256: str
+    size: int
+
+
+class ContentStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp_dir = root / "tmp"
+
+    def path_for(self, key: str) -> Path:
+        if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+            raise ValueError(f"not a SHA-256 storage key: {key!r}")
+        return self.root / key[:2] / key[2:4] / key
+
+    def exists(self, key: str) -> bool:
+        return self.path_for(key).is_file()
+
+    def stage(self, stream: BinaryIO | Iterable[bytes], max_bytes: int) -> Staged:
+        """Copy a stream to a temporary file while hashing it, never holding it all in memory."""
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        size = 0
+        fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=self.tmp_dir)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                chunks = (
+                    iter(lambda: stream.read(CHUNK), b"") if hasattr(stream, "read") else stream
+                )
+                for chunk in chunks:
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise TooLarge(f"file is larger than the {max_bytes} byte limit")
+                    digest.update(chunk)
+                    out.write(chunk)
+        except BaseException:
+            Path(name).unlink(missing_ok=True)
+            raise
+        return Staged(path=Path(name), sha256=digest.hexdigest(), size=size)
+
+    def commit(self, staged: Staged) -> str:
+        """Move a staged file to its content address; an existing copy is kept as it is."""
+        final = self.path_for(staged.sha256)
+        if final.exists():
+            staged.path.unlink(missing_ok=True)
+            return staged.sha256
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with open(staged.path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        # link() fails if another writer won the race, so an existing file is never replaced.
+        try:
+            os.link(staged.path, final)
+        except FileExistsError:
+            pass
+        staged.path.unlink(missing_ok=True)
+        return staged.sha256
+
+    def discard(self, staged: Staged) -> None:
+        staged.path.unlink(missing_ok=True)
+
+    def read(self, key: str) -> bytes:
+        return self.path_for(key).read_bytes()
+
+    def sweep_temporary(self, older_than_s: float = 0) -> int:
+        """Remove temporary files left by a process killed mid-upload."""
+        if not self.tmp_dir.is_dir():
+            return 0
+        removed = 0
+        cutoff = time.time() - older_than_s
+        for entry in self.tmp_dir.glob(TMP_PREFIX + "*"):
+            try:
+                if entry.stat().st_mtime <= cutoff:
+                    entry.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed

@@ -1,0 +1,55 @@
+"""The one preprocessing path shared by training, evaluation and the workers.
+
+Bytes -> RGB pixels (EXIF orientation honoured, any Pillow mode normalised) -> 256x256
+bilinear resize -> float32 scaled by 1/255, as in the thesis. It uses only Pillow and
+NumPy so that it can run anywhere, TensorFlow or not.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageOps
+
+TARGET_SIZE = (256, 256)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16-bit and float images: stretch the value range to 8 bits instead of letting
+        # Pillow clip everything above 255 to white.
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        arr8 = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, mode="L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Transparent areas become white, the colour of an empty slide background.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_rgb(data: bytes, target_size: tuple[int, int] = TARGET_SIZE) -> Image.Image:
+    """Decode image bytes to an upright RGB image (first frame of animations)."""
+    img = Image.open(io.BytesIO(data))
+    if img.format == "JPEG":
+        # Let libjpeg decode big images at a reduced scale; a no-op for small ones.
+        img.draft("RGB", target_size)
+    img = ImageOps.exif_transpose(img)
+    return _to_rgb(img)
+
+
+def to_model_input(img: Image.Image, target_size: tuple[int, int] = TARGET_SIZE) -> np.ndarray:
+    """Resize an RGB image and scale it to float32 in [0, 1], shape (H, W, 3)."""
+    if img.size != target_size:
+        img = img.resize(target_size, Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.float32) * np.float32(1.0 / 255.0)
+
+
+def preprocess(data: bytes, target_size: tuple[int, int] = TARGET_SIZE) -> np.ndarray:
+    """Image bytes to the network's input tensor for one image."""
+    return to_model_input(load_rgb(data, target_size), target_size)
