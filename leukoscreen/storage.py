@@ -7,6 +7,7 @@ bytes uploaded twice are stored once. The directory can be a volume shared by ho
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -78,10 +79,8 @@ class ContentStore:
         with open(staged.path, "rb+") as fh:
             os.fsync(fh.fileno())
         # link() fails if another writer won the race, so an existing file is never replaced.
-        try:
+        with contextlib.suppress(FileExistsError):
             os.link(staged.path, final)
-        except FileExistsError:
-            pass
         staged.path.unlink(missing_ok=True)
         return staged.sha256
 

@@ -1,0 +1,42 @@
+"""The Flask intake API. It stores uploads and signals workers; it never imports TensorFlow."""
+
+from __future__ import annotations
+
+from celery import Celery
+from flask import Flask
+
+from db.session import engine_for, session_factory
+from leukoscreen.config import Settings, load_settings
+from leukoscreen.storage import ContentStore
+
+
+def create_app(settings: Settings | None = None, celery: Celery | None = None) -> Flask:
+    settings = settings or load_settings()
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        # Werkzeug spools parts above this to disk, so a large upload never sits in memory.
+        MAX_FORM_MEMORY_SIZE=1024 * 1024,
+        MAX_FORM_PARTS=100_000,
+        JSON_SORT_KEYS=False,
+    )
+    if celery is None:
+        from worker.celery_app import make_celery
+
+        celery = make_celery(settings)
+    store = ContentStore(settings.storage_dir)
+    store.sweep_temporary()
+    app.extensions["leukoscreen"] = {
+        "settings": settings,
+        "sessions": session_factory(engine_for(settings.database_url)),
+        "store": store,
+        "celery": celery,
+    }
+
+    from api import batches, errors, health
+
+    errors.register(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(batches.bp)
+    return app

@@ -1,0 +1,232 @@
+"""Batch intake, progress and results: the JSON API under /api/v1."""
+
+from __future__ import annotations
+
+import csv
+import io
+import mimetypes
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, send_file, stream_with_context, url_for
+from sqlalchemy import func, select
+
+from api import context
+from api.errors import ApiError
+from api.intake import FileOutcome, Intake
+from db.models import Batch, BatchState, Image, ImageState
+from db.progress import RESULT_COLUMNS, batch_progress, iter_batch_results
+from worker.dispatch import enqueue_images
+
+bp = Blueprint("batches", __name__, url_prefix="/api/v1")
+
+MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "TIFF": "image/tiff"}
+
+
+def _submitter() -> str:
+    return (
+        request.form.get("submitted_by") or request.headers.get("X-Submitted-By") or "anonymous"
+    )[:255]
+
+
+def _outcome_json(o: FileOutcome, image_id: int | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"file": o.name, "status": o.status}
+    if image_id is not None:
+        body["image_id"] = image_id
+    if o.sha256:
+        body["sha256"] = o.sha256
+    if o.reason:
+        body["reason"] = o.reason
+    return body
+
+
+def _uploads() -> list[tuple[str, Any]]:
+    files = request.files.getlist("images") + request.files.getlist("archive")
+    if not files:
+        other = sorted(request.files.keys())
+        hint = f" (got file fields {other})" if other else ""
+        raise ApiError(400, f"no files: send them as multipart form field 'images'{hint}")
+    return [(f.filename or "unnamed", f.stream) for f in files]
+
+
+def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
+    uploads = _uploads()
+    settings, sessions = context.settings(), context.sessions()
+    known: dict[str, str] = {}
+    if batch is not None:
+        with sessions() as session:
+            known = dict(
+                session.execute(
+                    select(Image.sha256, Image.original_name).where(
+                        Image.batch_id == batch.id, Image.state != ImageState.REJECTED.value
+                    )
+                ).all()
+            )
+    intake = Intake(settings, context.store(), known)
+    for filename, stream in uploads:
+        intake.add_upload(filename, stream)
+    report = intake.report
+
+    accepted = [o for o in report.outcomes if o.status == "accepted"]
+    if not accepted:
+        raise ApiError(
+            422,
+            "no usable image in the request",
+            files=[_outcome_json(o, None) for o in report.outcomes],
+        )
+
+    now = datetime.now(UTC)
+    with sessions.begin() as session:
+        if batch is None:
+            batch = Batch(
+                name=(name or f"batch {now:%Y-%m-%d %H:%M:%S}")[:255],
+                submitted_by=_submitter(),
+                created_at=now,
+            )
+            session.add(batch)
+        else:
+            batch = session.merge(batch)
+            batch.state = BatchState.SCORING.value
+        images: list[tuple[FileOutcome, Image | None]] = []
+        for o in report.outcomes:
+            if o.status == "duplicate":
+                images.append((o, None))
+                continue
+            image = Image(
+                batch=batch,
+                sha256=o.sha256 or "",
+                original_name=o.name[:1024],
+                storage_key=o.sha256 if o.status == "accepted" else None,
+                size_bytes=o.size,
+                width=o.width,
+                height=o.height,
+                format=o.format,
+                state=ImageState.QUEUED.value
+                if o.status == "accepted"
+                else ImageState.REJECTED.value,
+                error=o.reason,
+                created_at=now,
+                updated_at=now,
+            )
+            session.add(image)
+            images.append((o, image))
+        session.flush()
+        batch_id = batch.id
+        rows = [_outcome_json(o, img.id if img else None) for o, img in images]
+        queued_ids = [img.id for o, img in images if img is not None and o.status == "accepted"]
+
+    # Enqueue only after the commit: a worker must find the rows it is told about.
+    enqueued = enqueue_images(
+        context.celery(), sessions, queued_ids, settings.chunk_size, settings.default_queue
+    )
+    body = {
+        "batch_id": batch_id,
+        "accepted": len(accepted),
+        "rejected": report.count("rejected"),
+        "duplicate": report.count("duplicate"),
+        "enqueued": enqueued,
+        "files": rows,
+    }
+    if enqueued < len(queued_ids):
+        body["note"] = (
+            "broker unavailable: images are stored and will be queued automatically when it is back"
+        )
+    response = jsonify(body)
+    response.headers["Location"] = url_for("batches.get_batch", batch_id=batch_id)
+    return response, 202
+
+
+@bp.post("/batches")
+def create_batch():  # type: ignore[no-untyped-def]
+    return _intake(None, request.form.get("name"))
+
+
+def _load_batch(batch_id: str) -> Batch:
+    with context.sessions()() as session:
+        batch = session.get(Batch, batch_id)
+        if batch is None:
+            raise ApiError(404, f"no batch {batch_id}")
+        return batch
+
+
+@bp.post("/batches/<batch_id>/images")
+def add_to_batch(batch_id: str):  # type: ignore[no-untyped-def]
+    return _intake(_load_batch(batch_id), None)
+
+
+def _batch_json(batch: Batch) -> dict[str, Any]:
+    with context.sessions()() as session:
+        progress = batch_progress(session, batch.id)
+    return {
+        "id": batch.id,
+        "name": batch.name,
+        "submitted_by": batch.submitted_by,
+        "created_at": batch.created_at.isoformat(),
+        "state": batch.state,
+        **progress.as_dict(),
+        "results_url": url_for("batches.batch_results", batch_id=batch.id),
+    }
+
+
+@bp.get("/batches")
+def list_batches():  # type: ignore[no-untyped-def]
+    limit = min(request.args.get("limit", 50, type=int) or 50, 500)
+    with context.sessions()() as session:
+        batches = session.scalars(
+            select(Batch).order_by(Batch.created_at.desc()).limit(limit)
+        ).all()
+    return jsonify(batches=[_batch_json(b) for b in batches])
+
+
+@bp.get("/batches/<batch_id>")
+def get_batch(batch_id: str):  # type: ignore[no-untyped-def]
+    return jsonify(_batch_json(_load_batch(batch_id)))
+
+
+def _csv_lines(batch_id: str) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS)
+    writer.writeheader()
+    with context.sessions()() as session:
+        for row in iter_batch_results(session, batch_id):
+            writer.writerow(row)
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+@bp.get("/batches/<batch_id>/results")
+def batch_results(batch_id: str):  # type: ignore[no-untyped-def]
+    batch = _load_batch(batch_id)
+    if request.args.get("format") == "csv":
+        response = Response(stream_with_context(_csv_lines(batch.id)), mimetype="text/csv")
+        response.headers["Content-Disposition"] = f'attachment; filename="batch-{batch.id}.csv"'
+        return response
+    after = request.args.get("after_id", 0, type=int) or 0
+    limit = min(request.args.get("limit", 1000, type=int) or 1000, 10_000)
+    with context.sessions()() as session:
+        rows = list(iter_batch_results(session, batch.id, after_id=after, limit=limit))
+        total = session.scalar(
+            select(func.count()).select_from(Image).where(Image.batch_id == batch.id)
+        )
+    body: dict[str, Any] = {"batch_id": batch.id, "total": total, "results": rows}
+    if len(rows) == limit:
+        body["next_after_id"] = rows[-1]["image_id"]
+    return jsonify(body)
+
+
+@bp.get("/images/<int:image_id>")
+def get_image(image_id: int):  # type: ignore[no-untyped-def]
+    with context.sessions()() as session:
+        image = session.get(Image, image_id)
+        if image is None:
+            raise ApiError(404, f"no image {image_id}")
+        if image.storage_key is None:
+            raise ApiError(404, f"image {image_id} was rejected and not stored: {image.error}")
+    path = context.store().path_for(image.storage_key)
+    # Served with the type Pillow detected, never guessed from the uploaded name.
+    mimetype = MIME.get(image.format or "", "application/octet-stream")
+    ext = mimetypes.guess_extension(mimetype) or ""
+    return send_file(path, mimetype=mimetype, download_name=f"image-{image_id}{ext}", max_age=3600)

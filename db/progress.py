@@ -1,0 +1,151 @@
+"""Batch progress and result listings, derived from image states in SQL (never from Celery)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.orm import Session
+
+from db.models import Batch, BatchState, Image, ImageState, ModelVersion, Result
+
+PENDING = (ImageState.QUEUED.value, ImageState.SCORING.value)
+
+
+@dataclass(frozen=True)
+class Progress:
+    counts: dict[str, int]
+    flagged: int
+    first_scored_at: datetime | None
+    last_scored_at: datetime | None
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def pending(self) -> int:
+        return sum(self.counts.get(s, 0) for s in PENDING)
+
+    @property
+    def done(self) -> int:
+        return self.total - self.pending
+
+    def eta_seconds(self, now: datetime | None = None) -> float | None:
+        """Remaining images divided by the rate at which this batch has been scored so far."""
+        if self.pending == 0:
+            return 0.0
+        scored = self.counts.get(ImageState.SCORED.value, 0)
+        if not scored or self.first_scored_at is None:
+            return None
+        now = now or datetime.now(UTC)
+        elapsed = (now - self.first_scored_at).total_seconds()
+        if elapsed <= 0:
+            return None
+        return round(self.pending / (scored / elapsed), 1)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "counts": {s.value: self.counts.get(s.value, 0) for s in ImageState},
+            "total": self.total,
+            "done": self.done,
+            "pending": self.pending,
+            "failed": self.counts.get(ImageState.FAILED.value, 0),
+            "rejected": self.counts.get(ImageState.REJECTED.value, 0),
+            "flagged": self.flagged,
+            "progress": round(self.done / self.total, 4) if self.total else 1.0,
+            "eta_seconds": self.eta_seconds(),
+        }
+
+
+def batch_progress(session: Session, batch_id: str) -> Progress:
+    rows = session.execute(
+        select(Image.state, func.count()).where(Image.batch_id == batch_id).group_by(Image.state)
+    ).all()
+    flagged, first, last = session.execute(
+        select(
+            func.count().filter(Result.flagged.is_(True)),
+            func.min(Result.scored_at),
+            func.max(Result.scored_at),
+        )
+        .join(Image, Image.id == Result.image_id)
+        .where(Image.batch_id == batch_id)
+    ).one()
+    return Progress(
+        counts={state: n for state, n in rows},
+        flagged=int(flagged or 0),
+        first_scored_at=first,
+        last_scored_at=last,
+    )
+
+
+def mark_complete_batches(session: Session, batch_ids: set[str]) -> None:
+    """Set a batch complete once none of its images is waiting or being scored."""
+    if not batch_ids:
+        return
+    waiting = (
+        select(Image.id).where(and_(Image.batch_id == Batch.id, Image.state.in_(PENDING))).exists()
+    )
+    session.execute(
+        update(Batch)
+        .where(Batch.id.in_(batch_ids), ~waiting)
+        .values(state=BatchState.COMPLETE.value)
+        .execution_options(synchronize_session=False)
+    )
+
+
+RESULT_COLUMNS = (
+    "image_id",
+    "file_name",
+    "sha256",
+    "state",
+    "p_leukemia",
+    "flagged",
+    "threshold",
+    "model_version",
+    "model_sha256",
+    "scored_at",
+    "error",
+)
+
+
+def iter_batch_results(
+    session: Session, batch_id: str, after_id: int = 0, limit: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """One row per image in id order, with its latest result if it has one."""
+    stmt = (
+        select(Image, Result, ModelVersion)
+        .outerjoin(Result, Result.image_id == Image.id)
+        .outerjoin(ModelVersion, ModelVersion.id == Result.model_version_id)
+        .where(Image.batch_id == batch_id, Image.id > after_id)
+        .order_by(Image.id, Result.scored_at)
+        .execution_options(yield_per=500)
+    )
+    pending: dict[str, Any] | None = None
+    emitted = 0
+    for image, result, version in session.execute(stmt):
+        row = {
+            "image_id": image.id,
+            "file_name": image.original_name,
+            "sha256": image.sha256,
+            "state": image.state,
+            "p_leukemia": result.p_leukemia if result else None,
+            "flagged": result.flagged if result else None,
+            "threshold": result.threshold if result else None,
+            "model_version": version.name if version else None,
+            "model_sha256": version.sha256 if version else None,
+            "scored_at": result.scored_at.isoformat() if result else None,
+            "error": image.error,
+        }
+        # Rows of one image are adjacent and ordered by time: keep the newest.
+        if pending is not None and pending["image_id"] != row["image_id"]:
+            yield pending
+            emitted += 1
+            if limit is not None and emitted >= limit:
+                return
+        pending = row
+    if pending is not None:
+        yield pending

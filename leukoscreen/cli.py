@@ -1,0 +1,261 @@
+"""The ``leukoscreen`` command: one entry point for operators, labs and developers."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from leukoscreen.config import load_settings
+
+
+def _db(args: argparse.Namespace) -> int:
+    from db import migrate
+
+    if args.action == "upgrade":
+        migrate.upgrade(revision=args.revision or "head")
+    elif args.action == "downgrade":
+        migrate.downgrade(revision=args.revision or "-1")
+    elif args.action == "revision":
+        from alembic import command
+
+        command.revision(migrate.alembic_config(), message=args.message, autogenerate=True)
+    print(f"database {args.action}: done ({_redacted(load_settings().database_url)})")
+    return 0
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _api(args: argparse.Namespace) -> int:
+    if args.dev:
+        from api import create_app
+
+        create_app().run(host=args.host, port=args.port, threaded=True)
+        return 0
+    gunicorn = shutil.which("gunicorn") or str(Path(sys.executable).with_name("gunicorn"))
+    os.execv(
+        gunicorn,
+        [
+            gunicorn,
+            "--bind",
+            f"{args.host}:{args.port}",
+            "--workers",
+            str(args.workers),
+            "--timeout",
+            "600",
+            "api.wsgi:app",
+        ],
+    )
+    return 0  # unreachable: execv replaces this process
+
+
+def _gpu_count() -> int:
+    """Count GPUs without importing TensorFlow in the prefork parent."""
+    if os.environ.get("LEUKOSCREEN_GPU_COUNT"):
+        return int(os.environ["LEUKOSCREEN_GPU_COUNT"])
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return 0
+    out = subprocess.run([smi, "-L"], capture_output=True, text=True, check=False).stdout
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from worker.celery_app import app
+
+    argv = [
+        "worker",
+        "-Q",
+        args.queue,
+        "--loglevel",
+        args.loglevel,
+        "-n",
+        f"{args.queue}-{os.getpid()}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    concurrency = args.concurrency
+    if args.queue == "gpu":
+        gpus = _gpu_count()
+        if gpus == 0:
+            print(
+                "no GPU found (nvidia-smi -L); set LEUKOSCREEN_GPU_COUNT to override",
+                file=sys.stderr,
+            )
+            return 2
+        os.environ["LEUKOSCREEN_GPU_COUNT"] = str(gpus)
+        concurrency = concurrency or gpus
+    argv += ["--concurrency", str(concurrency or 1)]
+    if args.max_tasks_per_child:
+        argv += ["--max-tasks-per-child", str(args.max_tasks_per_child)]
+    if args.beat:
+        argv += ["--beat", "--schedule", str(load_settings().var_dir / "celerybeat-schedule")]
+    app.worker_main(argv)
+    return 0
+
+
+def _beat(args: argparse.Namespace) -> int:
+    from worker.celery_app import app
+
+    app.start(
+        [
+            "beat",
+            "--loglevel",
+            args.loglevel,
+            "--schedule",
+            str(load_settings().var_dir / "celerybeat-schedule"),
+        ]
+    )
+    return 0
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from db.session import engine_for, session_factory
+    from worker.celery_app import app
+    from worker.reconcile import reconcile
+
+    settings = load_settings()
+    report = reconcile(app, session_factory(engine_for(settings.database_url)), settings)
+    print(json.dumps(asdict(report)))
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from leukoscreen.submit import run_submit
+
+    return run_submit(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from leukoscreen.serve import run_serve
+
+    return run_serve(args)
+
+
+def _model_init(args: argparse.Namespace) -> int:
+    import keras
+
+    from model.architecture import build_lenet_lld
+    from model.card import card_path
+
+    keras.utils.set_random_seed(args.seed)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    build_lenet_lld().save(out)
+    card_path(out).write_text(
+        json.dumps(
+            {
+                "name": f"lenet_lld-untrained-seed{args.seed}",
+                "threshold": args.threshold,
+                "output": "p_leukemia",
+                "metrics": {},
+                "warning": "random weights for plumbing tests only; not a screening model",
+            },
+            indent=2,
+        )
+    )
+    print(f"wrote untrained LeNet-LLD to {out}")
+    return 0
+
+
+def _delegate(module: str):  # type: ignore[no-untyped-def]
+    """Training and evaluation live in model/ and need the 'train' extra."""
+
+    def run(args: argparse.Namespace) -> int:
+        return importlib.import_module(module).run(args)
+
+    return run
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="leukoscreen", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("db", help="database schema (Alembic)")
+    p.add_argument("action", choices=["upgrade", "downgrade", "revision"])
+    p.add_argument("revision", nargs="?", help="target revision (default head / -1)")
+    p.add_argument("-m", "--message", default="schema change")
+    p.set_defaults(func=_db)
+
+    p = sub.add_parser("api", help="run the intake API under gunicorn")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--dev", action="store_true", help="Flask's own server, one process")
+    p.set_defaults(func=_api)
+
+    p = sub.add_parser("worker", help="run a scoring worker")
+    p.add_argument("--queue", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=0,
+        help="processes (default 1 on CPU: TensorFlow uses every core; 1 per GPU)",
+    )
+    p.add_argument("--max-tasks-per-child", type=int, default=0)
+    p.add_argument("--beat", action="store_true", help="also run the reconciler schedule")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=_worker)
+
+    p = sub.add_parser("beat", help="run the periodic reconciler schedule")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=_beat)
+
+    p = sub.add_parser("reconcile", help="re-enqueue stale images once, now")
+    p.set_defaults(func=_reconcile)
+
+    p = sub.add_parser("submit", help="upload a folder or files as a batch")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--url", default=os.environ.get("LEUKOSCREEN_URL", "http://127.0.0.1:8000"))
+    p.add_argument("--name")
+    p.add_argument("--submitted-by", default=os.environ.get("USER", "cli"))
+    p.add_argument("--part-files", type=int, default=200, help="files per upload request")
+    p.add_argument("--part-bytes", type=int, default=64 * 1024 * 1024)
+    p.add_argument("--wait", action="store_true", help="wait until every image is scored")
+    p.add_argument("--csv", help="write the results CSV here (implies --wait)")
+    p.add_argument("--timeout", type=float, default=3600)
+    p.set_defaults(func=_submit)
+
+    p = sub.add_parser("serve", help="API + worker + reconciler in one command (embedded defaults)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("model-init", help="write an untrained LeNet-LLD (plumbing tests only)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.set_defaults(func=_model_init)
+
+    for name, module in (("train", "model.train"), ("evaluate", "model.evaluate")):
+        p = sub.add_parser(name, help=f"{name} the screening model (needs the 'train' extra)")
+        # Imported only when asked for: these modules pull in TensorFlow and matplotlib.
+        if command == name:
+            importlib.import_module(module).add_arguments(p)
+            p.set_defaults(func=_delegate(module))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

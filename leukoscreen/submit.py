@@ -1,0 +1,146 @@
+"""``leukoscreen submit``: upload a folder as one batch, in parts, and follow it to the end."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import requests
+from tqdm import tqdm
+
+
+def collect_files(paths: list[str]) -> list[tuple[Path, str]]:
+    """(path, name to report) for every file; names are relative to the folder given."""
+    found: list[tuple[Path, str]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for f in sorted(path.rglob("*")):
+                rel = f.relative_to(path)
+                if f.is_file() and not any(part.startswith(".") for part in rel.parts):
+                    found.append((f, rel.as_posix()))
+        elif path.is_file():
+            found.append((path, path.name))
+        else:
+            raise FileNotFoundError(f"no such file or folder: {raw}")
+    return found
+
+
+def plan_parts(
+    files: list[tuple[Path, str]], max_files: int, max_bytes: int
+) -> list[list[tuple[Path, str]]]:
+    parts: list[list[tuple[Path, str]]] = []
+    current: list[tuple[Path, str]] = []
+    size = 0
+    for item in files:
+        item_size = item[0].stat().st_size
+        if current and (len(current) >= max_files or size + item_size > max_bytes):
+            parts.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += item_size
+    if current:
+        parts.append(current)
+    return parts
+
+
+class SubmitError(RuntimeError):
+    pass
+
+
+def upload_part(
+    http: requests.Session,
+    base: str,
+    batch_id: str | None,
+    part: list[tuple[Path, str]],
+    name: str | None,
+    submitted_by: str,
+) -> dict[str, Any]:
+    url = (
+        f"{base}/api/v1/batches" if batch_id is None else f"{base}/api/v1/batches/{batch_id}/images"
+    )
+    with ExitStack() as stack:
+        files = [
+            ("images", (label, stack.enter_context(open(path, "rb")), "application/octet-stream"))
+            for path, label in part
+        ]
+        data = {"submitted_by": submitted_by}
+        if name and batch_id is None:
+            data["name"] = name
+        response = http.post(url, files=files, data=data, timeout=600)
+    if response.status_code in (202, 422):
+        return response.json()
+    raise SubmitError(f"upload refused: HTTP {response.status_code}: {response.text[:500]}")
+
+
+def wait_for(http: requests.Session, base: str, batch_id: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    status = http.get(f"{base}/api/v1/batches/{batch_id}", timeout=60).json()
+    with tqdm(total=status["total"], desc="scoring", unit="img") as bar:
+        while True:
+            bar.total = status["total"]
+            bar.n = status["done"]
+            bar.set_postfix(flagged=status["flagged"], failed=status["failed"])
+            bar.refresh()
+            if status["pending"] == 0:
+                return status
+            if time.monotonic() > deadline:
+                raise SubmitError(f"batch {batch_id} not finished after {timeout:.0f} s")
+            time.sleep(1.0)
+            status = http.get(f"{base}/api/v1/batches/{batch_id}", timeout=60).json()
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    base = args.url.rstrip("/")
+    files = collect_files(args.paths)
+    if not files:
+        print("nothing to upload", file=sys.stderr)
+        return 2
+    http = requests.Session()
+    batch_id: str | None = None
+    counts = {"accepted": 0, "rejected": 0, "duplicate": 0}
+    problems: list[dict[str, Any]] = []
+    with tqdm(
+        total=sum(p.stat().st_size for p, _ in files), desc="uploading", unit="B", unit_scale=True
+    ) as bar:
+        for part in plan_parts(files, args.part_files, args.part_bytes):
+            body = upload_part(http, base, batch_id, part, args.name, args.submitted_by)
+            batch_id = body.get("batch_id", batch_id)
+            for key in counts:
+                counts[key] += body.get(key, 0)
+            for row in body.get("files", []):
+                if row["status"] != "accepted":
+                    problems.append(row)
+                    if "batch_id" not in body:  # a 422 part: nothing of it was recorded
+                        counts[row["status"]] += 1
+            bar.update(sum(p.stat().st_size for p, _ in part))
+    print(
+        f"batch {batch_id}: {counts['accepted']} accepted, {counts['rejected']} rejected, "
+        f"{counts['duplicate']} duplicate"
+    )
+    for row in problems:
+        print(f"  {row['status']:9s} {row['file']}: {row.get('reason', '')}")
+    if batch_id is None:
+        print("no file was accepted; no batch was created", file=sys.stderr)
+        return 1
+    if args.wait or args.csv:
+        status = wait_for(http, base, batch_id, args.timeout)
+        c = status["counts"]
+        print(
+            f"scored {c['scored']}, flagged {status['flagged']}, failed {c['failed']}, "
+            f"rejected {c['rejected']}"
+        )
+        if args.csv:
+            response = http.get(
+                f"{base}/api/v1/batches/{batch_id}/results", params={"format": "csv"}, timeout=600
+            )
+            response.raise_for_status()
+            Path(args.csv).write_bytes(response.content)
+            print(f"results written to {args.csv}")
+    else:
+        print(f"follow it at {base}/api/v1/batches/{batch_id}")
+    return 0

@@ -1,0 +1,49 @@
+"""The one Celery application. Importing it never imports TensorFlow (the API imports it)."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from leukoscreen.config import Settings, load_settings
+
+SCORE_TASK = "worker.tasks.score_images"
+RECONCILE_TASK = "worker.tasks.reconcile"
+QUEUES = ("cpu", "gpu")
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or load_settings()
+    if settings.uses_filesystem_broker:
+        settings.broker_dir.mkdir(parents=True, exist_ok=True)
+        (settings.broker_dir / "processed").mkdir(exist_ok=True)
+    app = Celery("leukoscreen", broker=settings.broker_url, include=["worker.tasks"])
+    app.conf.update(
+        # Results live in SQL; Celery's result backend would be a second, weaker copy.
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        # A task is acknowledged only after it finished, and re-queued if its process dies,
+        # so a killed worker never loses a chunk (scoring is idempotent, see worker.tasks).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_queues=[Queue(name) for name in QUEUES],
+        task_default_queue=settings.default_queue,
+        broker_transport_options=settings.broker_transport_options,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        worker_hijack_root_logger=False,
+        beat_schedule={
+            "reconcile-stale-images": {
+                "task": RECONCILE_TASK,
+                "schedule": float(settings.reconcile_every_s),
+                "options": {"queue": settings.default_queue, "expires": settings.reconcile_every_s},
+            }
+        },
+        timezone="UTC",
+    )
+    return app
+
+
+app = make_celery()

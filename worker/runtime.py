@@ -1,0 +1,84 @@
+"""Per-process worker state: settings, database, storage and the model, created after fork.
+
+TensorFlow must never be initialised in the prefork parent (children would hang), so the
+model is loaded lazily on the first task a child process runs, then kept for its lifetime.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cached_property
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.session import engine_for, session_factory
+from leukoscreen.config import Settings, load_settings
+from leukoscreen.storage import ContentStore
+from model.inference import LoadedModel, load_model
+from worker.scoring import register_model_version
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerRuntime:
+    settings: Settings
+
+    @cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        return session_factory(engine_for(self.settings.database_url))
+
+    @cached_property
+    def store(self) -> ContentStore:
+        return ContentStore(self.settings.storage_dir)
+
+    @cached_property
+    def model(self) -> LoadedModel:
+        configure_tensorflow()
+        loaded = load_model(self.settings.model_path, self.settings.batch_size)
+        log.info(
+            "loaded model %s (%s) threshold %.4f",
+            loaded.card.name,
+            loaded.sha256[:12],
+            loaded.card.threshold,
+        )
+        return loaded
+
+    @cached_property
+    def version_id(self) -> int:
+        return register_model_version(self.sessions, self.model)
+
+    @cached_property
+    def decode_pool(self) -> ThreadPoolExecutor:
+        # Pillow releases the GIL while decoding, so threads overlap decode with each other.
+        return ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
+
+
+def configure_tensorflow() -> None:
+    import tensorflow as tf
+
+    # A GPU worker shares its card with nobody else but should still not grab all memory up
+    # front: growth keeps room for the CUDA context of a restarted child.
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError as exc:  # already initialised in this process
+            log.warning("could not enable memory growth: %s", exc)
+
+
+_runtime: WorkerRuntime | None = None
+
+
+def runtime() -> WorkerRuntime:
+    global _runtime
+    if _runtime is None:
+        _runtime = WorkerRuntime(load_settings())
+    return _runtime
+
+
+def reset_runtime() -> None:
+    global _runtime
+    _runtime = None
