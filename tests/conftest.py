@@ -1,0 +1,129 @@
+"""Shared fixtures: generated images, real databases (SQLite and PostgreSQL), a real broker."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from sqlalchemy import create_engine, text
+
+from leukoscreen.config import Settings, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def smear_like_jpeg(seed: int, size: tuple[int, int] = (224, 224), quality: int = 90) -> bytes:
+    """A small image with pinkish background and purple blobs, unique per seed."""
+    rng = np.random.default_rng(seed)
+    h, w = size[1], size[0]
+    img = np.empty((h, w, 3), dtype=np.float32)
+    img[...] = (225, 200, 210)
+    yy, xx = np.mgrid[0:h, 0:w]
+    for _ in range(int(rng.integers(3, 8))):
+        cy, cx, r = rng.integers(0, h), rng.integers(0, w), rng.integers(8, 30)
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+        img[mask] = rng.integers(60, 160, size=3)
+    img += rng.normal(0, 6, img.shape)
+    buf = io.BytesIO()
+    PILImage.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def make_jpeg() -> Callable[..., bytes]:
+    return smear_like_jpeg
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Embedded defaults in a temporary folder: SQLite + filesystem broker."""
+    base = load_settings()
+    var = tmp_path / "var"
+    return replace(
+        base,
+        var_dir=var,
+        database_url=f"sqlite:///{var / 'test.db'}",
+        broker_url="filesystem://",
+        storage_dir=var / "images",
+        broker_dir=var / "broker",
+        chunk_size=8,
+        batch_size=8,
+    )
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh schema in the test database, dropped afterwards."""
+    if not _reachable("127.0.0.1", 5432):
+        pytest.fail("PostgreSQL is not running at 127.0.0.1:5432 (.ci/run starts it)")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    """The same test on both supported databases, schema created by Alembic."""
+    from db import migrate
+
+    if request.param == "postgresql":
+        settings = replace(settings, database_url=request.getfixturevalue("postgres_url"))
+    migrate.upgrade(settings.database_url)
+    return settings
+
+
+@pytest.fixture
+def redis_url() -> str:
+    if not _reachable("127.0.0.1", 6379):
+        pytest.fail("Redis is not running at 127.0.0.1:6379 (.ci/run starts it)")
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained LeNet-LLD weights file: the pipeline must run with any such file."""
+    out = tmp_path_factory.mktemp("model") / "lenet_lld_test.keras"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "leukoscreen.cli",
+            "model-init",
+            "--out",
+            str(out),
+            "--threshold",
+            "0.5",
+        ],
+        check=True,
+        cwd=REPO,
+        capture_output=True,
+    )
+    return out
