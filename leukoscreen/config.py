@@ -68,6 +68,8 @@ class Settings:
             "data_folder_out": folder,
             "processed_folder": str(self.broker_dir / "processed"),
             "store_processed": False,
+            # The filesystem transport polls; the default 1 s gap caps it at one chunk a second.
+            "polling_interval": 0.1,
         }
 
 

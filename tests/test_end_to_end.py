@@ -1,0 +1,195 @@
+"""The whole service as separate real processes: gunicorn API, Celery worker, broker, database."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import create_engine, func, select
+
+from db import migrate
+from db.models import Image, Result
+from tests.conftest import REPO, smear_like_jpeg
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """Starts and stops the project's own commands with one shared environment."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env, self.log_dir = env, log_dir
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, *args: str, name: str) -> subprocess.Popen:
+        log = open(self.log_dir / f"{name}.log", "ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "leukoscreen.cli", *args], cwd=REPO, env=self.env,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def kill_group(self, proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+        """The worker and all its pool processes, as an operator's kill -9 would."""
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
+                         for p in sorted(self.log_dir.glob("*.log")))
+
+
+@pytest.fixture(params=["postgres+redis", "sqlite+filesystem"])
+def service(request, tmp_path, model_path) -> Iterator[tuple[Service, str, str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEUKOSCREEN_", "DATABASE",
+                                                                     "BROKER", "REDIS"))}
+    if request.param == "postgres+redis":
+        database_url = request.getfixturevalue("postgres_url")
+        env["BROKER_URL"] = request.getfixturevalue("redis_url")
+    else:
+        database_url = f"sqlite:///{tmp_path / 'var' / 'leukoscreen.db'}"
+    env.update(
+        DATABASE_URL=database_url,
+        LEUKOSCREEN_VAR_DIR=str(tmp_path / "var"),
+        LEUKOSCREEN_MODEL_PATH=str(model_path),
+        LEUKOSCREEN_CHUNK_SIZE="16",
+        LEUKOSCREEN_BATCH_SIZE="16",
+        LEUKOSCREEN_RECONCILE_EVERY_S="2",
+        LEUKOSCREEN_STALE_AFTER_S="4",
+        PYTHONUNBUFFERED="1",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    migrate.upgrade(database_url)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    svc = Service(env, logs)
+    port = _free_port()
+    svc.start("api", "--port", str(port), "--workers", "2", name="api")
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if requests.get(f"{base}/healthz", timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            svc.stop_all()
+            pytest.fail("API did not start:\n" + svc.logs())
+        time.sleep(0.3)
+    try:
+        yield svc, base, database_url
+    finally:
+        svc.stop_all()
+        print(svc.logs()[-6000:])
+
+
+def _write_folder(folder: Path, n: int) -> None:
+    folder.mkdir(parents=True)
+    for i in range(n):
+        (folder / f"smear_{i:04d}.jpg").write_bytes(smear_like_jpeg(i))
+    (folder / "corrupt.jpg").write_bytes(smear_like_jpeg(10_000)[:300])
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "zz_copy_of_0.jpg").write_bytes(smear_like_jpeg(0))
+
+
+def _counts(database_url: str) -> dict[str, int]:
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        states = dict(conn.execute(select(Image.state, func.count()).group_by(Image.state)).all())
+        results = conn.scalar(select(func.count()).select_from(Result))
+        distinct = conn.scalar(select(func.count(func.distinct(Result.image_id))))
+    engine.dispose()
+    return {**states, "results": results, "distinct_results": distinct}
+
+
+def test_folder_submitted_over_http_is_scored_by_a_real_worker(service, tmp_path):
+    svc, base, database_url = service
+    svc.start("worker", "--concurrency", "1", name="worker")
+    folder = tmp_path / "lab"
+    _write_folder(folder, 40)
+    out_csv = tmp_path / "results.csv"
+    submit = subprocess.run(
+        [sys.executable, "-m", "leukoscreen.cli", "submit", str(folder), "--url", base,
+         "--part-files", "15", "--csv", str(out_csv), "--timeout", "240"],
+        cwd=REPO, env=svc.env, capture_output=True, text=True, timeout=300,
+    )
+    assert submit.returncode == 0, submit.stdout + submit.stderr + svc.logs()
+    assert "40 accepted, 2 rejected, 1 duplicate" in submit.stdout
+
+    rows = list(csv.DictReader(out_csv.open()))
+    by_name = {r["file_name"]: r for r in rows}
+    assert len(rows) == 42  # 40 scored + 2 rejected; the duplicate is reported, not re-scored
+    for i in range(40):
+        row = by_name[f"smear_{i:04d}.jpg"]
+        assert row["state"] == "scored"
+        p = float(row["p_leukemia"])
+        assert 0.0 <= p <= 1.0
+        assert row["flagged"] == str(p >= float(row["threshold"]))
+        assert row["model_version"].startswith("lenet_lld") and len(row["model_sha256"]) == 64
+    assert by_name["corrupt.jpg"]["state"] == "rejected" and by_name["corrupt.jpg"]["error"]
+    assert by_name["notes.txt"]["state"] == "rejected"
+    assert _counts(database_url)["results"] == 40
+
+    batch_id = rows and requests.get(f"{base}/api/v1/batches").json()["batches"][0]["id"]
+    status = requests.get(f"{base}/api/v1/batches/{batch_id}").json()
+    assert status["state"] == "complete" and status["done"] == status["total"] == 42
+
+
+def test_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(service, tmp_path):
+    svc, base, database_url = service
+    worker = svc.start("worker", "--concurrency", "1", name="worker1")
+    n = 600
+    files = [("images", (f"s{i}.jpg", smear_like_jpeg(i), "image/jpeg")) for i in range(n)]
+    resp = requests.post(f"{base}/api/v1/batches", files=files, timeout=300)
+    assert resp.status_code == 202 and resp.json()["accepted"] == n
+
+    deadline = time.monotonic() + 180
+    while _counts(database_url).get("scored", 0) < 48:
+        assert time.monotonic() < deadline, "worker never started scoring\n" + svc.logs()
+        time.sleep(0.1)
+    svc.kill_group(worker)
+    at_kill = _counts(database_url)
+    assert at_kill.get("scored", 0) < n, "batch finished before the kill; raise n"
+
+    # A new worker with the reconciler schedule: the system must recover by itself.
+    svc.start("worker", "--concurrency", "1", "--beat", name="worker2")
+    deadline = time.monotonic() + 300
+    while True:
+        counts = _counts(database_url)
+        if counts.get("queued", 0) + counts.get("scoring", 0) == 0:
+            break
+        assert time.monotonic() < deadline, f"not recovered: {counts}\n{svc.logs()}"
+        time.sleep(0.5)
+    print(f"submitted {n}, scored at kill {at_kill.get('scored', 0)}, final {counts}")
+    assert counts.get("scored") == n and counts.get("failed", 0) == 0
+    assert counts["results"] == counts["distinct_results"] == n
