@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import signal
@@ -37,20 +38,22 @@ class Service:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, *args: str, name: str) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "leukoscreen.cli", *args], cwd=REPO, env=self.env,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        with open(self.log_dir / f"{name}.log", "ab") as log:  # the child keeps its own copy
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "leukoscreen.cli", *args],
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.procs.append(proc)
         return proc
 
     def kill_group(self, proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         """The worker and all its pool processes, as an operator's kill -9 would."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=30)
 
     def stop_all(self) -> None:
@@ -64,14 +67,18 @@ class Service:
                 os.killpg(proc.pid, signal.SIGKILL)
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
-                         for p in sorted(self.log_dir.glob("*.log")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.log_dir.glob("*.log"))
+        )
 
 
 @pytest.fixture(params=["postgres+redis", "sqlite+filesystem"])
 def service(request, tmp_path, model_path) -> Iterator[tuple[Service, str, str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEUKOSCREEN_", "DATABASE",
-                                                                     "BROKER", "REDIS"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LEUKOSCREEN_", "DATABASE", "BROKER", "REDIS"))
+    }
     if request.param == "postgres+redis":
         database_url = request.getfixturevalue("postgres_url")
         env["BROKER_URL"] = request.getfixturevalue("redis_url")
@@ -139,9 +146,26 @@ def test_folder_submitted_over_http_is_scored_by_a_real_worker(service, tmp_path
     _write_folder(folder, 40)
     out_csv = tmp_path / "results.csv"
     submit = subprocess.run(
-        [sys.executable, "-m", "leukoscreen.cli", "submit", str(folder), "--url", base,
-         "--part-files", "15", "--csv", str(out_csv), "--timeout", "240"],
-        cwd=REPO, env=svc.env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "leukoscreen.cli",
+            "submit",
+            str(folder),
+            "--url",
+            base,
+            "--part-files",
+            "15",
+            "--csv",
+            str(out_csv),
+            "--timeout",
+            "240",
+        ],
+        cwd=REPO,
+        env=svc.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert submit.returncode == 0, submit.stdout + submit.stderr + svc.logs()
     assert "40 accepted, 2 rejected, 1 duplicate" in submit.stdout

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, text
+
+from db.models import Base
+from leukoscreen.cli import build_parser
+from leukoscreen.submit import collect_files, plan_parts
+from tests.conftest import REPO
+
+
+def test_api_process_never_imports_tensorflow(settings):
+    code = (
+        "import sys; from api import create_app; app = create_app();"
+        "c = app.test_client(); assert c.get('/healthz').status_code in (200, 503);"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    env = {"LEUKOSCREEN_VAR_DIR": str(settings.var_dir), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_alembic_schema_matches_the_models(db_settings):
+    engine = create_engine(db_settings.database_url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    assert diff == []
+
+
+def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(settings):
+    from db import migrate
+    from db.session import make_engine
+
+    migrate.upgrade(settings.database_url)
+    with make_engine(settings.database_url).connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+
+
+def test_settings_come_from_the_environment(monkeypatch, tmp_path):
+    from leukoscreen.config import load_settings
+
+    monkeypatch.setenv("LEUKOSCREEN_VAR_DIR", str(tmp_path))
+    monkeypatch.delenv("BROKER_URL", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    s = load_settings()
+    assert s.database_url == f"sqlite:///{tmp_path / 'leukoscreen.db'}"
+    assert s.uses_filesystem_broker and s.chunk_size == 64
+    monkeypatch.setenv("REDIS_URL", "redis://example:6379/2")
+    monkeypatch.setenv("DATABASE_URL", "postgres://u:p@db/screen")
+    monkeypatch.setenv("LEUKOSCREEN_CHUNK_SIZE", "128")
+    s = load_settings()
+    assert s.broker_url == "redis://example:6379/2" and not s.uses_filesystem_broker
+    assert s.database_url == "postgresql+psycopg://u:p@db/screen"
+    assert s.chunk_size == 128
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "db upgrade",
+        "api",
+        "worker --queue gpu --concurrency 2",
+        "beat",
+        "reconcile",
+        "submit some/dir --wait --csv out.csv",
+        "serve",
+    ],
+)
+def test_cli_offers_every_documented_subcommand(command):
+    args = build_parser(command.split()[0]).parse_args(command.split())
+    assert callable(args.func)
+
+
+def test_submit_splits_a_folder_into_parts_by_count_and_size(tmp_path):
+    (tmp_path / "a").mkdir()
+    for i in range(5):
+        (tmp_path / "a" / f"{i}.jpg").write_bytes(b"x" * 100)
+    (tmp_path / ".hidden").write_bytes(b"x")
+    files = collect_files([str(tmp_path)])
+    assert [name for _, name in files] == [f"a/{i}.jpg" for i in range(5)]
+    assert [len(p) for p in plan_parts(files, max_files=2, max_bytes=10_000)] == [2, 2, 1]
+    assert [len(p) for p in plan_parts(files, max_files=100, max_bytes=250)] == [2, 2, 1]
+
+
+def test_docker_compose_names_every_service():
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"redis", "postgres", "migrate", "api", "worker", "worker-gpu", "beat"} <= set(services)
+    assert "gunicorn" in " ".join(services["api"]["command"])
+    gpu = services["worker-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    for name in ("api", "worker", "worker-gpu"):
+        volumes = services[name]["volumes"]
+        assert any(v.startswith("images:") for v in volumes), name
+    assert services["worker"]["depends_on"]["migrate"]["condition"] == (
+        "service_completed_successfully"
+    )
