@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+
+import worker.tasks as tasks
+from db.models import Batch, Image
+from db.session import engine_for, session_factory
+
+
+@dataclass
+class _Runtime:
+    sessions: object
+    settings: object
+    store: object = None
+    model: object = None
+    version_id: int = 1
+    decode_pool: object = None
+
+
+def test_transient_database_errors_are_retried_then_recorded_as_failed(db_settings, monkeypatch):
+    sessions = session_factory(engine_for(db_settings.database_url))
+    with sessions.begin() as s:
+        image = Image(
+            batch=Batch(name="t", submitted_by="t"),
+            sha256="a" * 64,
+            original_name="a.jpg",
+            storage_key="a" * 64,
+            size_bytes=1,
+        )
+        s.add(image)
+        s.flush()
+        image_id = image.id
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(tasks, "runtime", lambda: _Runtime(sessions, db_settings))
+    monkeypatch.setattr(tasks, "score_chunk", flaky)
+    result = tasks.score_images.apply(args=[[image_id]])
+    assert result.failed()
+    assert len(calls) == tasks.MAX_RETRIES + 1  # the first try and every retry
+    with sessions() as s:
+        stored = s.scalars(select(Image)).one()
+        assert stored.state == "failed"
+        assert "server closed the connection" in stored.error
+
+
+def test_scoring_task_is_configured_for_at_least_once_delivery():
+    conf = tasks.app.conf
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert tasks.score_images.max_retries == tasks.MAX_RETRIES
