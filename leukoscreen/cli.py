@@ -239,8 +239,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5)
     p.set_defaults(func=_model_init)
 
-    for name, module in (("train", "model.train"), ("evaluate", "model.evaluate")):
-        p = sub.add_parser(name, help=f"{name} the screening model (needs the 'train' extra)")
+    for name, module, about in (
+        ("train", "model.train", "train the screening model (needs the 'train' extra)"),
+        ("evaluate", "model.evaluate", "evaluate a model (needs the 'train' extra)"),
+        ("bench", "bench.throughput", "measure throughput: model, preprocessing, end to end"),
+    ):
+        p = sub.add_parser(name, help=about)
         # Imported only when asked for: these modules pull in TensorFlow and matplotlib.
         if command == name:
             importlib.import_module(module).add_arguments(p)

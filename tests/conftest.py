@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 import subprocess
@@ -12,11 +11,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image as PILImage
 from sqlalchemy import create_engine, text
 
+from bench.images import synthetic_smear_jpeg as smear_like_jpeg
 from leukoscreen.config import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,23 +28,6 @@ def _reachable(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def smear_like_jpeg(seed: int, size: tuple[int, int] = (224, 224), quality: int = 90) -> bytes:
-    """A small image with pinkish background and purple blobs, unique per seed."""
-    rng = np.random.default_rng(seed)
-    h, w = size[1], size[0]
-    img = np.empty((h, w, 3), dtype=np.float32)
-    img[...] = (225, 200, 210)
-    yy, xx = np.mgrid[0:h, 0:w]
-    for _ in range(int(rng.integers(3, 8))):
-        cy, cx, r = rng.integers(0, h), rng.integers(0, w), rng.integers(8, 30)
-        mask = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
-        img[mask] = rng.integers(60, 160, size=3)
-    img += rng.normal(0, 6, img.shape)
-    buf = io.BytesIO()
-    PILImage.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
 
 
 @pytest.fixture

@@ -1,0 +1,450 @@
+"""``leukoscreen bench``: how many images a worker host scores per second, measured four ways.
+
+1. model only      batched inference on prepared tensors, per batch size
+2. preprocessing   decode + resize + scale, one core
+3. end to end      N images through the real API (gunicorn), broker, worker and database
+4. thesis' way     one HTTP request and one ``model.predict`` per image, as the thesis' page
+
+Figures are printed (and written as JSON with --json); nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", type=int, default=2000, help="end-to-end batch size (images)")
+    p.add_argument("--folder", help="real images to use (default: generated 224px JPEGs)")
+    p.add_argument("--model", help="weights file (default: the shipped model)")
+    p.add_argument("--batch-sizes", default="1,8,16,32,64")
+    p.add_argument("--thesis-images", type=int, default=200)
+    p.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+        ),
+    )
+    p.add_argument(
+        "--broker-url", default=os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/13")
+    )
+    p.add_argument("--worker-concurrency", type=int, default=1)
+    p.add_argument("--uploaders", type=int, default=2, help="concurrent upload clients")
+    p.add_argument("--part-files", type=int, default=250)
+    p.add_argument(
+        "--skip", default="", help="comma list of parts to skip: model,preprocess,e2e,thesis"
+    )
+    p.add_argument("--json", help="write the figures here as JSON")
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def load_inputs(folder: str | None, n: int) -> list[tuple[str, bytes]]:
+    if folder:
+        files = sorted(
+            p
+            for p in Path(folder).rglob("*")
+            if p.is_file()
+            and p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+        )
+        if not files:
+            raise SystemExit(f"no images under {folder}")
+        out = []
+        for i in range(n):
+            f = files[i % len(files)]
+            data = f.read_bytes()
+            if i >= len(files):  # cycle the folder but keep every upload unique
+                data += f"bench-{i}".encode()
+            out.append((f"{i:06d}_{f.name}", data))
+        return out
+    from bench.images import synthetic_smear_jpeg
+
+    return [(f"{i:06d}.jpg", synthetic_smear_jpeg(i)) for i in range(n)]
+
+
+# ---------------------------------------------------------------- parts
+
+
+def bench_model(model_path: Path, batch_sizes: list[int], seconds: float = 4.0) -> dict[int, float]:
+    from model.inference import load_model
+
+    figures: dict[int, float] = {}
+    rng = np.random.default_rng(0)
+    for bs in batch_sizes:
+        model = load_model(model_path, batch_size=bs)
+        x = rng.random((bs, 256, 256, 3), dtype=np.float32)
+        model.score(x)  # trace and warm up
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            model.score(x)
+            n += bs
+        figures[bs] = n / (time.perf_counter() - start)
+    return figures
+
+
+def bench_preprocess(blobs: list[bytes], seconds: float = 3.0) -> float:
+    from model.preprocess import preprocess
+
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        preprocess(blobs[n % len(blobs)])
+        n += 1
+    return n / (time.perf_counter() - start)
+
+
+def bench_thesis(model_path: Path, inputs: list[tuple[str, bytes]]) -> float:
+    """The thesis' page: a Flask route that runs ``model.predict`` on the one uploaded image."""
+    import keras
+    from flask import Flask, jsonify, request
+    from werkzeug.serving import make_server
+
+    from model.preprocess import preprocess
+
+    network = keras.saving.load_model(model_path, compile=False)
+    app = Flask("thesis")
+
+    @app.post("/predict")
+    def predict():  # type: ignore[no-untyped-def]
+        x = preprocess(request.files["file"].read())[None]
+        p = float(network.predict(x, verbose=0)[0, 0])
+        return jsonify(result="leukemia" if p >= 0.5 else "normal", confidence=p)
+
+    server = make_server("127.0.0.1", 0, app, threaded=False)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}/predict"
+    http = requests.Session()
+    http.post(url, files={"file": inputs[0]}).raise_for_status()  # warm up
+    start = time.perf_counter()
+    for name, data in inputs:
+        http.post(url, files={"file": (name, data)}).raise_for_status()
+    elapsed = time.perf_counter() - start
+    server.shutdown()
+    return len(inputs) / elapsed
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants."""
+    total_kb = 0
+    pids = [pid]
+    seen: set[int] = set()
+    while pids:
+        p = pids.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+            pids.extend(int(c) for c in children)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total_kb / 1024
+
+
+def _pending(database_url: str, batch_ids: list[str]) -> int:
+    from sqlalchemy import create_engine, func, select
+
+    from db.models import Image
+
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        n = conn.scalar(
+            select(func.count())
+            .select_from(Image)
+            .where(Image.batch_id.in_(batch_ids), Image.state.in_(("queued", "scoring")))
+        )
+    engine.dispose()
+    return int(n or 0)
+
+
+def _latencies(database_url: str, batch_ids: list[str]) -> list[float]:
+    from sqlalchemy import create_engine, select
+
+    from db.models import Image, Result
+
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Image.created_at, Result.scored_at)
+            .join(Result, Result.image_id == Image.id)
+            .where(Image.batch_id.in_(batch_ids))
+        ).all()
+    engine.dispose()
+    return [(scored - created).total_seconds() for created, scored in rows]
+
+
+class Processes:
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env, self.log_dir, self.procs = env, log_dir, []
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "leukoscreen.cli", *args],
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _upload(base: str, parts: list[list[tuple[str, bytes]]], headers: dict[str, str]) -> list[str]:
+    http = requests.Session()
+    ids = []
+    for part in parts:
+        r = http.post(
+            f"{base}/api/v1/batches",
+            headers=headers,
+            files=[("images", (n, d, "image/jpeg")) for n, d in part],
+            timeout=600,
+        )
+        r.raise_for_status()
+        ids.append(r.json()["batch_id"])
+    return ids
+
+
+def bench_end_to_end(
+    args: argparse.Namespace, model_path: Path, inputs: list[tuple[str, bytes]]
+) -> dict[str, Any]:
+    import redis
+    from sqlalchemy import create_engine, text
+
+    from db import migrate
+
+    schema = f"bench_{os.getpid()}"
+    admin = create_engine(args.database_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    database_url = f"{args.database_url}?options=-csearch_path%3D{schema}"
+    redis.Redis.from_url(args.broker_url).flushdb()
+    workdir = Path(tempfile.mkdtemp(prefix="leukoscreen-bench-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEUKOSCREEN_", "BROKER"))}
+    env.update(
+        DATABASE_URL=database_url,
+        BROKER_URL=args.broker_url,
+        LEUKOSCREEN_VAR_DIR=str(workdir),
+        LEUKOSCREEN_MODEL_PATH=str(model_path),
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONUNBUFFERED="1",
+    )
+    migrate.upgrade(database_url)
+    procs = Processes(env, workdir)
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    headers: dict[str, str] = {}
+    try:
+        procs.start("api", "api", "--port", str(port), "--workers", "2")
+        worker = procs.start("worker", "worker", "--concurrency", str(args.worker_concurrency))
+        deadline = time.time() + 120
+        while True:
+            try:
+                if requests.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"API did not start; logs in {workdir}")
+            time.sleep(0.3)
+        # Warm the worker (model loaded, graph traced) as a running service would be.
+        warm_ids = _upload(base, [inputs[:64]], headers)
+        while _pending(database_url, warm_ids):
+            time.sleep(0.2)
+        rss_start = _rss_mb(worker.pid)
+
+        parts = [inputs[i : i + args.part_files] for i in range(0, len(inputs), args.part_files)]
+        per_client = [parts[i :: args.uploaders] for i in range(args.uploaders)]
+        batch_ids: list[str] = []
+        lock = threading.Lock()
+
+        def client(my_parts: list[list[tuple[str, bytes]]]) -> None:
+            ids = _upload(base, my_parts, headers)
+            with lock:
+                batch_ids.extend(ids)
+
+        start = time.perf_counter()
+        threads = [threading.Thread(target=client, args=(p,)) for p in per_client if p]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        upload_s = time.perf_counter() - start
+        while _pending(database_url, batch_ids):
+            time.sleep(0.1)
+        elapsed = time.perf_counter() - start
+        rss_end = _rss_mb(worker.pid)
+        lat = sorted(_latencies(database_url, batch_ids))
+        return {
+            "images": len(inputs),
+            "seconds": round(elapsed, 2),
+            "end_to_end_ips": len(inputs) / elapsed,
+            "intake_ips": len(inputs) / upload_s,
+            "latency_p50_s": statistics.median(lat),
+            "latency_p95_s": lat[int(0.95 * (len(lat) - 1))],
+            "rss_mb": {
+                "after_start": round(rss_start, 1),
+                "after_run": round(rss_end, 1),
+                "growth_pct": round(100 * (rss_end - rss_start) / rss_start, 2),
+            },
+        }
+    finally:
+        procs.stop()
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+# ---------------------------------------------------------------- report
+
+
+def machine() -> dict[str, Any]:
+    import celery
+    import keras
+    import PIL
+    import sqlalchemy
+    import tensorflow as tf
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except FileNotFoundError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "pillow": PIL.__version__,
+        "celery": celery.__version__,
+        "sqlalchemy": sqlalchemy.__version__,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from leukoscreen.config import load_settings
+
+    settings = load_settings()
+    model_path = Path(args.model) if args.model else settings.model_path
+    skip = set(filter(None, args.skip.split(",")))
+    inputs = load_inputs(args.folder, args.images)
+    figures: dict[str, Any] = {
+        "machine": machine(),
+        "settings": {
+            "images": args.images,
+            "chunk_size": settings.chunk_size,
+            "batch_size": settings.batch_size,
+            "worker_concurrency": args.worker_concurrency,
+            "uploaders": args.uploaders,
+            "model": str(model_path),
+            "inputs": args.folder or "generated 224x224 JPEG",
+        },
+    }
+    if "model" not in skip:
+        per_bs = bench_model(model_path, [int(b) for b in args.batch_sizes.split(",")])
+        figures["model_only_by_batch"] = {str(k): round(v, 1) for k, v in per_bs.items()}
+        figures["model_only_ips"] = max(per_bs.values())
+    if "preprocess" not in skip:
+        figures["preprocess_ips"] = bench_preprocess([d for _, d in inputs[:200]])
+    if "thesis" not in skip:
+        figures["thesis_ips"] = bench_thesis(model_path, inputs[: args.thesis_images])
+    if "e2e" not in skip:
+        e2e = bench_end_to_end(args, model_path, inputs)
+        figures.update(e2e)
+    if "end_to_end_ips" in figures and "model_only_ips" in figures:
+        figures["ratio_e2e_to_model"] = figures["end_to_end_ips"] / figures["model_only_ips"]
+    if "end_to_end_ips" in figures and "thesis_ips" in figures:
+        figures["ratio_e2e_to_thesis"] = figures["end_to_end_ips"] / figures["thesis_ips"]
+    print_table(figures)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2, default=float))
+    return 0
+
+
+def print_table(f: dict[str, Any]) -> None:
+    m = f["machine"]
+    print(f"\nLeukoScreen throughput  ({m['cpu']}, {m['cores']} cores, TF {m['tensorflow']})")
+    rows = []
+    for bs, ips in f.get("model_only_by_batch", {}).items():
+        rows.append((f"model only, batch {bs}", f"{ips:8.1f} img/s"))
+    for key, label in (
+        ("preprocess_ips", "preprocessing (1 core)"),
+        ("end_to_end_ips", "end to end (API+Redis+worker+PostgreSQL)"),
+        ("intake_ips", "intake (upload accepted)"),
+        ("thesis_ips", "thesis' way (HTTP + predict per image)"),
+    ):
+        if key in f:
+            rows.append((label, f"{f[key]:8.1f} img/s"))
+    for key, label in (
+        ("latency_p50_s", "upload-to-result latency p50"),
+        ("latency_p95_s", "upload-to-result latency p95"),
+    ):
+        if key in f:
+            rows.append((label, f"{f[key]:8.2f} s"))
+    for key, label in (
+        ("ratio_e2e_to_model", "end to end / model only"),
+        ("ratio_e2e_to_thesis", "end to end / thesis"),
+    ):
+        if key in f:
+            rows.append((label, f"{f[key]:8.2f} x"))
+    if "rss_mb" in f:
+        r = f["rss_mb"]
+        rows.append(
+            (
+                "worker RSS start -> end",
+                f"{r['after_start']} -> {r['after_run']} MB ({r['growth_pct']:+.2f}%)",
+            )
+        )
+    width = max(len(r[0]) for r in rows)
+    for label, value in rows:
+        print(f"  {label:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_arguments(parser)
+    sys.exit(run(parser.parse_args()))
