@@ -76,6 +76,7 @@ def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
             files=[_outcome_json(o, None) for o in report.outcomes],
         )
 
+    context.store().flush()
     now = datetime.now(UTC)
     with sessions.begin() as session:
         if batch is None:

@@ -70,19 +70,28 @@ class ContentStore:
         return Staged(path=Path(name), sha256=digest.hexdigest(), size=size)
 
     def commit(self, staged: Staged) -> str:
-        """Move a staged file to its content address; an existing copy is kept as it is."""
+        """Move a staged file to its content address; an existing copy is kept as it is.
+
+        Call ``flush()`` before recording committed files anywhere.
+        """
         final = self.path_for(staged.sha256)
         if final.exists():
             staged.path.unlink(missing_ok=True)
             return staged.sha256
         final.parent.mkdir(parents=True, exist_ok=True)
-        with open(staged.path, "rb+") as fh:
-            os.fsync(fh.fileno())
         # link() fails if another writer won the race, so an existing file is never replaced.
         with contextlib.suppress(FileExistsError):
             os.link(staged.path, final)
         staged.path.unlink(missing_ok=True)
         return staged.sha256
+
+    def flush(self) -> None:
+        """Make every file committed so far durable before the database records it.
+
+        One sync per request instead of one fsync per file: a 250-image upload spent most of
+        its time in per-file fsync calls.
+        """
+        os.sync()
 
     def discard(self, staged: Staged) -> None:
         staged.path.unlink(missing_ok=True)
