@@ -83,6 +83,8 @@ class Image(Base):
     __table_args__ = (
         # Batch progress is a GROUP BY state over one batch: this index answers it alone.
         Index("ix_image_batch_state", "batch_id", "state"),
+        # Results pages walk a batch in id order (keyset pagination).
+        Index("ix_image_batch_id", "batch_id", "id"),
         # The reconciler looks for stale queued/scoring images across all batches.
         Index("ix_image_state_updated", "state", "updated_at"),
         Index("ix_image_sha256", "sha256"),

@@ -116,11 +116,25 @@ def iter_batch_results(
     session: Session, batch_id: str, after_id: int = 0, limit: int | None = None
 ) -> Iterator[dict[str, Any]]:
     """One row per image in id order, with its latest result if it has one."""
+    where = [Image.batch_id == batch_id, Image.id > after_id]
+    if limit is not None:
+        # Bound the page in SQL by its last image id, so a page reads `limit` images, not the
+        # whole batch (an image can have one result per model version, hence no plain LIMIT).
+        last_id = session.scalar(
+            select(func.max(Image.id)).where(
+                Image.id.in_(
+                    select(Image.id).where(*where).order_by(Image.id).limit(limit).scalar_subquery()
+                )
+            )
+        )
+        if last_id is None:
+            return
+        where.append(Image.id <= last_id)
     stmt = (
         select(Image, Result, ModelVersion)
         .outerjoin(Result, Result.image_id == Image.id)
         .outerjoin(ModelVersion, ModelVersion.id == Result.model_version_id)
-        .where(Image.batch_id == batch_id, Image.id > after_id)
+        .where(*where)
         .order_by(Image.id, Result.scored_at)
         .execution_options(yield_per=500)
     )

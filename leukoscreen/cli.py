@@ -243,6 +243,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         ("train", "model.train", "train the screening model (needs the 'train' extra)"),
         ("evaluate", "model.evaluate", "evaluate a model (needs the 'train' extra)"),
         ("bench", "bench.throughput", "measure throughput: model, preprocessing, end to end"),
+        ("bench-queries", "bench.queries", "time progress and results queries at 1M rows"),
     ):
         p = sub.add_parser(name, help=about)
         # Imported only when asked for: these modules pull in TensorFlow and matplotlib.

@@ -50,6 +50,7 @@ class Settings:
     max_attempts: int
     reconcile_every_s: int
     default_queue: str
+    tf_threads: int
     secret_key: str = "dev-only-insecure-key"
 
     @property
@@ -99,5 +100,6 @@ def load_settings() -> Settings:
         max_attempts=_env_int("LEUKOSCREEN_MAX_ATTEMPTS", 5),
         reconcile_every_s=_env_int("LEUKOSCREEN_RECONCILE_EVERY_S", 60),
         default_queue=_env_str("LEUKOSCREEN_QUEUE", "cpu"),
+        tf_threads=_env_int("LEUKOSCREEN_TF_THREADS", 0),
         secret_key=_env_str("LEUKOSCREEN_SECRET_KEY", "dev-only-insecure-key"),
     )

@@ -37,7 +37,7 @@ class WorkerRuntime:
 
     @cached_property
     def model(self) -> LoadedModel:
-        configure_tensorflow()
+        configure_tensorflow(self.settings.tf_threads)
         loaded = load_model(self.settings.model_path, self.settings.batch_size)
         log.info(
             "loaded model %s (%s) threshold %.4f",
@@ -57,8 +57,14 @@ class WorkerRuntime:
         return ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
 
 
-def configure_tensorflow() -> None:
+def configure_tensorflow(threads: int = 0) -> None:
     import tensorflow as tf
+
+    if threads > 0:
+        # Several worker processes on one host each get a share of the cores instead of all
+        # of them fighting over every core.
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
 
     # A GPU worker shares its card with nobody else but should still not grab all memory up
     # front: growth keeps room for the CUDA context of a restarted child.

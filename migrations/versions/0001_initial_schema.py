@@ -69,6 +69,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("image", schema=None) as batch_op:
         batch_op.create_index("ix_image_batch_state", ["batch_id", "state"], unique=False)
+        batch_op.create_index("ix_image_batch_id", ["batch_id", "id"], unique=False)
         batch_op.create_index("ix_image_sha256", ["sha256"], unique=False)
         batch_op.create_index("ix_image_state_updated", ["state", "updated_at"], unique=False)
 
@@ -109,6 +110,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_image_state_updated")
         batch_op.drop_index("ix_image_sha256")
         batch_op.drop_index("ix_image_batch_state")
+        batch_op.drop_index("ix_image_batch_id")
 
     op.drop_table("image")
     op.drop_table("model_version")
