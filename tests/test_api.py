@@ -236,3 +236,20 @@ def test_upload_while_broker_is_down_keeps_images_queued_for_reconciler(db_setti
     with session_factory(engine_for(db_settings.database_url))() as s:
         image = s.scalars(select(Image)).one()
         assert image.state == "queued" and image.enqueued_at is None
+
+
+def test_results_are_paged_by_keyset_without_gaps_or_repeats(client, make_jpeg):
+    resp = client.post(
+        "/api/v1/batches",
+        data=_files(*[(f"{i}.jpg", make_jpeg(i)) for i in range(5)]),
+        content_type="multipart/form-data",
+    )
+    batch_id = resp.json["batch_id"]
+    seen, after = [], 0
+    while True:
+        page = client.get(f"/api/v1/batches/{batch_id}/results?limit=2&after_id={after}").json
+        seen += [r["file_name"] for r in page["results"]]
+        if "next_after_id" not in page:
+            break
+        after = page["next_after_id"]
+    assert seen == [f"{i}.jpg" for i in range(5)]
