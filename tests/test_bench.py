@@ -1,0 +1,47 @@
+"""The benchmark must keep running; its figures are printed, never asserted as speeds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_bench_reports_every_figure_in_its_json(model_path, tmp_path, redis_url):
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "leukoscreen.cli",
+            "bench",
+            "--model",
+            str(model_path),
+            "--images",
+            "40",
+            "--thesis-images",
+            "5",
+            "--batch-sizes",
+            "1,8",
+            "--part-files",
+            "20",
+            "--broker-url",
+            redis_url,
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    figures = json.loads(out.read_text())
+    for key in ("model_only_ips", "preprocess_ips", "end_to_end_ips", "thesis_ips", "rss_mb"):
+        assert key in figures, key
+    assert figures["images"] == 40
+    assert set(figures["model_only_by_batch"]) == {"1", "8"}
+    assert figures["rss_mb"]["after_start"] > 0
+    assert "end to end" in done.stdout and figures["machine"]["cores"] >= 1
