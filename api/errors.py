@@ -8,6 +8,8 @@ from flask import Flask, jsonify
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
+from leukoscreen.storage import StorageUnavailable
+
 log = logging.getLogger(__name__)
 
 
@@ -25,6 +27,13 @@ def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
         return jsonify(error=exc.description, status=exc.code), exc.code
+
+    @app.errorhandler(StorageUnavailable)
+    def _storage_down(exc: StorageUnavailable):  # type: ignore[no-untyped-def]
+        # 507 tells a client that retrying will not help until someone frees space.
+        status = 507 if exc.full else 503
+        log.error("storage error: %s", exc)
+        return jsonify(error=str(exc), status=status), status
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(DBAPIError)

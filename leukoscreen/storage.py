@@ -8,6 +8,7 @@ bytes uploaded twice are stored once. The directory can be a volume shared by ho
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
@@ -23,6 +24,14 @@ TMP_PREFIX = ".incoming-"
 
 class TooLarge(Exception):
     """The stream carried more bytes than the per-file limit."""
+
+
+class StorageUnavailable(Exception):
+    """The store cannot be written (full, read-only, missing): nothing may be recorded."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__(f"image storage cannot be written: {cause.strerror or cause}")
+        self.full = cause.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass(frozen=True)
@@ -49,21 +58,27 @@ class ContentStore:
 
     def stage(self, stream: BinaryIO | Iterable[bytes], max_bytes: int) -> Staged:
         """Copy a stream to a temporary file while hashing it, never holding it all in memory."""
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
         size = 0
-        fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=self.tmp_dir)
+        try:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=self.tmp_dir)
+        except OSError as exc:
+            raise StorageUnavailable(exc) from exc
         try:
             with os.fdopen(fd, "wb") as out:
                 chunks = (
                     iter(lambda: stream.read(CHUNK), b"") if hasattr(stream, "read") else stream
                 )
-                for chunk in chunks:
+                for chunk in chunks:  # a read error is the upload's, not the store's
                     size += len(chunk)
                     if size > max_bytes:
                         raise TooLarge(f"file is larger than the {max_bytes} byte limit")
                     digest.update(chunk)
-                    out.write(chunk)
+                    try:
+                        out.write(chunk)
+                    except OSError as exc:
+                        raise StorageUnavailable(exc) from exc
         except BaseException:
             Path(name).unlink(missing_ok=True)
             raise
@@ -78,10 +93,14 @@ class ContentStore:
         if final.exists():
             staged.path.unlink(missing_ok=True)
             return staged.sha256
-        final.parent.mkdir(parents=True, exist_ok=True)
         # link() fails if another writer won the race, so an existing file is never replaced.
-        with contextlib.suppress(FileExistsError):
-            os.link(staged.path, final)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.link(staged.path, final)
+        except OSError as exc:
+            staged.path.unlink(missing_ok=True)
+            raise StorageUnavailable(exc) from exc
         staged.path.unlink(missing_ok=True)
         return staged.sha256
 
