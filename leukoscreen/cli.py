@@ -80,7 +80,7 @@ def _worker(args: argparse.Namespace) -> int:
         "--loglevel",
         args.loglevel,
         "-n",
-        f"{args.queue}-{os.getpid()}@%h",
+        f"{args.queue}-{os.getpid()}@{load_settings().hostname}",
         "--without-gossip",
         "--without-mingle",
     ]

@@ -8,6 +8,7 @@ an SQLite database and Celery's filesystem transport under ``./var``. Production
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,7 @@ class Settings:
     reconcile_every_s: int
     default_queue: str
     tf_threads: int
+    hostname: str
     secret_key: str = "dev-only-insecure-key"
 
     @property
@@ -101,5 +103,6 @@ def load_settings() -> Settings:
         reconcile_every_s=_env_int("LEUKOSCREEN_RECONCILE_EVERY_S", 60),
         default_queue=_env_str("LEUKOSCREEN_QUEUE", "cpu"),
         tf_threads=_env_int("LEUKOSCREEN_TF_THREADS", 0),
+        hostname=_env_str("LEUKOSCREEN_WORKER_HOSTNAME", socket.gethostname()),
         secret_key=_env_str("LEUKOSCREEN_SECRET_KEY", "dev-only-insecure-key"),
     )

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Iterable
@@ -62,7 +63,7 @@ class ContentStore:
         size = 0
         try:
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=self.tmp_dir)
+            fd, name = tempfile.mkstemp(prefix=self._tmp_prefix(), dir=self.tmp_dir)
         except OSError as exc:
             raise StorageUnavailable(exc) from exc
         try:
@@ -118,17 +119,42 @@ class ContentStore:
     def read(self, key: str) -> bytes:
         return self.path_for(key).read_bytes()
 
-    def sweep_temporary(self, older_than_s: float = 0) -> int:
-        """Remove temporary files left by a process killed mid-upload."""
+    @staticmethod
+    def _tmp_prefix() -> str:
+        # Owner host and pid in the name let a sweeper tell an orphan from a live upload.
+        return f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+
+    def sweep_temporary(self, foreign_older_than_s: float = 86_400) -> int:
+        """Remove temporary files left by processes killed mid-upload.
+
+        Files of this host are removed as soon as their process is gone; files of other hosts
+        sharing the volume only once they are old, since their owners cannot be checked.
+        """
         if not self.tmp_dir.is_dir():
             return 0
         removed = 0
-        cutoff = time.time() - older_than_s
+        host = socket.gethostname()
+        cutoff = time.time() - foreign_older_than_s
         for entry in self.tmp_dir.glob(TMP_PREFIX + "*"):
+            owner_host, _, rest = entry.name[len(TMP_PREFIX) :].rpartition("-")[0].rpartition("-")
             try:
-                if entry.stat().st_mtime <= cutoff:
+                if owner_host == host and rest.isdigit():
+                    orphan = not _pid_alive(int(rest))
+                else:
+                    orphan = entry.stat().st_mtime <= cutoff
+                if orphan:
                     entry.unlink()
                     removed += 1
             except FileNotFoundError:
                 continue
         return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

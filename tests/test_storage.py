@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 
 import pytest
 
@@ -35,12 +36,14 @@ def test_stream_over_limit_is_refused_and_leaves_no_temporary_file(tmp_path):
     assert list(store.tmp_dir.iterdir()) == []
 
 
-def test_sweep_removes_files_left_by_a_killed_upload(tmp_path):
+def test_sweep_removes_files_of_dead_uploads_and_keeps_live_ones(tmp_path):
     store = ContentStore(tmp_path)
-    staged = store.stage(io.BytesIO(b"partial"), 100)
-    assert staged.path.exists()
+    live = store.stage(io.BytesIO(b"in progress"), 100)
+    dead = store.stage(io.BytesIO(b"partial"), 100)
+    orphan = dead.path.with_name(dead.path.name.replace(f"-{os.getpid()}-", "-999999999-"))
+    dead.path.rename(orphan)
     assert store.sweep_temporary() == 1
-    assert not staged.path.exists()
+    assert not orphan.exists() and live.path.exists()
 
 
 def test_storage_key_must_be_a_sha256(tmp_path):

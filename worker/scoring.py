@@ -8,7 +8,6 @@ a result for this model is simply marked scored. A re-delivered or duplicated ta
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ from model.card import ModelCard
 from model.preprocess import preprocess
 
 log = logging.getLogger(__name__)
-WORKER_NAME = socket.gethostname()
 
 
 class Scorer(Protocol):
@@ -153,6 +151,7 @@ def score_chunk(
     image_ids: Sequence[int],
     max_attempts: int,
     decode_pool: ThreadPoolExecutor | None = None,
+    worker_name: str | None = None,
 ) -> ChunkOutcome:
     outcome = ChunkOutcome()
     claimed = claim(sessions, image_ids, version_id, max_attempts)
@@ -194,7 +193,7 @@ def score_chunk(
                         "flagged": bool(p >= threshold),
                         "threshold": threshold,
                         "scored_at": now,
-                        "worker": WORKER_NAME,
+                        "worker": worker_name,
                     }
                     for (item, _), p in zip(good, probabilities, strict=True)
                 ],

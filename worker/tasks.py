@@ -45,6 +45,7 @@ def score_images(self, image_ids: list[int]) -> dict[str, int]:  # type: ignore[
             image_ids,
             rt.settings.max_attempts,
             rt.decode_pool,
+            rt.settings.hostname,
         )
     except TRANSIENT as exc:
         if self.request.retries >= self.max_retries:
