@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from leukoscreen.config import Settings, load_settings
 
@@ -28,7 +28,10 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_queues=[Queue(name) for name in QUEUES],
+        # Queues hang off the default (anonymous) exchange, so a message goes straight to its
+        # queue by name. Redis keeps exchange bindings as keys: after a FLUSHALL, messages
+        # published through a named exchange were silently dropped until workers restarted.
+        task_queues=[Queue(name, Exchange(""), routing_key=name) for name in QUEUES],
         task_default_queue=settings.default_queue,
         broker_transport_options=settings.broker_transport_options,
         broker_connection_retry_on_startup=True,
