@@ -99,9 +99,16 @@ def _worker(args: argparse.Namespace) -> int:
     if args.max_tasks_per_child:
         argv += ["--max-tasks-per-child", str(args.max_tasks_per_child)]
     if args.beat:
-        argv += ["--beat", "--schedule", str(load_settings().var_dir / "celerybeat-schedule")]
+        argv += ["--beat", "--schedule", _schedule_file()]
     app.worker_main(argv)
     return 0
+
+
+def _schedule_file() -> str:
+    """Beat's schedule state; its folder may not exist yet when Redis is the broker."""
+    var_dir = load_settings().var_dir
+    var_dir.mkdir(parents=True, exist_ok=True)
+    return str(var_dir / "celerybeat-schedule")
 
 
 def _beat(args: argparse.Namespace) -> int:
@@ -113,7 +120,7 @@ def _beat(args: argparse.Namespace) -> int:
             "--loglevel",
             args.loglevel,
             "--schedule",
-            str(load_settings().var_dir / "celerybeat-schedule"),
+            _schedule_file(),
         ]
     )
     return 0
