@@ -64,7 +64,17 @@ class Settings:
         if not self.uses_filesystem_broker:
             # Redis re-delivers unacknowledged tasks after this many seconds; it must exceed
             # the longest chunk so that a slow chunk is not handed to a second worker.
-            return {"visibility_timeout": _env_int("LEUKOSCREEN_VISIBILITY_TIMEOUT", 3600)}
+            visibility = _env_int("LEUKOSCREEN_VISIBILITY_TIMEOUT", 3600)
+            return {
+                "visibility_timeout": visibility,
+                # Sweep for expired tasks every quarter timeout (kombu's default is 100 s).
+                "unacked_restore_interval": max(1, min(60, visibility // 4)),
+                "unacked_restore_throttle": 1,
+                # A publish to a broker that vanished without closing the socket must fail
+                # fast: the images are in SQL and the reconciler enqueues them later.
+                "socket_timeout": 10,
+                "socket_connect_timeout": 5,
+            }
         folder = str(self.broker_dir)
         return {
             "data_folder_in": folder,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from bench.images import synthetic_smear_jpeg as smear_like_jpeg
 from leukoscreen.config import Settings, load_settings
@@ -58,7 +59,7 @@ def postgres_url() -> Iterator[str]:
     if not _reachable("127.0.0.1", 5432):
         pytest.fail("PostgreSQL is not running at 127.0.0.1:5432 (.ci/run starts it)")
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with admin.connect() as conn:
         conn.execute(text(f"CREATE SCHEMA {schema}"))
     yield f"{PG_URL}?options=-csearch_path%3D{schema}"
