@@ -36,6 +36,12 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
 
     from api import batches, errors, health
 
+    @app.after_request
+    def _no_sniffing(response):  # type: ignore[no-untyped-def]
+        # Browsers must trust the declared type: an upload can never be rendered as HTML.
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
     errors.register(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(batches.bp)
