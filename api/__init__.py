@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         "celery": celery,
     }
 
-    from api import batches, errors, health
+    from api import batches, errors, health, openapi
 
     @app.after_request
     def _no_sniffing(response):  # type: ignore[no-untyped-def]
@@ -45,4 +45,5 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     errors.register(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(batches.bp)
+    app.register_blueprint(openapi.bp)
     return app

@@ -24,6 +24,23 @@ bp = Blueprint("batches", __name__, url_prefix="/api/v1")
 MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "TIFF": "image/tiff"}
 
 
+MAX_ID = 2**63 - 1
+
+
+def int_arg(name: str, default: int, minimum: int = 0, maximum: int = MAX_ID) -> int:
+    """A query parameter that must be an integer: anything else is the client's error."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"query parameter {name!r} must be an integer") from None
+    if not minimum <= value <= maximum:
+        raise ApiError(400, f"query parameter {name!r} must be between {minimum} and {maximum}")
+    return value
+
+
 def _submitter() -> str:
     return (
         request.form.get("submitted_by") or request.headers.get("X-Submitted-By") or "anonymous"
@@ -172,7 +189,7 @@ def _batch_json(batch: Batch) -> dict[str, Any]:
 
 @bp.get("/batches")
 def list_batches():  # type: ignore[no-untyped-def]
-    limit = min(request.args.get("limit", 50, type=int) or 50, 500)
+    limit = int_arg("limit", 50, minimum=1, maximum=500)
     with context.sessions()() as session:
         batches = session.scalars(
             select(Batch).order_by(Batch.created_at.desc()).limit(limit)
@@ -201,12 +218,15 @@ def _csv_lines(batch_id: str) -> Iterator[str]:
 @bp.get("/batches/<batch_id>/results")
 def batch_results(batch_id: str):  # type: ignore[no-untyped-def]
     batch = _load_batch(batch_id)
-    if request.args.get("format") == "csv":
+    fmt = request.args.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise ApiError(400, "format must be json or csv")
+    after = int_arg("after_id", 0)
+    limit = int_arg("limit", 1000, minimum=1, maximum=10_000)
+    if fmt == "csv":  # the whole batch, streamed: paging parameters are checked but unused
         response = Response(stream_with_context(_csv_lines(batch.id)), mimetype="text/csv")
         response.headers["Content-Disposition"] = f'attachment; filename="batch-{batch.id}.csv"'
         return response
-    after = request.args.get("after_id", 0, type=int) or 0
-    limit = min(request.args.get("limit", 1000, type=int) or 1000, 10_000)
     with context.sessions()() as session:
         rows = list(iter_batch_results(session, batch.id, after_id=after, limit=limit))
         total = session.scalar(
@@ -221,7 +241,7 @@ def batch_results(batch_id: str):  # type: ignore[no-untyped-def]
 @bp.get("/images/<int:image_id>")
 def get_image(image_id: int):  # type: ignore[no-untyped-def]
     with context.sessions()() as session:
-        image = session.get(Image, image_id)
+        image = session.get(Image, image_id) if image_id <= MAX_ID else None
         if image is None:
             raise ApiError(404, f"no image {image_id}")
         if image.storage_key is None:

@@ -26,7 +26,12 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
-        return jsonify(error=exc.description, status=exc.code), exc.code
+        response = jsonify(error=exc.description, status=exc.code)
+        # Keep headers the status requires, such as Allow on 405.
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response, exc.code
 
     @app.errorhandler(StorageUnavailable)
     def _storage_down(exc: StorageUnavailable):  # type: ignore[no-untyped-def]

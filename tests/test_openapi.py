@@ -1,0 +1,87 @@
+"""The OpenAPI description matches the routes, and schemathesis finds nothing wrong live."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from api import create_app
+from db import migrate
+from tests.conftest import REPO
+from tests.test_end_to_end import Service, _free_port
+
+
+def _flask_paths(app) -> set[tuple[str, str]]:
+    routes = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            routes.add((path, method.lower()))
+    return routes
+
+
+def test_every_route_is_described_and_every_description_is_a_route(settings):
+    app = create_app(settings)
+    spec = app.test_client().get("/api/v1/openapi.json").json
+    described = {(path, method) for path, ops in spec["paths"].items() for method in ops}
+    assert described == _flask_paths(app)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(600)
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(
+    tmp_path, postgres_url, redis_url
+):
+    if shutil.which("schemathesis", path=os.path.dirname(sys.executable)) is None:
+        pytest.fail("schemathesis is not installed (it is in the test extra)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEUKOSCREEN_", "BROKER"))}
+    env.update(
+        DATABASE_URL=postgres_url, BROKER_URL=redis_url, LEUKOSCREEN_VAR_DIR=str(tmp_path / "var")
+    )
+    migrate.upgrade(postgres_url)
+    (tmp_path / "logs").mkdir()
+    svc = Service(env, tmp_path / "logs")
+    port = _free_port()
+    svc.start("api", "--port", str(port), "--workers", "2", name="api")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if requests.get(f"{base}/healthz", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        done = subprocess.run(
+            [
+                os.path.join(os.path.dirname(sys.executable), "schemathesis"),
+                "run",
+                f"{base}/api/v1/openapi.json",
+                "--checks",
+                "all",
+                # Whether uploaded bytes are a usable image cannot be said in a schema.
+                "--exclude-checks",
+                "positive_data_acceptance",
+                "--max-examples",
+                "40",
+                "--generation-deterministic",
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=500,
+        )
+    finally:
+        svc.stop_all()
+    print(done.stdout[-3000:])
+    assert done.returncode == 0, done.stdout[-6000:] + svc.logs()
+    assert "500" not in re.findall(r"\[(\d{3})\]", done.stdout)
