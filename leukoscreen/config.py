@@ -80,6 +80,9 @@ class Settings:
             "data_folder_in": folder,
             "data_folder_out": folder,
             "processed_folder": str(self.broker_dir / "processed"),
+            # Otherwise kombu writes its broadcast bindings to ./control in whatever folder
+            # the process was started from.
+            "control_folder": str(self.broker_dir / "control"),
             "store_processed": False,
             # The filesystem transport polls; the default 1 s gap caps it at one chunk a second.
             "polling_interval": 0.1,

@@ -14,7 +14,6 @@ import requests
 
 from api import create_app
 from db import migrate
-from tests.conftest import REPO
 from tests.test_end_to_end import Service, _free_port
 
 
@@ -74,7 +73,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
                 "40",
                 "--generation-deterministic",
             ],
-            cwd=REPO,
+            cwd=tmp_path,
             env=env,
             capture_output=True,
             text=True,
