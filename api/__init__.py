@@ -20,6 +20,9 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         MAX_FORM_MEMORY_SIZE=1024 * 1024,
         MAX_FORM_PARTS=100_000,
         JSON_SORT_KEYS=False,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.secure_cookies,
     )
     if celery is None:
         from worker.celery_app import make_celery
@@ -34,9 +37,13 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         "celery": celery,
     }
 
-    from api import batches, errors, health
+    from api import accounts, auth, batches, errors, health, pages, reviews
 
     errors.register(app)
+    auth.register(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(batches.bp)
+    app.register_blueprint(reviews.bp)
+    app.register_blueprint(accounts.bp)
+    app.register_blueprint(pages.bp)
     return app

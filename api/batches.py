@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import mimetypes
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -13,10 +14,13 @@ from flask import Blueprint, Response, jsonify, request, send_file, stream_with_
 from sqlalchemy import func, select
 
 from api import context
+from api.auth import actor
 from api.errors import ApiError
 from api.intake import FileOutcome, Intake
+from db.audit import record_event
 from db.models import Batch, BatchState, Image, ImageState
 from db.progress import RESULT_COLUMNS, batch_progress, iter_batch_results
+from db.reviews import decision_counts
 from worker.dispatch import enqueue_images
 
 bp = Blueprint("batches", __name__, url_prefix="/api/v1")
@@ -26,7 +30,7 @@ MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "TIFF": "i
 
 def _submitter() -> str:
     return (
-        request.form.get("submitted_by") or request.headers.get("X-Submitted-By") or "anonymous"
+        request.form.get("submitted_by") or request.headers.get("X-Submitted-By") or actor().name
     )[:255]
 
 
@@ -113,6 +117,15 @@ def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
             images.append((o, image))
         session.flush()
         batch_id = batch.id
+        record_event(
+            session,
+            actor(),
+            "batch.upload",
+            f"batch:{batch_id}",
+            accepted=len(accepted),
+            rejected=report.count("rejected"),
+            duplicate=report.count("duplicate"),
+        )
         rows = [_outcome_json(o, img.id if img else None) for o, img in images]
         queued_ids = [img.id for o, img in images if img is not None and o.status == "accepted"]
 
@@ -158,6 +171,7 @@ def add_to_batch(batch_id: str):  # type: ignore[no-untyped-def]
 def _batch_json(batch: Batch) -> dict[str, Any]:
     with context.sessions()() as session:
         progress = batch_progress(session, batch.id)
+        reviews = decision_counts(session, batch.id)
     return {
         "id": batch.id,
         "name": batch.name,
@@ -165,6 +179,7 @@ def _batch_json(batch: Batch) -> dict[str, Any]:
         "created_at": batch.created_at.isoformat(),
         "state": batch.state,
         **progress.as_dict(),
+        "reviews": reviews,
         "results_url": url_for("batches.batch_results", batch_id=batch.id),
     }
 
@@ -197,17 +212,33 @@ def _csv_lines(batch_id: str) -> Iterator[str]:
     yield buffer.getvalue()
 
 
+def _json_lines(batch_id: str) -> Iterator[str]:
+    yield f'{{"batch_id": {json.dumps(batch_id)}, "results": ['
+    with context.sessions()() as session:
+        for i, row in enumerate(iter_batch_results(session, batch_id)):
+            yield ("," if i else "") + "\n" + json.dumps(row)
+    yield "\n]}\n"
+
+
 @bp.get("/batches/<batch_id>/results")
 def batch_results(batch_id: str):  # type: ignore[no-untyped-def]
     batch = _load_batch(batch_id)
-    if request.args.get("format") == "csv":
-        response = Response(stream_with_context(_csv_lines(batch.id)), mimetype="text/csv")
-        response.headers["Content-Disposition"] = f'attachment; filename="batch-{batch.id}.csv"'
+    export = request.args.get("format")
+    if export in ("csv", "json"):
+        lines = _csv_lines(batch.id) if export == "csv" else _json_lines(batch.id)
+        mimetype = "text/csv" if export == "csv" else "application/json"
+        response = Response(stream_with_context(lines), mimetype=mimetype)
+        response.headers["Content-Disposition"] = (
+            f'attachment; filename="batch-{batch.id}.{export}"'
+        )
         return response
     after = request.args.get("after_id", 0, type=int) or 0
     limit = min(request.args.get("limit", 1000, type=int) or 1000, 10_000)
+    states = tuple(s for s in request.args.getlist("state") if s) or None
     with context.sessions()() as session:
-        rows = list(iter_batch_results(session, batch.id, after_id=after, limit=limit))
+        rows = list(
+            iter_batch_results(session, batch.id, after_id=after, limit=limit, states=states)
+        )
         total = session.scalar(
             select(func.count()).select_from(Image).where(Image.batch_id == batch.id)
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, render_template, request
 from sqlalchemy.exc import DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
@@ -17,6 +17,13 @@ class ApiError(Exception):
         self.status, self.message, self.extra = status, message, extra
 
 
+def _wants_page() -> bool:
+    """A person's browser on a web page gets an HTML error; everything else gets JSON."""
+    return not request.path.startswith(("/api/", "/healthz")) and (
+        request.accept_mimetypes.accept_html
+    )
+
+
 def register(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):  # type: ignore[no-untyped-def]
@@ -24,6 +31,10 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+        if _wants_page():
+            return render_template("error.html", status=exc.code, message=exc.description), (
+                exc.code
+            )
         return jsonify(error=exc.description, status=exc.code), exc.code
 
     @app.errorhandler(OperationalError)

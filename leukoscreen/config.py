@@ -51,6 +51,10 @@ class Settings:
     reconcile_every_s: int
     default_queue: str
     secret_key: str = "dev-only-insecure-key"
+    # `leukoscreen serve` creates a first admin with this password when no user exists.
+    admin_password: str | None = None
+    # Browsers send the session cookie only over HTTPS when set (behind a TLS proxy).
+    secure_cookies: bool = False
 
     @property
     def uses_filesystem_broker(self) -> bool:
@@ -100,4 +104,6 @@ def load_settings() -> Settings:
         reconcile_every_s=_env_int("LEUKOSCREEN_RECONCILE_EVERY_S", 60),
         default_queue=_env_str("LEUKOSCREEN_QUEUE", "cpu"),
         secret_key=_env_str("LEUKOSCREEN_SECRET_KEY", "dev-only-insecure-key"),
+        admin_password=os.environ.get("LEUKOSCREEN_ADMIN_PASSWORD") or None,
+        secure_cookies=_env_str("LEUKOSCREEN_SECURE_COOKIES", "0") in ("1", "true", "yes"),
     )

@@ -1,0 +1,153 @@
+"""The review workflow as JSON: the queue, decisions with their history, threshold, QC sample."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+
+from api import context
+from api.auth import actor, require_role
+from api.errors import ApiError
+from db.models import Batch, Role
+from db.reviews import (
+    QueueFilter,
+    ReviewError,
+    history,
+    parse_cursor,
+    queue_item,
+    record_decision,
+    review_json,
+    review_queue,
+    sample_unflagged,
+    threshold_counts,
+)
+
+bp = Blueprint("reviews", __name__, url_prefix="/api/v1")
+
+REVIEWERS = (Role.REVIEWER.value,)
+
+
+def _float_arg(name: str) -> float | None:
+    raw = request.args.get(name, "")
+    if raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a number, not {raw!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ApiError(400, f"{name} must be between 0 and 1")
+    return value
+
+
+def _date_arg(name: str) -> datetime | None:
+    raw = request.args.get(name, "")
+    if not raw:
+        return None
+    try:
+        return datetime.fromisoformat(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an ISO date (YYYY-MM-DD), not {raw!r}") from None
+
+
+def _known_batch(batch_id: str) -> None:
+    with context.sessions()() as session:
+        if session.get(Batch, batch_id) is None:
+            raise ApiError(404, f"no batch {batch_id}")
+
+
+@bp.get("/review/queue")
+@require_role(*REVIEWERS)
+def queue():  # type: ignore[no-untyped-def]
+    state = request.args.get("state", "unreviewed")
+    threshold = _float_arg("threshold")
+    batch_id = request.args.get("batch") or None
+    if threshold is not None and batch_id is None:
+        raise ApiError(400, "a threshold is explored for one batch: give ?batch=")
+    f = QueueFilter(
+        batch_id=batch_id,
+        state=None if state in ("", "all") else state,
+        since=_date_arg("since"),
+        until=_date_arg("until"),
+        min_p=_float_arg("min_p"),
+        max_p=_float_arg("max_p"),
+        threshold=threshold,
+        ascending=request.args.get("order") == "asc",
+    )
+    limit = min(max(request.args.get("limit", 50, type=int) or 50, 1), 500)
+    try:
+        with context.sessions()() as session:
+            items, cursor = review_queue(session, f, parse_cursor(request.args.get("after")), limit)
+    except ReviewError as exc:
+        raise ApiError(exc.status, str(exc)) from None
+    body: dict[str, Any] = {"items": items, "next": cursor}
+    return jsonify(body)
+
+
+@bp.get("/review/items/<int:image_id>")
+@require_role(*REVIEWERS)
+def item(image_id: int):  # type: ignore[no-untyped-def]
+    with context.sessions()() as session:
+        found = queue_item(session, image_id)
+        if found is None:
+            raise ApiError(404, f"no scored image {image_id}")
+        found["history"] = history(session, image_id)
+    return jsonify(found)
+
+
+@bp.get("/images/<int:image_id>/reviews")
+@require_role(*REVIEWERS)
+def image_history(image_id: int):  # type: ignore[no-untyped-def]
+    with context.sessions()() as session:
+        return jsonify(image_id=image_id, reviews=history(session, image_id))
+
+
+@bp.post("/images/<int:image_id>/reviews")
+@require_role(*REVIEWERS)
+def decide(image_id: int):  # type: ignore[no-untyped-def]
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "send a JSON object: {decision, comment, expected_seq}")
+    expected = body.get("expected_seq")
+    if expected is not None and not isinstance(expected, int):
+        raise ApiError(400, "expected_seq must be an integer")
+    comment = body.get("comment") or ""
+    if not isinstance(comment, str):
+        raise ApiError(400, "comment must be text")
+    reviewer = actor()
+    try:
+        with context.sessions().begin() as session:
+            review = record_decision(
+                session,
+                image_id,
+                str(body.get("decision", "")),
+                reviewer,  # type: ignore[arg-type]
+                comment=comment,
+                expected_seq=expected,
+            )
+            row = review_json(review, reviewer.name)
+    except ReviewError as exc:
+        raise ApiError(exc.status, str(exc)) from None
+    return jsonify(row), 201
+
+
+@bp.get("/batches/<batch_id>/threshold")
+@require_role(*REVIEWERS)
+def explore_threshold(batch_id: str):  # type: ignore[no-untyped-def]
+    _known_batch(batch_id)
+    threshold = _float_arg("t")
+    if threshold is None:
+        raise ApiError(400, "give ?t= between 0 and 1")
+    with context.sessions()() as session:
+        return jsonify(threshold_counts(session, batch_id, threshold))
+
+
+@bp.get("/batches/<batch_id>/sample")
+@require_role(*REVIEWERS)
+def qc_sample(batch_id: str):  # type: ignore[no-untyped-def]
+    _known_batch(batch_id)
+    n = min(max(request.args.get("n", 20, type=int) or 20, 1), 200)
+    with context.sessions()() as session:
+        return jsonify(batch_id=batch_id, items=sample_unflagged(session, batch_id, n))
