@@ -136,7 +136,7 @@ def _safe_next(target: str | None) -> str:
         and not urlparse(target).netloc
     ):
         return target
-    return url_for("pages.index")
+    return url_for("pages.batches")
 
 
 @bp.route("/login", methods=["GET", "POST"])
