@@ -6,6 +6,7 @@
   const params = new URLSearchParams(location.search);
   const state = { items: [], index: -1, next: null, busy: false, threshold: null, modelThreshold: null };
   const view = { zoom: 1, x: 0, y: 0 };
+  const PAGE = 40; // the next page is fetched (keyset cursor) when J reaches the end
 
   // ---- loading the queue -------------------------------------------------------------
   function queueUrl() {
@@ -15,7 +16,7 @@
     }
     if (state.threshold !== null) q.set("threshold", state.threshold);
     if (state.next) q.set("after", state.next);
-    q.set("limit", "50");
+    q.set("limit", String(PAGE));
     return `${root.dataset.queue}?${q}`;
   }
 
@@ -84,7 +85,7 @@
       LS.el("strong", {}, h.decision.replace("_", " ")), ` by ${h.reviewer}, ${h.created_at.slice(0, 19).replace("T", " ")} UTC`,
       h.previous_decision ? ` (was ${h.previous_decision.replace("_", " ")})` : "",
       h.comment ? LS.el("div", { className: "comment" }, h.comment) : null)));
-    if (!fresh.history.length) $("history").replaceChildren(LS.el("li", { className: "muted" }, "no decision yet"));
+    if (!fresh.history.length) $("history").replaceChildren(LS.el("li", { className: "muted none" }, "no decision yet"));
   }
 
   function renderItemState(item) {
