@@ -177,6 +177,21 @@ def test_pathologist_uploads_reviews_with_the_keyboard_and_exports(web, browser,
     shown = queue.locator(".q-p").all_inner_texts()
     assert shown == sorted(shown, reverse=True)
 
+    # The threshold slider shows what a higher operating point would flag; reset restores it.
+    top = round(float(shown[9]), 2)  # the slider moves in steps of 0.01
+    page.locator("#threshold").fill(f"{top:.2f}")
+    expect(page.locator("#threshold-text")).to_contain_text(f"At {top:.2f}:")
+    expect(page.locator("#threshold-text")).to_contain_text("Stored results are not changed")
+    expect(queue).not_to_have_count(40)
+    assert 0 < queue.count() < 40
+    # shown to 3 decimals: 0.5296 (not >= 0.53) would read 0.530, hence the half-step slack
+    assert all(float(p) >= top - 0.0005 for p in queue.locator(".q-p").all_inner_texts())
+    page.screenshot(path=str(ARTIFACTS / "05b-review-threshold.png"))
+    page.click("#threshold-reset")
+    expect(queue).to_have_count(40)
+    expect(page.locator("#threshold-text")).to_contain_text("At 0.00:")
+    page.locator("#stage").focus()
+
     # Keyboard only: zoom, then decide every item; C/O/S move on to the next by themselves.
     page.keyboard.press("+")
     assert "scale(1.25)" in page.locator("#big").get_attribute("style")
