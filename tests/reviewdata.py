@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
+from pathlib import Path
 
 from db.models import Batch, Image, ImageState, ModelVersion, Result
 from db.session import engine_for, session_factory
+from leukoscreen.storage import ContentStore
 
 
 def seed_scored(
@@ -14,8 +17,17 @@ def seed_scored(
     threshold: float = 0.5,
     name: str = "seeded",
     file_names: Sequence[str] | None = None,
+    storage_dir: Path | None = None,
+    blobs: Sequence[bytes] | None = None,
 ) -> tuple[str, list[int]]:
-    """A batch whose images have these p_leukemia; returns (batch id, image ids in order)."""
+    """A batch whose images have these p_leukemia; returns (batch id, image ids in order).
+
+    With ``storage_dir`` and ``blobs`` the originals are stored too, so pages can show them.
+    """
+    keys: list[str | None] = [None] * len(scores)
+    if storage_dir is not None and blobs is not None:
+        store = ContentStore(storage_dir)
+        keys = [store.commit(store.stage(io.BytesIO(b), 10**8)) for b in blobs]
     sessions = session_factory(engine_for(database_url))
     with sessions.begin() as session:
         version = session.query(ModelVersion).filter_by(sha256="e" * 64).one_or_none()
@@ -28,9 +40,10 @@ def seed_scored(
         for i, p in enumerate(scores):
             image = Image(
                 batch=batch,
-                sha256=f"{i:064d}",
+                sha256=keys[i] or f"{i:064d}",
                 original_name=file_names[i] if file_names else f"cell_{i:03d}.jpg",
-                storage_key=None,
+                storage_key=keys[i],
+                format="JPEG" if keys[i] else None,
                 size_bytes=1,
                 state=ImageState.SCORED.value,
             )

@@ -21,6 +21,7 @@ import requests
 
 from db import migrate
 from tests.conftest import PASSWORD, REPO, create_account, smear_like_jpeg
+from tests.reviewdata import seed_scored
 from tests.test_end_to_end import Service, _free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.timeout(600)]
@@ -88,7 +89,7 @@ def web(tmp_path, model_path) -> Iterator[tuple[str, Path]]:
         time.sleep(0.3)
     ARTIFACTS.mkdir(exist_ok=True)
     try:
-        yield base, tmp_path
+        yield base, database_url, tmp_path / "var" / "images"
     finally:
         svc.stop_all()
         print(svc.logs()[-4000:])
@@ -124,7 +125,7 @@ def _watch(page, problems: list[str]) -> None:  # type: ignore[no-untyped-def]
 def test_pathologist_uploads_reviews_with_the_keyboard_and_exports(web, browser, tmp_path):
     from playwright.sync_api import expect
 
-    base, _ = web
+    base, _, _ = web
     problems: list[str] = []
     page = browser.new_page(viewport={"width": 1440, "height": 900})
     _watch(page, problems)
@@ -257,4 +258,39 @@ def test_pathologist_uploads_reviews_with_the_keyboard_and_exports(web, browser,
     expect(admin.locator("#users")).to_contain_text("dr.path")
     admin.screenshot(path=str(ARTIFACTS / "08-admin.png"), full_page=True)
 
+    assert problems == []
+
+
+def test_reviewer_overturns_a_cleared_image_from_the_qc_sample(web, browser):
+    from playwright.sync_api import expect
+
+    base, database_url, storage = web
+    scores = [0.95, 0.9, 0.2, 0.1, 0.3]
+    batch_id, ids = seed_scored(
+        database_url,
+        scores,
+        name="QC batch",
+        storage_dir=storage,
+        blobs=[smear_like_jpeg(900 + i) for i in range(len(scores))],
+    )
+    problems: list[str] = []
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    _watch(page, problems)
+    _login(page, base, "dr.path")
+    page.goto(f"{base}/batches/{batch_id}")
+    expect(page.locator("#n-cleared")).to_have_text("3")
+    page.click("text=QC: random sample of cleared images")
+    queue = page.locator("#queue li")
+    expect(queue).to_have_count(3)
+    assert all(float(p) < 0.5 for p in queue.locator(".q-p").all_inner_texts())
+    expect(page.locator("#btn-overturn")).to_contain_text("Overturn → positive")
+    expect(page.locator("#big")).to_have_js_property("complete", True)
+    page.screenshot(path=str(ARTIFACTS / "09-qc-sample.png"))
+    name = page.locator("#item-name").inner_text()
+    page.keyboard.press("o")
+    expect(queue.nth(0)).to_contain_text("overturned")
+    body = page.request.get(f"{base}/api/v1/batches/{batch_id}/results?format=json").json()
+    row = next(r for r in body["results"] if r["file_name"] == name)
+    assert (row["review_decision"], row["review_label"]) == ("overturned", "leukemia")
+    assert row["flagged"] is False  # the stored result is unchanged; the review says positive
     assert problems == []
