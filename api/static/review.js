@@ -70,6 +70,9 @@
     $("item-batch").textContent = item.batch_name;
     $("btn-confirm").querySelector("span").textContent = item.flagged ? "Confirm positive" : "Confirm negative";
     $("btn-overturn").querySelector("span").textContent = item.flagged ? "Overturn → negative" : "Overturn → positive";
+    // Colour by outcome (red: positive), so that "confirm" of a cleared image reads as negative.
+    $("btn-confirm").className = item.flagged ? "pos" : "neg";
+    $("btn-overturn").className = item.flagged ? "neg" : "pos";
     $("comment").value = "";
     $("decide-status").textContent = "";
     renderItemState(item);
