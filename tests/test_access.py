@@ -238,3 +238,41 @@ def test_serve_creates_a_first_admin_only_when_there_is_no_user(settings):
     )
     assert resp.status_code == 302
     assert client.get("/admin").status_code == 200
+
+
+def test_admin_pages_create_users_and_tokens_and_revoke_them(app, db_settings):
+    admin = browser_login(app, db_settings.database_url, "boss", "admin")
+    token = _csrf(admin.get("/admin").get_data(as_text=True))
+    made = admin.post(
+        "/admin/users",
+        data={"name": "ula", "role": "uploader", "password": "p" * 10, "csrf_token": token},
+    )
+    assert made.status_code == 302
+    with _sessions(db_settings)() as s:
+        ula = s.scalars(select(User).where(User.name == "ula")).one()
+    created = admin.post(
+        "/admin/tokens", data={"user_id": ula.id, "label": "scanner", "csrf_token": token}
+    )
+    shown = re.search(
+        r'<pre id="new-token" class="token">([^<]+)</pre>', created.get_data(as_text=True)
+    )
+    assert shown, created.get_data(as_text=True)
+    ula_client = app.test_client()
+    ula_client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {shown.group(1)}"
+    assert ula_client.get("/api/v1/batches").status_code == 200
+    # shown once: the admin page lists only a prefix
+    assert shown.group(1) not in admin.get("/admin").get_data(as_text=True)
+    with _sessions(db_settings)() as s:
+        token_id = s.scalars(select(ApiToken.id).where(ApiToken.label == "scanner")).one()
+    assert (
+        admin.post(f"/admin/tokens/{token_id}/revoke", data={"csrf_token": token}).status_code
+        == 302
+    )
+    assert ula_client.get("/api/v1/batches").status_code == 401
+    # a form post without the CSRF token changes nothing
+    refused = admin.post("/admin/users", data={"name": "x", "role": "admin", "password": "p" * 10})
+    assert refused.status_code == 400
+    with _sessions(db_settings)() as s:
+        assert s.scalar(select(User).where(User.name == "x")) is None
+        actions = s.scalars(select(AuditEvent.action).where(AuditEvent.actor_name == "boss")).all()
+    assert {"user.create", "token.create", "token.revoke"} <= set(actions)
