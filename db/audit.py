@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sqlalchemy import event
@@ -11,10 +12,21 @@ from db.models import AuditEvent, Review
 
 
 class Actor(Protocol):
-    """Who did it: a User row, or the signed-in user of a web request."""
+    """Who did it: a User row, the signed-in user of a web request, or an operator's shell."""
 
-    id: int
+    @property
+    def id(self) -> int | None: ...
+
+    @property
+    def name(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Operator:
+    """Someone at the server's command line: no account, but the audit names the OS user."""
+
     name: str
+    id: int | None = None
 
 
 class AppendOnlyError(RuntimeError):

@@ -138,6 +138,14 @@ def _sessions():  # type: ignore[no-untyped-def]
     return session_factory(engine_for(load_settings().database_url))
 
 
+def _operator():  # type: ignore[no-untyped-def]
+    import getpass
+
+    from db.audit import Operator
+
+    return Operator(name=f"cli:{getpass.getuser()}")
+
+
 def _user(args: argparse.Namespace) -> int:
     from db.accounts import AccountError, create_user
 
@@ -151,7 +159,7 @@ def _user(args: argparse.Namespace) -> int:
             return 2
     try:
         with _sessions().begin() as session:
-            user = create_user(session, args.name, args.role, password)
+            user = create_user(session, args.name, args.role, password, _operator())
             print(f"user {user.name} created with role {user.role}")
     except AccountError as exc:
         print(f"not created: {exc}", file=sys.stderr)
@@ -169,7 +177,7 @@ def _token(args: argparse.Namespace) -> int:
             if user is None:
                 print(f"no user {args.target!r}", file=sys.stderr)
                 return 1
-            _, token = create_token(session, user, None, args.label)
+            _, token = create_token(session, user, _operator(), args.label)
             # Only the token on stdout, so that scripts can capture it.
             print(token)
             return 0
@@ -177,7 +185,7 @@ def _token(args: argparse.Namespace) -> int:
         if row is None:
             print(f"no token with id {args.target}", file=sys.stderr)
             return 1
-        revoke_token(session, row, None)
+        revoke_token(session, row, _operator())
         print(f"token {row.id} ({row.prefix}…) of {row.user.name} revoked")
     return 0
 

@@ -218,6 +218,9 @@ def test_cli_adds_users_and_creates_tokens(monkeypatch, settings, capsys):
     resp = app.test_client().get("/api/v1/batches", headers={"Authorization": f"Bearer {token}"})
     assert resp.status_code == 200
     assert cli_main(["token", "create", "nobody"]) == 1
+    with session_factory(engine_for(settings.database_url))() as s:
+        actors = {e.action: e.actor_name for e in s.scalars(select(AuditEvent))}
+    assert actors["user.create"].startswith("cli:") and actors["token.create"].startswith("cli:")
 
 
 def test_serve_creates_a_first_admin_only_when_there_is_no_user(settings):
