@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, jsonify, request
@@ -42,14 +42,16 @@ def _float_arg(name: str) -> float | None:
     return value
 
 
-def _date_arg(name: str) -> datetime | None:
+def _date_arg(name: str, end_of_day: bool = False) -> datetime | None:
     raw = request.args.get(name, "")
     if not raw:
         return None
     try:
-        return datetime.fromisoformat(raw)
+        value = datetime.fromisoformat(raw)
     except ValueError:
         raise ApiError(400, f"{name} must be an ISO date (YYYY-MM-DD), not {raw!r}") from None
+    # "until 25 November" from a date picker means up to the end of that day.
+    return value + timedelta(days=1) if end_of_day and len(raw) == 10 else value
 
 
 def _known_batch(batch_id: str) -> None:
@@ -70,7 +72,7 @@ def queue():  # type: ignore[no-untyped-def]
         batch_id=batch_id,
         state=None if state in ("", "all") else state,
         since=_date_arg("since"),
-        until=_date_arg("until"),
+        until=_date_arg("until", end_of_day=True),
         min_p=_float_arg("min_p"),
         max_p=_float_arg("max_p"),
         threshold=threshold,

@@ -132,6 +132,12 @@ def test_queue_is_most_suspicious_first_and_keyset_pages_cover_it_exactly(db_set
     assert reviewer.get("/api/v1/review/queue?after=garbage").status_code == 400
     since = reviewer.get("/api/v1/review/queue?since=2999-01-01").json["items"]
     assert since == []
+    from datetime import UTC, datetime
+
+    today = datetime.now(UTC).date().isoformat()
+    assert len(reviewer.get(f"/api/v1/review/queue?until={today}").json["items"]) == 7
+    assert reviewer.get("/api/v1/review/queue?until=2000-01-01").json["items"] == []
+    assert reviewer.get("/api/v1/review/queue?since=yesterday").status_code == 400
 
 
 def test_exploring_a_threshold_shows_what_would_be_flagged_and_stores_nothing(
