@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, func, select, tuple_
+from sqlalchemy import ColumnElement, Select, exists, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -28,14 +28,20 @@ class ReviewError(ValueError):
 
 
 def latest_review_condition() -> ColumnElement[bool]:
-    """Join condition picking each image's newest review row (there may be none)."""
+    """Join condition picking each image's newest review row (there may be none).
+
+    The newest row's id comes from a correlated LIMIT 1 on (image_id, seq): one index probe
+    per image actually read, so a page of the queue never touches the whole review table.
+    """
     newest = (
-        select(func.max(Review.seq))
+        select(Review.id)
         .where(Review.image_id == Image.id)
+        .order_by(Review.seq.desc())
+        .limit(1)
         .correlate(Image)
         .scalar_subquery()
     )
-    return and_(Review.image_id == Image.id, Review.seq == newest)
+    return Review.id == newest
 
 
 def latest_result_condition() -> ColumnElement[bool]:
@@ -118,10 +124,7 @@ def parse_cursor(raw: str | None) -> tuple[float, int] | None:
         raise ReviewError(400, f"bad cursor {raw!r}") from None
 
 
-def review_queue(
-    session: Session, f: QueueFilter, after: tuple[float, int] | None, limit: int
-) -> tuple[list[dict[str, Any]], str | None]:
-    """One page of the queue and the cursor of the next page (None on the last page)."""
+def queue_statement(f: QueueFilter, after: tuple[float, int] | None, limit: int) -> Select[Any]:
     if f.state is not None and f.state not in STATES:
         raise ReviewError(400, f"state must be one of {', '.join(STATES)}")
     stmt = _item_select()
@@ -150,7 +153,14 @@ def review_queue(
         stmt = stmt.order_by(Result.p_leukemia.asc(), Result.id.asc())
     else:
         stmt = stmt.order_by(Result.p_leukemia.desc(), Result.id.desc())
-    rows = session.execute(stmt.limit(limit + 1)).all()
+    return stmt.limit(limit + 1)
+
+
+def review_queue(
+    session: Session, f: QueueFilter, after: tuple[float, int] | None, limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the queue and the cursor of the next page (None on the last page)."""
+    rows = session.execute(queue_statement(f, after, limit)).all()
     items = [_item_json(r) for r in rows[:limit]]
     cursor = None
     if len(rows) > limit:
