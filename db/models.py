@@ -127,10 +127,14 @@ class Result(Base):
         # The review queue walks flagged results by (p_leukemia, id) descending, keyset-paged;
         # it replaces the (flagged, p_leukemia) index of 0001, of which it is a superset.
         Index("ix_result_queue", "flagged", "p_leukemia", "id"),
+        # The same walk within one batch (and "what would threshold t flag" in a batch).
+        Index("ix_result_batch_queue", "batch_id", "p_leukemia", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("image.id", ondelete="CASCADE"))
+    # A copy of the image's batch: a composite index on result can then serve a one-batch queue.
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batch.id", ondelete="CASCADE"))
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_version.id"))
     p_leukemia: Mapped[float] = mapped_column(Float)
     flagged: Mapped[bool] = mapped_column(Boolean)

@@ -133,7 +133,7 @@ def queue_statement(f: QueueFilter, after: tuple[float, int] | None, limit: int)
     else:
         stmt = stmt.where(Result.p_leukemia >= f.threshold)
     if f.batch_id:
-        stmt = stmt.where(Image.batch_id == f.batch_id)
+        stmt = stmt.where(Result.batch_id == f.batch_id)
     if f.since:
         stmt = stmt.where(Result.scored_at >= f.since)
     if f.until:
@@ -178,7 +178,7 @@ def sample_unflagged(session: Session, batch_id: str, n: int) -> list[dict[str, 
     """A random sample of the batch's cleared images, for quality control of negatives."""
     stmt = (
         _item_select()
-        .where(Image.batch_id == batch_id, Result.flagged.is_(False))
+        .where(Result.batch_id == batch_id, Result.flagged.is_(False))
         .order_by(func.random())
         .limit(n)
     )
@@ -272,10 +272,7 @@ def threshold_counts(session: Session, batch_id: str, threshold: float) -> dict[
             func.count().filter(Result.flagged.is_(True)),
             func.count(),
             func.max(Result.threshold),
-        )
-        .select_from(Result)
-        .join(Image, Image.id == Result.image_id)
-        .where(Image.batch_id == batch_id, latest_result_condition())
+        ).where(Result.batch_id == batch_id, latest_result_condition())
     ).one()
     return {
         "batch_id": batch_id,

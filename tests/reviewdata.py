@@ -54,6 +54,7 @@ def seed_scored(
             session.add(
                 Result(
                     image_id=image.id,
+                    batch_id=batch.id,
                     model_version_id=version.id,
                     p_leukemia=p,
                     flagged=p >= threshold,

@@ -28,6 +28,24 @@ $$ LANGUAGE plpgsql
 
 
 def upgrade() -> None:
+    # result.batch_id: added empty, filled from the images, then required.
+    with op.batch_alter_table("result", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("batch_id", sa.String(length=36), nullable=True))
+    op.execute(
+        "UPDATE result SET batch_id = "
+        "(SELECT image.batch_id FROM image WHERE image.id = result.image_id)"
+    )
+    with op.batch_alter_table("result", schema=None) as batch_op:
+        batch_op.alter_column("batch_id", existing_type=sa.String(length=36), nullable=False)
+        batch_op.create_foreign_key(
+            "fk_result_batch_id_batch", "batch", ["batch_id"], ["id"], ondelete="CASCADE"
+        )
+        batch_op.drop_index(batch_op.f("ix_result_flagged_p"))
+        batch_op.create_index("ix_result_queue", ["flagged", "p_leukemia", "id"], unique=False)
+        batch_op.create_index(
+            "ix_result_batch_queue", ["batch_id", "p_leukemia", "id"], unique=False
+        )
+
     op.create_table(
         "user_account",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
@@ -117,10 +135,6 @@ def upgrade() -> None:
             "ix_review_reviewer_created", ["reviewer_id", "created_at"], unique=False
         )
 
-    with op.batch_alter_table("result", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_result_flagged_p"))
-        batch_op.create_index("ix_result_queue", ["flagged", "p_leukemia", "id"], unique=False)
-
     # Reviews and audit events are append-only. The application only inserts; the database
     # refuses UPDATE and DELETE as well, so not even a manual fix can rewrite history.
     for table in APPEND_ONLY:
@@ -147,12 +161,6 @@ def downgrade() -> None:
             op.execute(f"DROP TRIGGER IF EXISTS {table}_no_delete")
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP FUNCTION IF EXISTS leukoscreen_append_only()")
-    with op.batch_alter_table("result", schema=None) as batch_op:
-        batch_op.drop_index("ix_result_queue")
-        batch_op.create_index(
-            batch_op.f("ix_result_flagged_p"), ["flagged", "p_leukemia"], unique=False
-        )
-
     with op.batch_alter_table("review", schema=None) as batch_op:
         batch_op.drop_index("ix_review_reviewer_created")
 
@@ -161,5 +169,14 @@ def downgrade() -> None:
         batch_op.drop_index("ix_audit_event_created")
 
     op.drop_table("audit_event")
+    with op.batch_alter_table("result", schema=None) as batch_op:
+        batch_op.drop_index("ix_result_batch_queue")
+        batch_op.drop_constraint("fk_result_batch_id_batch", type_="foreignkey")
+        batch_op.drop_column("batch_id")
+        batch_op.drop_index("ix_result_queue")
+        batch_op.create_index(
+            batch_op.f("ix_result_flagged_p"), ["flagged", "p_leukemia"], unique=False
+        )
+
     op.drop_table("api_token")
     op.drop_table("user_account")
