@@ -75,7 +75,7 @@ def is_api_request() -> bool:
     return request.path.startswith("/api/")
 
 
-def _bearer_token() -> str | None:
+def _bearer_token() -> str:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -89,7 +89,7 @@ def _authenticate() -> Any:
     if "Authorization" in request.headers:
         token = _bearer_token()
         with context.sessions()() as session:
-            user = user_for_token(session, token or "")
+            user = user_for_token(session, token)
         if user is None:
             raise ApiError(401, "invalid or revoked API token")
         # Flask-Login's request-scoped user, without writing a session cookie for API calls.

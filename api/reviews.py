@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
 
 from flask import Blueprint, jsonify, request
 
@@ -84,8 +83,7 @@ def queue():  # type: ignore[no-untyped-def]
             items, cursor = review_queue(session, f, parse_cursor(request.args.get("after")), limit)
     except ReviewError as exc:
         raise ApiError(exc.status, str(exc)) from None
-    body: dict[str, Any] = {"items": items, "next": cursor}
-    return jsonify(body)
+    return jsonify(items=items, next=cursor)
 
 
 @bp.get("/review/items/<int:image_id>")
@@ -125,7 +123,7 @@ def decide(image_id: int):  # type: ignore[no-untyped-def]
                 session,
                 image_id,
                 str(body.get("decision", "")),
-                reviewer,  # type: ignore[arg-type]
+                reviewer,
                 comment=comment,
                 expected_seq=expected,
             )

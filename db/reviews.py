@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, Select, exists, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
+from db.audit import Actor
 from db.models import Batch, Decision, Image, ImageState, ModelVersion, Result, Review, User
 
 STATES = ("unreviewed", *(d.value for d in Decision))
@@ -196,7 +197,7 @@ def record_decision(
     session: Session,
     image_id: int,
     decision: str,
-    reviewer: User,
+    reviewer: Actor,
     comment: str = "",
     expected_seq: int | None = None,
 ) -> Review:
