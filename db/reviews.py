@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, Select, exists, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from db.audit import Actor
+from db.audit import Actor, record_event
 from db.models import Batch, Decision, Image, ImageState, ModelVersion, Result, Review, User
 
 STATES = ("unreviewed", *(d.value for d in Decision))
@@ -238,6 +238,17 @@ def record_decision(
         raise ReviewError(
             409, f"image {image_id} was reviewed by someone else at the same moment; reload it"
         ) from None
+    # Also in the audit trail, so that one list shows every action of every person.
+    record_event(
+        session,
+        reviewer,
+        "review.decide",
+        f"image:{image_id}",
+        decision=decision,
+        previous=review.previous_decision,
+        seq=review.seq,
+        review_id=review.id,
+    )
     return review
 
 

@@ -48,6 +48,17 @@ def test_decisions_are_appended_and_the_latest_one_is_current(app, db_settings, 
     assert item["state"] == "overturned" and item["reviewed_by"] == "rita"
     assert item["label"] == "no_leukemia"  # flagged image overturned
     assert len(item["history"]) == 3
+    admin = token_client(app, db_settings.database_url, "boss", "admin")
+    trail = [
+        (e["actor"], e["details"]["decision"], e["details"]["previous"])
+        for e in reversed(admin.get("/api/v1/audit").json["events"])
+        if e["action"] == "review.decide"
+    ]
+    assert trail == [
+        ("rita", "second_opinion", None),
+        ("sam", "confirmed", "second_opinion"),
+        ("rita", "overturned", "confirmed"),
+    ]
 
 
 def test_a_recorded_decision_cannot_be_changed_or_deleted(db_settings, reviewer):
