@@ -171,6 +171,7 @@ def test_pathologist_uploads_reviews_with_the_keyboard_and_exports(web, browser,
     page.goto(f"{base}/review?batch={batch_id}")
     queue = page.locator("#queue li")
     expect(queue).to_have_count(40)  # the first keyset page; J fetches the next at the end
+    expect(page.locator("#position")).to_have_text("image 1 of 40+")
     expect(page.locator("#threshold-box")).to_be_visible()
     expect(page.locator("#item-name")).not_to_be_empty()
     expect(page.locator("#big")).to_have_js_property("complete", True)
@@ -215,6 +216,7 @@ def test_pathologist_uploads_reviews_with_the_keyboard_and_exports(web, browser,
         decisions[name] = (keys[key], comment)
     expect(page.locator("#decide-status")).to_contain_text("end of the queue")
     expect(queue).to_have_count(n)
+    expect(page.locator("#position")).to_have_text(f"image {n} of {n} · {n} decided")
     # The hostile name is shown as text, never run or parsed as markup.
     expect(page.locator("#queue")).to_contain_text(EVIL_NAME)
     assert page.evaluate("window.__pwned") is None

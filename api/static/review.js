@@ -63,6 +63,7 @@
     $("big").alt = item.file_name;
     $("panel").hidden = false;
     $("item-name").textContent = item.file_name;
+    $("position").textContent = `image ${i + 1} of ${state.items.length}${state.next ? "+" : ""}`;
     $("item-p").textContent = LS.p(item.p_leukemia);
     $("item-flag").textContent = item.flagged ? "flagged (leukemia suspected)" : "cleared (no leukemia detected)";
     $("item-threshold").textContent = item.threshold;
@@ -112,6 +113,8 @@
         decision, comment: $("comment").value, expected_seq: item.seq,
       });
       Object.assign(item, { state: saved.decision, seq: saved.seq, reviewed_by: saved.reviewer, label: saved.label });
+      const done = state.items.filter((x) => x.state !== "unreviewed").length;
+      $("position").textContent = `image ${state.index + 1} of ${state.items.length}${state.next ? "+" : ""} · ${done} decided`;
       renderList();
       $("decide-status").textContent = `saved: ${saved.decision.replace("_", " ")}`;
       if (state.index + 1 < state.items.length || state.next) await move(1);
