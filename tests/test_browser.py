@@ -225,6 +225,7 @@ def test_pathologist_uploads_reviews_with_the_keyboard_and_exports(web, browser,
     page.keyboard.press("k")
     expect(page.locator("#item-state")).to_contain_text("by dr.path")
     expect(page.locator("#history li")).to_have_count(1)
+    expect(page.locator("#history li")).to_contain_text("by dr.path")
     page.screenshot(path=str(ARTIFACTS / "06-review-decided.png"))
 
     # The export shows every decision, who made it and the comment, exactly.

@@ -80,7 +80,12 @@
     renderList();
     const current = $("queue").children[i];
     if (current) current.scrollIntoView({ block: "nearest" });
-    // Fresh state and full history: someone else may have decided since the list loaded.
+    $("history").replaceChildren(LS.el("li", { className: "muted none" }, "loading…"));
+    await refreshDetails(item);
+  }
+
+  // Fresh state and full history: someone else may have decided since the list loaded.
+  async function refreshDetails(item) {
     const fresh = await LS.getJSON(LS.withId(root.dataset.item, item.image_id));
     if (state.items[state.index] !== item) return;
     Object.assign(item, fresh);
@@ -117,8 +122,12 @@
       $("position").textContent = `image ${state.index + 1} of ${state.items.length}${state.next ? "+" : ""} · ${done} decided`;
       renderList();
       $("decide-status").textContent = `saved: ${saved.decision.replace("_", " ")}`;
-      if (state.index + 1 < state.items.length || state.next) await move(1);
-      else $("decide-status").textContent = `saved: ${saved.decision.replace("_", " ")} · end of the queue`;
+      if (state.index + 1 < state.items.length || state.next) {
+        await move(1);
+      } else {
+        $("decide-status").textContent = `saved: ${saved.decision.replace("_", " ")} · end of the queue`;
+        await refreshDetails(item);
+      }
     } catch (e) {
       $("decide-status").textContent = `not saved: ${e.message}`;
     } finally {
