@@ -260,4 +260,10 @@ def get_image(image_id: int):  # type: ignore[no-untyped-def]
     # Served with the type Pillow detected, never guessed from the uploaded name.
     mimetype = MIME.get(image.format or "", "application/octet-stream")
     ext = mimetypes.guess_extension(mimetype) or ""
-    return send_file(path, mimetype=mimetype, download_name=f"image-{image_id}{ext}", max_age=3600)
+    response = send_file(
+        path, mimetype=mimetype, download_name=f"image-{image_id}{ext}", max_age=3600
+    )
+    # Patient images are behind a login: a browser may keep them, a shared proxy may not.
+    response.cache_control.public = False
+    response.cache_control.private = True
+    return response

@@ -279,3 +279,20 @@ def test_admin_pages_create_users_and_tokens_and_revoke_them(app, db_settings):
         assert s.scalar(select(User).where(User.name == "x")) is None
         actions = s.scalars(select(AuditEvent.action).where(AuditEvent.actor_name == "boss")).all()
     assert {"user.create", "token.create", "token.revoke"} <= set(actions)
+
+
+def test_stored_images_need_credentials_and_are_never_publicly_cached(app, db_settings, make_jpeg):
+    import io
+
+    client = token_client(app, db_settings.database_url, "ula", "uploader")
+    resp = client.post(
+        "/api/v1/batches",
+        data={"images": [(io.BytesIO(make_jpeg(3)), "a.jpg")]},
+        content_type="multipart/form-data",
+    )
+    image_id = resp.json["files"][0]["image_id"]
+    assert app.test_client().get(f"/api/v1/images/{image_id}").status_code == 401
+    image = client.get(f"/api/v1/images/{image_id}")
+    assert image.status_code == 200 and image.data == make_jpeg(3)
+    assert "private" in image.headers["Cache-Control"]
+    assert "public" not in image.headers["Cache-Control"]
