@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import Celery
 from flask import Flask
 
+from api.params import reject_out_of_range_ids
 from db.session import engine_for, session_factory
 from leukoscreen.config import Settings, load_settings
 from leukoscreen.storage import ContentStore
@@ -13,6 +14,7 @@ from leukoscreen.storage import ContentStore
 def create_app(settings: Settings | None = None, celery: Celery | None = None) -> Flask:
     settings = settings or load_settings()
     app = Flask(__name__)
+    app.url_value_preprocessor(reject_out_of_range_ids)
     app.config.update(
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
@@ -20,6 +22,9 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         MAX_FORM_MEMORY_SIZE=1024 * 1024,
         MAX_FORM_PARTS=100_000,
         JSON_SORT_KEYS=False,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.secure_cookies,
     )
     if celery is None:
         from worker.celery_app import make_celery
@@ -34,7 +39,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         "celery": celery,
     }
 
-    from api import batches, errors, health, openapi
+    from api import accounts, auth, batches, errors, health, openapi, pages, reviews
 
     @app.after_request
     def _no_sniffing(response):  # type: ignore[no-untyped-def]
@@ -43,7 +48,11 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         return response
 
     errors.register(app)
+    auth.register(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(batches.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(reviews.bp)
+    app.register_blueprint(accounts.bp)
+    app.register_blueprint(pages.bp)
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import mimetypes
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -13,10 +14,14 @@ from flask import Blueprint, Response, jsonify, request, send_file, stream_with_
 from sqlalchemy import func, select
 
 from api import context
+from api.auth import actor
 from api.errors import ApiError
 from api.intake import FileOutcome, Intake
+from api.params import MAX_ID, int_arg
+from db.audit import record_event
 from db.models import Batch, BatchState, Image, ImageState
 from db.progress import RESULT_COLUMNS, batch_progress, iter_batch_results
+from db.reviews import decision_counts
 from worker.dispatch import enqueue_images
 
 bp = Blueprint("batches", __name__, url_prefix="/api/v1")
@@ -24,26 +29,14 @@ bp = Blueprint("batches", __name__, url_prefix="/api/v1")
 MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "TIFF": "image/tiff"}
 
 
-MAX_ID = 2**63 - 1
-
-
-def int_arg(name: str, default: int, minimum: int = 0, maximum: int = MAX_ID) -> int:
-    """A query parameter that must be an integer: anything else is the client's error."""
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, f"query parameter {name!r} must be an integer") from None
-    if not minimum <= value <= maximum:
-        raise ApiError(400, f"query parameter {name!r} must be between {minimum} and {maximum}")
-    return value
+def _text(value: str, limit: int = 255) -> str:
+    """Form text as sent, minus the NUL characters PostgreSQL cannot store."""
+    return value.replace("\x00", "\ufffd")[:limit]
 
 
 def _submitter() -> str:
-    return (
-        request.form.get("submitted_by") or request.headers.get("X-Submitted-By") or "anonymous"
+    return _text(
+        request.form.get("submitted_by") or request.headers.get("X-Submitted-By") or actor().name
     )[:255]
 
 
@@ -98,7 +91,7 @@ def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
     with sessions.begin() as session:
         if batch is None:
             batch = Batch(
-                name=(name or f"batch {now:%Y-%m-%d %H:%M:%S}")[:255],
+                name=_text(name or f"batch {now:%Y-%m-%d %H:%M:%S}"),
                 submitted_by=_submitter(),
                 created_at=now,
             )
@@ -114,7 +107,8 @@ def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
             image = Image(
                 batch=batch,
                 sha256=o.sha256 or "",
-                original_name=o.name[:1024],
+                # PostgreSQL text cannot hold NUL; keep the rest of the name as sent.
+                original_name=_text(o.name, 1024),
                 storage_key=o.sha256 if o.status == "accepted" else None,
                 size_bytes=o.size,
                 width=o.width,
@@ -131,6 +125,15 @@ def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
             images.append((o, image))
         session.flush()
         batch_id = batch.id
+        record_event(
+            session,
+            actor(),
+            "batch.upload",
+            f"batch:{batch_id}",
+            accepted=len(accepted),
+            rejected=report.count("rejected"),
+            duplicate=report.count("duplicate"),
+        )
         rows = [_outcome_json(o, img.id if img else None) for o, img in images]
         queued_ids = [img.id for o, img in images if img is not None and o.status == "accepted"]
 
@@ -176,6 +179,7 @@ def add_to_batch(batch_id: str):  # type: ignore[no-untyped-def]
 def _batch_json(batch: Batch) -> dict[str, Any]:
     with context.sessions()() as session:
         progress = batch_progress(session, batch.id)
+        reviews = decision_counts(session, batch.id)
     return {
         "id": batch.id,
         "name": batch.name,
@@ -183,6 +187,7 @@ def _batch_json(batch: Batch) -> dict[str, Any]:
         "created_at": batch.created_at.isoformat(),
         "state": batch.state,
         **progress.as_dict(),
+        "reviews": reviews,
         "results_url": url_for("batches.batch_results", batch_id=batch.id),
     }
 
@@ -215,20 +220,35 @@ def _csv_lines(batch_id: str) -> Iterator[str]:
     yield buffer.getvalue()
 
 
+def _json_lines(batch_id: str) -> Iterator[str]:
+    yield f'{{"batch_id": {json.dumps(batch_id)}, "results": ['
+    with context.sessions()() as session:
+        for i, row in enumerate(iter_batch_results(session, batch_id)):
+            yield ("," if i else "") + "\n" + json.dumps(row)
+    yield "\n]}\n"
+
+
 @bp.get("/batches/<batch_id>/results")
 def batch_results(batch_id: str):  # type: ignore[no-untyped-def]
     batch = _load_batch(batch_id)
-    fmt = request.args.get("format", "json")
-    if fmt not in ("json", "csv"):
+    export = request.args.get("format", "json")
+    if export not in ("json", "csv"):
         raise ApiError(400, "format must be json or csv")
     after = int_arg("after_id", 0)
     limit = int_arg("limit", 1000, minimum=1, maximum=10_000)
-    if fmt == "csv":  # the whole batch, streamed: paging parameters are checked but unused
-        response = Response(stream_with_context(_csv_lines(batch.id)), mimetype="text/csv")
-        response.headers["Content-Disposition"] = f'attachment; filename="batch-{batch.id}.csv"'
+    states = tuple(s for s in request.args.getlist("state") if s) or None
+    if "format" in request.args:  # an export: the whole batch, streamed; paging unused
+        lines = _csv_lines(batch.id) if export == "csv" else _json_lines(batch.id)
+        mimetype = "text/csv" if export == "csv" else "application/json"
+        response = Response(stream_with_context(lines), mimetype=mimetype)
+        response.headers["Content-Disposition"] = (
+            f'attachment; filename="batch-{batch.id}.{export}"'
+        )
         return response
     with context.sessions()() as session:
-        rows = list(iter_batch_results(session, batch.id, after_id=after, limit=limit))
+        rows = list(
+            iter_batch_results(session, batch.id, after_id=after, limit=limit, states=states)
+        )
         total = session.scalar(
             select(func.count()).select_from(Image).where(Image.batch_id == batch.id)
         )
@@ -250,4 +270,10 @@ def get_image(image_id: int):  # type: ignore[no-untyped-def]
     # Served with the type Pillow detected, never guessed from the uploaded name.
     mimetype = MIME.get(image.format or "", "application/octet-stream")
     ext = mimetypes.guess_extension(mimetype) or ""
-    return send_file(path, mimetype=mimetype, download_name=f"image-{image_id}{ext}", max_age=3600)
+    response = send_file(
+        path, mimetype=mimetype, download_name=f"image-{image_id}{ext}", max_age=3600
+    )
+    # Patient images are behind a login: a browser may keep them, a shared proxy may not.
+    response.cache_control.public = False
+    response.cache_control.private = True
+    return response

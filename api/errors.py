@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
-from sqlalchemy.exc import DBAPIError, OperationalError
+from flask import Flask, jsonify, render_template, request
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from leukoscreen.storage import StorageUnavailable
@@ -19,6 +19,13 @@ class ApiError(Exception):
         self.status, self.message, self.extra = status, message, extra
 
 
+def _wants_page() -> bool:
+    """A person's browser on a web page gets an HTML error; everything else gets JSON."""
+    return not request.path.startswith(("/api/", "/healthz")) and (
+        request.accept_mimetypes.accept_html
+    )
+
+
 def register(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):  # type: ignore[no-untyped-def]
@@ -26,6 +33,10 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+        if _wants_page():
+            return render_template("error.html", status=exc.code, message=exc.description), (
+                exc.code
+            )
         response = jsonify(error=exc.description, status=exc.code)
         # Keep headers the status requires, such as Allow on 405.
         for name, value in exc.get_headers():
@@ -39,6 +50,13 @@ def register(app: Flask) -> None:
         status = 507 if exc.full else 503
         log.error("storage error: %s", exc)
         return jsonify(error=str(exc), status=status), status
+
+    @app.errorhandler(DataError)
+    def _bad_value(exc: DataError):  # type: ignore[no-untyped-def]
+        # A value the database refuses (NUL characters, numbers out of range) is the
+        # client's input, not an outage.
+        log.info("value refused by the database: %s", exc.orig)
+        return jsonify(error="a value in the request cannot be stored", status=400), 400
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(DBAPIError)

@@ -10,8 +10,9 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
+from api.params import MAX_ID, MAX_SMALL_ID, SMALL_IDS
+
 bp = Blueprint("openapi", __name__)
-MAX_ID = 2**63 - 1
 
 ERROR = {
     "type": "object",
@@ -100,13 +101,43 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "bad request",
+        401: "no valid token or session",
+        403: "role not allowed",
         404: "not found",
+        409: "conflict with a newer decision",
         413: "request too large",
         422: "nothing usable",
         503: "a dependency is down",
         507: "storage full",
     }
-    return {str(c): _json(ERROR, text[c]) for c in codes}
+    # Every operation needs a token or session, so 401 and 403 can always happen.
+    return {str(c): _json(ERROR, text[c]) for c in (*codes, 401, 403)}
+
+
+OBJECT = {"type": "object"}
+
+
+def _id(name: str) -> dict[str, Any]:
+    top = MAX_SMALL_ID if name in SMALL_IDS else MAX_ID
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": {"type": "integer", "minimum": 0, "maximum": top},
+    }
+
+
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "schema": schema}
+
+
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+REVIEW_STATES = ["unreviewed", "confirmed", "overturned", "second_opinion", "all"]
+ROLES = ["uploader", "reviewer", "admin"]
+UNIT = {"type": "number", "minimum": 0, "maximum": 1}
 
 
 UPLOAD_BODY = {
@@ -134,6 +165,154 @@ UPLOAD_BODY = {
 BATCH_ID = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
+def review_and_account_paths() -> dict[str, Any]:
+    """Pathologist review and administration (see api/reviews.py and api/accounts.py)."""
+    return {
+        "/api/v1/review/queue": {
+            "get": {
+                "summary": "flagged images to review, most suspicious first, keyset-paged",
+                "parameters": [
+                    _query("state", {"type": "string", "enum": REVIEW_STATES}),
+                    _query("batch", {"type": "string"}),
+                    _query("since", {"type": "string", "format": "date"}),
+                    _query("until", {"type": "string", "format": "date"}),
+                    _query("min_p", UNIT),
+                    _query("max_p", UNIT),
+                    _query("threshold", UNIT),
+                    _query("order", {"type": "string", "enum": ["asc", "desc"]}),
+                    _query("after", {"type": "string"}),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
+                ],
+                "responses": {"200": _json(OBJECT, "queue page"), **_errors(400, 404, 503)},
+            }
+        },
+        "/api/v1/review/items/{image_id}": {
+            "get": {
+                "summary": "one image as the review panel shows it",
+                "parameters": [_id("image_id")],
+                "responses": {"200": _json(OBJECT, "item"), **_errors(404, 503)},
+            }
+        },
+        "/api/v1/images/{image_id}/reviews": {
+            "get": {
+                "summary": "decision history (append-only)",
+                "parameters": [_id("image_id")],
+                "responses": {"200": _json(OBJECT, "history"), **_errors(404, 503)},
+            },
+            "post": {
+                "summary": "record a decision",
+                "parameters": [_id("image_id")],
+                "requestBody": _json_body(
+                    {
+                        "type": "object",
+                        "required": ["decision"],
+                        "properties": {
+                            "decision": {
+                                "type": "string",
+                                "enum": ["confirm", "overturn", "second_opinion"],
+                            },
+                            "comment": {"type": "string"},
+                            "expected_seq": {"type": "integer"},
+                        },
+                    }
+                ),
+                "responses": {
+                    "201": _json(OBJECT, "decision recorded"),
+                    **_errors(400, 404, 409, 503),
+                },
+            },
+        },
+        "/api/v1/batches/{batch_id}/threshold": {
+            "get": {
+                "summary": "what would be flagged at another threshold (nothing stored)",
+                "parameters": [BATCH_ID, {**_query("t", UNIT), "required": True}],
+                "responses": {"200": _json(OBJECT, "counts"), **_errors(400, 404, 503)},
+            }
+        },
+        "/api/v1/batches/{batch_id}/sample": {
+            "get": {
+                "summary": "random sample of unflagged images (quality control)",
+                "parameters": [
+                    BATCH_ID,
+                    _query("n", {"type": "integer", "minimum": 1, "maximum": 200}),
+                ],
+                "responses": {"200": _json(OBJECT, "sample"), **_errors(400, 404, 503)},
+            }
+        },
+        "/api/v1/users": {
+            "get": {
+                "summary": "users (admin)",
+                "responses": {"200": _json(OBJECT, "users"), **_errors(503)},
+            },
+            "post": {
+                "summary": "create a user (admin)",
+                "requestBody": _json_body(
+                    {
+                        "type": "object",
+                        "required": ["name", "role", "password"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "role": {"type": "string", "enum": ROLES},
+                            "password": {"type": "string"},
+                        },
+                    }
+                ),
+                "responses": {"201": _json(OBJECT, "created"), **_errors(400, 503)},
+            },
+        },
+        "/api/v1/users/{user_id}": {
+            "patch": {
+                "summary": "change role, password or active flag (admin)",
+                "parameters": [_id("user_id")],
+                "requestBody": _json_body(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "role": {"type": "string", "enum": ROLES},
+                            "password": {"type": "string"},
+                            "active": {"type": "boolean"},
+                        },
+                    }
+                ),
+                "responses": {"200": _json(OBJECT, "updated"), **_errors(400, 404, 503)},
+            }
+        },
+        "/api/v1/tokens": {
+            "get": {
+                "summary": "API tokens, without their secrets (admin)",
+                "responses": {"200": _json(OBJECT, "tokens"), **_errors(503)},
+            }
+        },
+        "/api/v1/users/{user_id}/tokens": {
+            "post": {
+                "summary": "create a token; its secret is shown once (admin)",
+                "parameters": [_id("user_id")],
+                "requestBody": _json_body(
+                    {"type": "object", "properties": {"label": {"type": "string"}}}
+                ),
+                "responses": {"201": _json(OBJECT, "token"), **_errors(400, 404, 503)},
+            }
+        },
+        "/api/v1/tokens/{token_id}": {
+            "delete": {
+                "summary": "revoke a token (admin)",
+                "parameters": [_id("token_id")],
+                "responses": {"200": _json(OBJECT, "revoked"), **_errors(404, 503)},
+            }
+        },
+        "/api/v1/audit": {
+            "get": {
+                "summary": "audit events, newest first (admin)",
+                "parameters": [
+                    _query("before_id", {"type": "integer", "minimum": 0, "maximum": MAX_ID}),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                ],
+                "responses": {"200": _json(OBJECT, "events"), **_errors(400, 503)},
+            }
+        },
+    }
+
+
 def spec() -> dict[str, Any]:
     intake_responses = {
         "202": _json(INTAKE, "batch accepted; scoring queued"),
@@ -142,11 +321,15 @@ def spec() -> dict[str, Any]:
     }
     return {
         "openapi": "3.0.3",
-        "info": {"title": "LeukoScreen intake API", "version": "1"},
+        "info": {"title": "LeukoScreen API", "version": "1"},
+        "components": {"securitySchemes": {"token": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"token": []}],
         "paths": {
+            **review_and_account_paths(),
             "/healthz": {
                 "get": {
                     "summary": "database and broker reachable",
+                    "security": [],
                     "responses": {
                         "200": _json({"type": "object"}, "all reachable"),
                         "503": _json({"type": "object"}, "something is down"),
@@ -230,7 +413,7 @@ def spec() -> dict[str, Any]:
                                 "application/json": {
                                     "schema": {
                                         "type": "object",
-                                        "required": ["batch_id", "total", "results"],
+                                        "required": ["batch_id", "results"],
                                         "properties": {
                                             "batch_id": {"type": "string"},
                                             "total": {"type": "integer"},

@@ -201,6 +201,19 @@ def _latencies(database_url: str, batch_ids: list[str]) -> list[float]:
     return [(scored - created).total_seconds() for created, scored in rows]
 
 
+def _bench_token(database_url: str) -> str:
+    """An uploader account and API token in the benchmark's throw-away schema."""
+    import secrets
+
+    from db.accounts import create_token, create_user
+    from db.session import engine_for, session_factory
+
+    with session_factory(engine_for(database_url)).begin() as session:
+        user = create_user(session, "bench", "uploader", secrets.token_urlsafe(16))
+        _, token = create_token(session, user, None, "bench")
+    return token
+
+
 class Processes:
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
         self.env, self.log_dir, self.procs = env, log_dir, []
@@ -272,7 +285,7 @@ def bench_end_to_end(
     procs = Processes(env, workdir)
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    headers: dict[str, str] = {}
+    headers = {"Authorization": f"Bearer {_bench_token(database_url)}"}
     try:
         procs.start("api", "api", "--port", str(port), "--workers", "2")
         worker = procs.start("worker", "worker", "--concurrency", str(args.worker_concurrency))

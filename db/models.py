@@ -126,11 +126,17 @@ class Result(Base):
     __table_args__ = (
         # Idempotency: a re-delivered task can never add a second result for the same model.
         UniqueConstraint("image_id", "model_version_id", name="uq_result_image_model"),
-        Index("ix_result_flagged_p", "flagged", "p_leukemia"),
+        # The review queue walks flagged results by (p_leukemia, id) descending, keyset-paged;
+        # it replaces the (flagged, p_leukemia) index of 0001, of which it is a superset.
+        Index("ix_result_queue", "flagged", "p_leukemia", "id"),
+        # The same walk within one batch (and "what would threshold t flag" in a batch).
+        Index("ix_result_batch_queue", "batch_id", "p_leukemia", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("image.id", ondelete="CASCADE"))
+    # A copy of the image's batch: a composite index on result can then serve a one-batch queue.
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batch.id", ondelete="CASCADE"))
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_version.id"))
     p_leukemia: Mapped[float] = mapped_column(Float)
     flagged: Mapped[bool] = mapped_column(Boolean)
@@ -140,3 +146,81 @@ class Result(Base):
 
     image: Mapped[Image] = relationship(back_populates="results")
     model_version: Mapped[ModelVersion] = relationship()
+
+
+class Role(enum.StrEnum):
+    UPLOADER = "uploader"
+    REVIEWER = "reviewer"
+    ADMIN = "admin"
+
+
+class Decision(enum.StrEnum):
+    CONFIRMED = "confirmed"
+    OVERTURNED = "overturned"
+    SECOND_OPINION = "second_opinion"
+
+
+class User(Base):
+    __tablename__ = "user_account"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    # Only the SHA-256 of the token is kept: a leaked database does not leak usable tokens.
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(12))
+    label: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+    user: Mapped[User] = relationship(foreign_keys=[user_id])
+
+
+class Review(Base):
+    """One pathologist decision. Rows are only ever inserted; the latest seq is the current one."""
+
+    __tablename__ = "review"
+    __table_args__ = (
+        # seq = previous seq + 1: two reviewers deciding at once cannot both extend the same
+        # history (the second insert fails), and (image_id, seq) finds the latest row directly.
+        UniqueConstraint("image_id", "seq", name="uq_review_image_seq"),
+        Index("ix_review_reviewer_created", "reviewer_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("image.id", ondelete="CASCADE"))
+    result_id: Mapped[int | None] = mapped_column(ForeignKey("result.id"))
+    seq: Mapped[int] = mapped_column(Integer)
+    decision: Mapped[str] = mapped_column(String(16))
+    # What the decision means for this image: the model's flag confirmed or overturned.
+    label: Mapped[str | None] = mapped_column(String(16))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    previous_decision: Mapped[str | None] = mapped_column(String(16))
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    reviewer: Mapped[User] = relationship()
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_event"
+    __table_args__ = (Index("ix_audit_event_created", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    actor_name: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(255), default="")
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)

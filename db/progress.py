@@ -10,7 +10,8 @@ from typing import Any
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 
-from db.models import Batch, BatchState, Image, ImageState, ModelVersion, Result
+from db.models import Batch, BatchState, Image, ImageState, ModelVersion, Result, Review, User
+from db.reviews import latest_review_condition
 
 PENDING = (ImageState.QUEUED.value, ImageState.SCORING.value)
 
@@ -109,14 +110,25 @@ RESULT_COLUMNS = (
     "model_sha256",
     "scored_at",
     "error",
+    "review_decision",
+    "review_label",
+    "reviewed_by",
+    "reviewed_at",
+    "review_comment",
 )
 
 
 def iter_batch_results(
-    session: Session, batch_id: str, after_id: int = 0, limit: int | None = None
+    session: Session,
+    batch_id: str,
+    after_id: int = 0,
+    limit: int | None = None,
+    states: tuple[str, ...] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """One row per image in id order, with its latest result if it has one."""
+    """One row per image in id order, with its latest result and current review if any."""
     where = [Image.batch_id == batch_id, Image.id > after_id]
+    if states:
+        where.append(Image.state.in_(states))
     if limit is not None:
         # Bound the page in SQL by its last image id, so a page reads `limit` images, not the
         # whole batch (an image can have one result per model version, hence no plain LIMIT).
@@ -131,16 +143,18 @@ def iter_batch_results(
             return
         where.append(Image.id <= last_id)
     stmt = (
-        select(Image, Result, ModelVersion)
+        select(Image, Result, ModelVersion, Review, User.name)
         .outerjoin(Result, Result.image_id == Image.id)
         .outerjoin(ModelVersion, ModelVersion.id == Result.model_version_id)
+        .outerjoin(Review, latest_review_condition())
+        .outerjoin(User, User.id == Review.reviewer_id)
         .where(*where)
         .order_by(Image.id, Result.scored_at)
         .execution_options(yield_per=500)
     )
     pending: dict[str, Any] | None = None
     emitted = 0
-    for image, result, version in session.execute(stmt):
+    for image, result, version, review, reviewer in session.execute(stmt):
         row = {
             "image_id": image.id,
             "file_name": image.original_name,
@@ -153,6 +167,11 @@ def iter_batch_results(
             "model_sha256": version.sha256 if version else None,
             "scored_at": result.scored_at.isoformat() if result else None,
             "error": image.error,
+            "review_decision": review.decision if review else None,
+            "review_label": review.label if review else None,
+            "reviewed_by": reviewer,
+            "reviewed_at": review.created_at.isoformat() if review else None,
+            "review_comment": review.comment if review else None,
         }
         # Rows of one image are adjacent and ordered by time: keep the newest.
         if pending is not None and pending["image_id"] != row["image_id"]:

@@ -139,6 +139,64 @@ def _reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sessions():  # type: ignore[no-untyped-def]
+    from db.session import engine_for, session_factory
+
+    return session_factory(engine_for(load_settings().database_url))
+
+
+def _operator():  # type: ignore[no-untyped-def]
+    import getpass
+
+    from db.audit import Operator
+
+    return Operator(name=f"cli:{getpass.getuser()}")
+
+
+def _user(args: argparse.Namespace) -> int:
+    from db.accounts import AccountError, create_user
+
+    password = args.password or os.environ.get("LEUKOSCREEN_PASSWORD")
+    if not password:
+        import getpass
+
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            print("passwords differ", file=sys.stderr)
+            return 2
+    try:
+        with _sessions().begin() as session:
+            user = create_user(session, args.name, args.role, password, _operator())
+            print(f"user {user.name} created with role {user.role}")
+    except AccountError as exc:
+        print(f"not created: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    from db.accounts import create_token, find_user, revoke_token
+    from db.models import ApiToken
+
+    with _sessions().begin() as session:
+        if args.action == "create":
+            user = find_user(session, args.target)
+            if user is None:
+                print(f"no user {args.target!r}", file=sys.stderr)
+                return 1
+            _, token = create_token(session, user, _operator(), args.label)
+            # Only the token on stdout, so that scripts can capture it.
+            print(token)
+            return 0
+        row = session.get(ApiToken, int(args.target)) if args.target.isdigit() else None
+        if row is None:
+            print(f"no token with id {args.target}", file=sys.stderr)
+            return 1
+        revoke_token(session, row, _operator())
+        print(f"token {row.id} ({row.prefix}…) of {row.user.name} revoked")
+    return 0
+
+
 def _submit(args: argparse.Namespace) -> int:
     from leukoscreen.submit import run_submit
 
@@ -233,7 +291,25 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait until every image is scored")
     p.add_argument("--csv", help="write the results CSV here (implies --wait)")
     p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument(
+        "--token",
+        default=os.environ.get("LEUKOSCREEN_TOKEN"),
+        help="API token (default: $LEUKOSCREEN_TOKEN); an admin creates one with 'token create'",
+    )
     p.set_defaults(func=_submit)
+
+    p = sub.add_parser("user", help="manage accounts")
+    p.add_argument("action", choices=["add"])
+    p.add_argument("name")
+    p.add_argument("--role", choices=["uploader", "reviewer", "admin"], required=True)
+    p.add_argument("--password", help="default: $LEUKOSCREEN_PASSWORD, else asked for")
+    p.set_defaults(func=_user)
+
+    p = sub.add_parser("token", help="API tokens: 'token create USER' or 'token revoke ID'")
+    p.add_argument("action", choices=["create", "revoke"])
+    p.add_argument("target", help="user name (create) or token id (revoke)")
+    p.add_argument("--label", default="cli")
+    p.set_defaults(func=_token)
 
     p = sub.add_parser("serve", help="API + worker + reconciler in one command (embedded defaults)")
     p.add_argument("--host", default="127.0.0.1")

@@ -54,6 +54,10 @@ class Settings:
     tf_threads: int
     hostname: str
     secret_key: str = "dev-only-insecure-key"
+    # `leukoscreen serve` creates a first admin with this password when no user exists.
+    admin_password: str | None = None
+    # Browsers send the session cookie only over HTTPS when set (behind a TLS proxy).
+    secure_cookies: bool = False
 
     @property
     def uses_filesystem_broker(self) -> bool:
@@ -118,4 +122,6 @@ def load_settings() -> Settings:
         tf_threads=_env_int("LEUKOSCREEN_TF_THREADS", 0),
         hostname=_env_str("LEUKOSCREEN_WORKER_HOSTNAME", socket.gethostname()),
         secret_key=_env_str("LEUKOSCREEN_SECRET_KEY", "dev-only-insecure-key"),
+        admin_password=os.environ.get("LEUKOSCREEN_ADMIN_PASSWORD") or None,
+        secure_cookies=_env_str("LEUKOSCREEN_SECURE_COOKIES", "0") in ("1", "true", "yes"),
     )

@@ -8,13 +8,27 @@ SQLite and Celery's filesystem transport under ./var.
 from __future__ import annotations
 
 import argparse
+import secrets
 import signal
 import subprocess
 import sys
 import time
 
 from db import migrate
-from leukoscreen.config import load_settings
+from leukoscreen.config import Settings, load_settings
+
+
+def ensure_first_admin(settings: Settings) -> str | None:
+    """Create an admin when no user exists; returns the password to print, if one was made."""
+    from db.accounts import create_user, has_users
+    from db.session import engine_for, session_factory
+
+    with session_factory(engine_for(settings.database_url)).begin() as session:
+        if has_users(session):
+            return None
+        password = settings.admin_password or secrets.token_urlsafe(12)
+        create_user(session, "admin", "admin", password)
+    return password
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -26,6 +40,7 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         return 2
     migrate.upgrade(settings.database_url)
+    password = ensure_first_admin(settings)
     cli = [sys.executable, "-m", "leukoscreen.cli"]
     children = [
         subprocess.Popen([*cli, "worker", "--beat"]),
@@ -36,6 +51,15 @@ def run_serve(args: argparse.Namespace) -> int:
         f"broker {settings.broker_url})",
         flush=True,
     )
+    if password is not None:
+        shown = "(from LEUKOSCREEN_ADMIN_PASSWORD)" if settings.admin_password else password
+        print(
+            f"First account created. Sign in at http://{args.host}:{args.port}/login as "
+            f"'admin' with password {shown}\n"
+            "Add people with: leukoscreen user add NAME --role uploader|reviewer|admin\n"
+            "API token for submit: leukoscreen token create admin",
+            flush=True,
+        )
 
     def stop(*_: object) -> None:
         for child in children:

@@ -100,7 +100,15 @@ def run_submit(args: argparse.Namespace) -> int:
     if not files:
         print("nothing to upload", file=sys.stderr)
         return 2
+    if not args.token:
+        print(
+            "an API token is needed: --token or LEUKOSCREEN_TOKEN "
+            "(an admin creates one: leukoscreen token create USER)",
+            file=sys.stderr,
+        )
+        return 2
     http = requests.Session()
+    http.headers["Authorization"] = f"Bearer {args.token}"
     batch_id: str | None = None
     counts = {"accepted": 0, "rejected": 0, "duplicate": 0}
     problems: list[dict[str, Any]] = []

@@ -89,6 +89,28 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+PASSWORD = "correct horse battery staple"
+
+
+def create_account(database_url: str, name: str, role: str, password: str = PASSWORD) -> str:
+    """A user with this role; returns a fresh API token for it."""
+    from db.accounts import create_token, create_user, find_user
+    from db.session import engine_for, session_factory
+
+    with session_factory(engine_for(database_url)).begin() as session:
+        user = find_user(session, name) or create_user(session, name, role, password)
+        _, token = create_token(session, user, None, "tests")
+    return token
+
+
+def token_client(app, database_url: str, name: str = "lab", role: str = "uploader"):  # type: ignore[no-untyped-def]
+    """A Flask test client that sends 'Authorization: Bearer' for a user with ``role``."""
+    client = app.test_client()
+    token = create_account(database_url, name, role)
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    return client
+
+
 @pytest.fixture(scope="session")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained LeNet-LLD weights file: the pipeline must run with any such file."""

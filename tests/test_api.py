@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from api import create_app
 from db.models import Image, ImageState
 from db.session import engine_for, session_factory
+from tests.conftest import token_client
 
 
 def _queued_messages(settings) -> list[list[int]]:
@@ -30,7 +31,7 @@ def _queued_messages(settings) -> list[list[int]]:
 def client(db_settings):
     app = create_app(db_settings)
     app.config["TESTING"] = True
-    return app.test_client()
+    return token_client(app, db_settings.database_url)
 
 
 def _files(*items: tuple[str, bytes]):
@@ -136,7 +137,7 @@ def test_missing_files_field_is_400(client, make_jpeg):
 
 def test_request_over_the_total_limit_is_413(db_settings, make_jpeg):
     app = create_app(replace(db_settings, max_request_bytes=50_000))
-    resp = app.test_client().post(
+    resp = token_client(app, db_settings.database_url).post(
         "/api/v1/batches",
         data=_files(*[(f"{i}.jpg", make_jpeg(i)) for i in range(10)]),
         content_type="multipart/form-data",
@@ -153,7 +154,7 @@ def test_decompression_bomb_and_oversized_file_are_rejected(db_settings, make_jp
 
     bomb = io.BytesIO()
     P.new("RGB", (300, 300)).save(bomb, "PNG")
-    resp = app.test_client().post(
+    resp = token_client(app, db_settings.database_url).post(
         "/api/v1/batches",
         data=_files(
             ("big.jpg", big_jpeg),
@@ -221,14 +222,10 @@ def test_healthz_is_503_naming_the_broker_when_it_is_down(db_settings):
 
 def test_upload_while_broker_is_down_keeps_images_queued_for_reconciler(db_settings, make_jpeg):
     down = replace(db_settings, broker_url="redis://127.0.0.1:1/0")
-    resp = (
-        create_app(down)
-        .test_client()
-        .post(
-            "/api/v1/batches",
-            data=_files(("a.jpg", make_jpeg(1))),
-            content_type="multipart/form-data",
-        )
+    resp = token_client(create_app(down), db_settings.database_url).post(
+        "/api/v1/batches",
+        data=_files(("a.jpg", make_jpeg(1))),
+        content_type="multipart/form-data",
     )
     assert resp.status_code == 202
     assert resp.json["accepted"] == 1 and resp.json["enqueued"] == 0

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from api import create_app
+from tests.conftest import token_client
 
 
 def _img(mode: str, fmt: str, size=(64, 64), **kw) -> bytes:
@@ -142,8 +143,7 @@ CASES: list[tuple[str, str, Callable[[bytes], bytes], str, str]] = [
 
 @pytest.fixture
 def client(db_settings):
-    app = create_app(db_settings)
-    return app.test_client()
+    return token_client(create_app(db_settings), db_settings.database_url)
 
 
 def _post(client, files: list[tuple[str, bytes]], field: str = "images"):
@@ -173,7 +173,9 @@ def test_bad_file_gets_its_answer_and_the_good_one_is_still_accepted(
 def test_file_over_the_per_file_limit_is_rejected(db_settings, make_jpeg):
     from dataclasses import replace
 
-    client = create_app(replace(db_settings, max_file_bytes=30_000)).test_client()
+    client = token_client(
+        create_app(replace(db_settings, max_file_bytes=30_000)), db_settings.database_url
+    )
     resp = _post(
         client, [("good.jpg", make_jpeg(1)), ("huge.bmp", _img("RGB", "BMP", size=(200, 200)))]
     )
@@ -216,7 +218,9 @@ def test_zip_of_ten_thousand_tiny_entries_is_answered_entry_by_entry(client, mak
 def test_archive_with_too_many_entries_is_refused_whole(db_settings, make_jpeg):
     from dataclasses import replace
 
-    client = create_app(replace(db_settings, max_zip_entries=100)).test_client()
+    client = token_client(
+        create_app(replace(db_settings, max_zip_entries=100)), db_settings.database_url
+    )
     archive = _zip({f"{i}.jpg": b"x" for i in range(101)})
     resp = _post(client, [("good.jpg", make_jpeg(1)), ("many.zip", archive)])
     rows = {f["file"]: f for f in resp.json["files"]}

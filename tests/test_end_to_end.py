@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, func, select
 
 from db import migrate
 from db.models import Image, Result
-from tests.conftest import REPO, smear_like_jpeg
+from tests.conftest import REPO, create_account, smear_like_jpeg
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -96,6 +96,8 @@ def service(request, tmp_path, model_path) -> Iterator[tuple[Service, str, str]]
         TF_CPP_MIN_LOG_LEVEL="2",
     )
     migrate.upgrade(database_url)
+    # `submit` reads the token from the environment, as a lab's scanner host would.
+    env["LEUKOSCREEN_TOKEN"] = create_account(database_url, "lab", "uploader")
     logs = tmp_path / "logs"
     logs.mkdir()
     svc = Service(env, logs)
@@ -118,6 +120,10 @@ def service(request, tmp_path, model_path) -> Iterator[tuple[Service, str, str]]
     finally:
         svc.stop_all()
         print(svc.logs()[-6000:])
+
+
+def _auth(svc: Service) -> dict[str, str]:
+    return {"Authorization": f"Bearer {svc.env['LEUKOSCREEN_TOKEN']}"}
 
 
 def _write_folder(folder: Path, n: int) -> None:
@@ -184,8 +190,9 @@ def test_folder_submitted_over_http_is_scored_by_a_real_worker(service, tmp_path
     assert by_name["notes.txt"]["state"] == "rejected"
     assert _counts(database_url)["results"] == 40
 
-    batch_id = rows and requests.get(f"{base}/api/v1/batches").json()["batches"][0]["id"]
-    status = requests.get(f"{base}/api/v1/batches/{batch_id}").json()
+    batches = requests.get(f"{base}/api/v1/batches", headers=_auth(svc)).json()["batches"]
+    batch_id = rows and batches[0]["id"]
+    status = requests.get(f"{base}/api/v1/batches/{batch_id}", headers=_auth(svc)).json()
     assert status["state"] == "complete" and status["done"] == status["total"] == 42
 
 
@@ -194,7 +201,7 @@ def test_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(service, t
     worker = svc.start("worker", "--concurrency", "1", name="worker1")
     n = 600
     files = [("images", (f"s{i}.jpg", smear_like_jpeg(i), "image/jpeg")) for i in range(n)]
-    resp = requests.post(f"{base}/api/v1/batches", files=files, timeout=300)
+    resp = requests.post(f"{base}/api/v1/batches", files=files, headers=_auth(svc), timeout=300)
     assert resp.status_code == 202 and resp.json()["accepted"] == n
 
     deadline = time.monotonic() + 180

@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, func, select
 from bench.images import synthetic_smear_jpeg
 from db import migrate
 from db.models import Image, Result
-from tests.conftest import REDIS_URL, REPO
+from tests.conftest import REDIS_URL, REPO, create_account
 from tests.test_end_to_end import Service, _free_port
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -68,12 +68,15 @@ def wait_until(predicate, timeout: float, what: str, svc: Service | None = None)
         time.sleep(0.2)
 
 
+HEADERS: dict[str, str] = {}
+
+
 def upload(base: str, start: int, n: int) -> requests.Response:
     files = [
         ("images", (f"s{i}.jpg", synthetic_smear_jpeg(i), "image/jpeg"))
         for i in range(start, start + n)
     ]
-    return requests.post(f"{base}/api/v1/batches", files=files, timeout=300)
+    return requests.post(f"{base}/api/v1/batches", files=files, headers=HEADERS, timeout=300)
 
 
 def assert_exactly_once(database_url: str, submitted: int, label: str) -> dict[str, int]:
@@ -109,6 +112,7 @@ def stack(tmp_path, model_path, postgres_url, redis_url):
         TF_CPP_MIN_LOG_LEVEL="2",
     )
     migrate.upgrade(postgres_url)
+    HEADERS["Authorization"] = f"Bearer {create_account(postgres_url, 'lab', 'uploader')}"
     logs = tmp_path / "logs"
     logs.mkdir()
     svc = Service(env, logs)
@@ -192,7 +196,7 @@ def test_postgres_restarted_mid_batch(stack):
     wait_until(lambda: _scored(db) >= 32, 180, "scoring to start", svc)
     subprocess.run([*PG_CLUSTER, "stop", "-m", "fast"], check=True, capture_output=True)
     try:
-        during = requests.get(f"{base}/api/v1/batches/{batch_id}", timeout=30)
+        during = requests.get(f"{base}/api/v1/batches/{batch_id}", headers=HEADERS, timeout=30)
         assert during.status_code == 503 and "database" in during.json()["error"]
         time.sleep(3)
     finally:
@@ -200,7 +204,12 @@ def test_postgres_restarted_mid_batch(stack):
         _ensure_services()
     # The API recovers without a restart.
     wait_until(
-        lambda: requests.get(f"{base}/api/v1/batches/{batch_id}", timeout=30).status_code == 200,
+        lambda: (
+            requests.get(
+                f"{base}/api/v1/batches/{batch_id}", headers=HEADERS, timeout=30
+            ).status_code
+            == 200
+        ),
         60,
         "API to recover",
         svc,
@@ -260,7 +269,8 @@ def _raw_upload(port: int, body_bytes: int) -> socket.socket:
     ).encode()
     sock = socket.create_connection(("127.0.0.1", port))
     sock.sendall(
-        f"POST /api/v1/batches HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+        f"POST /api/v1/batches HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: {HEADERS['Authorization']}\r\nContent-Type: multipart/form-data; "
         f"boundary={boundary}\r\nContent-Length: {len(head) + body_bytes}\r\n\r\n".encode()
         + head
         + synthetic_smear_jpeg(1) * 20

@@ -110,3 +110,22 @@ def test_docker_compose_names_every_service():
     assert services["worker"]["depends_on"]["migrate"]["condition"] == (
         "service_completed_successfully"
     )
+
+
+def test_submit_without_a_token_explains_how_to_get_one(tmp_path, monkeypatch, capsys):
+    from leukoscreen.submit import run_submit
+
+    monkeypatch.delenv("LEUKOSCREEN_TOKEN", raising=False)
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    args = build_parser("submit").parse_args(["submit", str(tmp_path)])
+    assert args.token is None
+    assert run_submit(args) == 2
+    assert "token create" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command", ["user add rita --role reviewer", "token create rita", "token revoke 3"]
+)
+def test_cli_offers_account_and_token_commands(command):
+    args = build_parser(command.split()[0]).parse_args(command.split())
+    assert callable(args.func)

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from api import create_app
 from db.models import Image
 from db.session import engine_for, session_factory
+from tests.conftest import token_client
 
 
 def _mount(*args: str) -> None:
@@ -45,7 +46,7 @@ def _image_rows(settings) -> int:
 
 def _upload(app, make_jpeg, n: int):
     files = [(io.BytesIO(make_jpeg(i, size=(300, 300), quality=95)), f"{i}.jpg") for i in range(n)]
-    return app.test_client().post(
+    return token_client(app, app.extensions["leukoscreen"]["settings"].database_url).post(
         "/api/v1/batches", data={"images": files}, content_type="multipart/form-data"
     )
 

@@ -188,6 +188,7 @@ def score_chunk(
                 [
                     {
                         "image_id": item[0],
+                        "batch_id": item[2],
                         "model_version_id": version_id,
                         "p_leukemia": float(p),
                         "flagged": bool(p >= threshold),

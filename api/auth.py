@@ -1,0 +1,173 @@
+"""Who is calling: a login session (web pages) or a per-user API token (JSON API).
+
+Every endpoint except /healthz and the login page needs one or the other. Session requests
+that change state must carry a CSRF token (form field, or X-CSRFToken header from fetch);
+token requests need none, since a browser never attaches a bearer token by itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+from flask import (
+    Blueprint,
+    Flask,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
+from flask_wtf.csrf import CSRFProtect
+
+from api import context
+from api.errors import ApiError
+from db.accounts import check_password, user_for_token
+from db.audit import record_event
+from db.models import Role, User
+
+bp = Blueprint("auth", __name__)
+login_manager = LoginManager()
+csrf = CSRFProtect()
+
+PUBLIC_ENDPOINTS = {"health.healthz", "auth.login", "static"}
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class Principal(UserMixin):
+    """The signed-in user of this request (a detached copy: no database session needed)."""
+
+    id: int
+    name: str
+    role: str
+    via_token: bool = False
+
+    def get_id(self) -> str:
+        return str(self.id)
+
+    def has_role(self, *roles: str) -> bool:
+        return self.role == Role.ADMIN.value or self.role in roles
+
+
+def _principal(user: User, via_token: bool = False) -> Principal:
+    return Principal(id=user.id, name=user.name, role=user.role, via_token=via_token)
+
+
+@login_manager.user_loader
+def _load_user(user_id: str) -> Principal | None:
+    with context.sessions()() as session:
+        user = session.get(User, int(user_id))
+        # Checked on every request: deactivating a user ends their sessions at once.
+        return _principal(user) if user is not None and user.active else None
+
+
+def is_api_request() -> bool:
+    return request.path.startswith("/api/")
+
+
+def _bearer_token() -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "Authorization header must be 'Bearer <token>'")
+    return token.strip()
+
+
+def _authenticate() -> Any:
+    if request.endpoint is None:
+        return None  # unknown URL: let the 404/405 handlers answer
+    if "Authorization" in request.headers:
+        token = _bearer_token()
+        with context.sessions()() as session:
+            user = user_for_token(session, token)
+        if user is None:
+            raise ApiError(401, "invalid or revoked API token")
+        # Flask-Login's request-scoped user, without writing a session cookie for API calls.
+        current_app.login_manager._update_request_context_with_user(_principal(user, True))  # type: ignore[attr-defined]
+        return None
+    public = request.endpoint in PUBLIC_ENDPOINTS
+    if not public and not current_user.is_authenticated:
+        if is_api_request():
+            raise ApiError(401, "sign in or send 'Authorization: Bearer <token>'")
+        return redirect(url_for("auth.login", next=request.full_path.rstrip("?")))
+    if request.method not in SAFE_METHODS:
+        csrf.protect()
+    return None
+
+
+def require_role(*roles: str) -> Callable[[F], F]:
+    """Admins may do everything; others need one of ``roles`` (403 otherwise)."""
+
+    def decorate(view: F) -> F:
+        @wraps(view)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if not current_user.has_role(*roles):
+                message = f"needs role {' or '.join(roles)}; you are {current_user.role}"
+                if is_api_request():
+                    raise ApiError(403, message)
+                abort(403, message)
+            return view(*args, **kwargs)
+
+        return wrapped  # type: ignore[return-value]
+
+    return decorate
+
+
+def actor() -> Principal:
+    return current_user._get_current_object()  # type: ignore[no-any-return]
+
+
+def _safe_next(target: str | None) -> str:
+    # Only same-site paths: a crafted ?next= must not send a pathologist elsewhere.
+    if (
+        target
+        and target.startswith("/")
+        and not target.startswith(("//", "/\\"))
+        and not urlparse(target).netloc
+    ):
+        return target
+    return url_for("pages.batches")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():  # type: ignore[no-untyped-def]
+    if request.method == "POST":
+        name = request.form.get("username", "")
+        with context.sessions().begin() as session:
+            user = check_password(session, name, request.form.get("password", ""))
+            if user is not None:
+                record_event(session, user, "user.login", f"user:{user.id}")
+                principal = _principal(user)
+            else:
+                record_event(session, None, "user.login_failed", "", name=name[:255])
+        if user is not None:
+            login_user(principal)
+            return redirect(_safe_next(request.args.get("next")))
+        flash("Unknown user name or wrong password.")
+        return render_template("login.html"), 401
+    return render_template("login.html")
+
+
+@bp.post("/logout")
+def logout():  # type: ignore[no-untyped-def]
+    logout_user()
+    return redirect(url_for("auth.login"))
+
+
+def register(app: Flask) -> None:
+    app.config.setdefault("WTF_CSRF_CHECK_DEFAULT", False)  # checked in _authenticate instead
+    app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # a long review session stays valid
+    login_manager.init_app(app)
+    csrf.init_app(app)
+    app.before_request(_authenticate)
+    app.register_blueprint(bp)

@@ -1,0 +1,34 @@
+"""Query parameters: malformed values are the client's error (400), never silently defaulted."""
+
+from __future__ import annotations
+
+from flask import request
+
+from api.errors import ApiError
+
+# Ids are 64-bit integers in the database; larger numbers can only be "not found".
+MAX_ID = 2**63 - 1
+# Users and tokens are few: their ids are 32-bit.
+MAX_SMALL_ID = 2**31 - 1
+SMALL_IDS = frozenset({"user_id", "token_id"})
+
+
+def reject_out_of_range_ids(endpoint: str | None, values: dict[str, object] | None) -> None:
+    """A URL id too large for the database can only name nothing: 404, not a database error."""
+    for name, value in (values or {}).items():
+        limit = MAX_SMALL_ID if name in SMALL_IDS else MAX_ID
+        if isinstance(value, int) and value > limit:
+            raise ApiError(404, "no such record")
+
+
+def int_arg(name: str, default: int, minimum: int = 0, maximum: int = MAX_ID) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"query parameter {name!r} must be an integer") from None
+    if not minimum <= value <= maximum:
+        raise ApiError(400, f"query parameter {name!r} must be between {minimum} and {maximum}")
+    return value

@@ -1,0 +1,161 @@
+"""The review workflow as JSON: the queue, decisions with their history, threshold, QC sample."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from flask import Blueprint, jsonify, request
+
+from api import context
+from api.auth import actor, require_role
+from api.errors import ApiError
+from api.params import int_arg
+from db.models import Batch, Role
+from db.reviews import (
+    QueueFilter,
+    ReviewError,
+    history,
+    parse_cursor,
+    queue_item,
+    record_decision,
+    review_json,
+    review_queue,
+    sample_unflagged,
+    threshold_counts,
+)
+
+bp = Blueprint("reviews", __name__, url_prefix="/api/v1")
+
+REVIEWERS = (Role.REVIEWER.value,)
+
+
+def _float_arg(name: str) -> float | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a number, not {raw!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ApiError(400, f"{name} must be between 0 and 1")
+    return value
+
+
+def _date_arg(name: str, end_of_day: bool = False) -> datetime | None:
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an ISO date (YYYY-MM-DD), not {raw!r}") from None
+    # "until 25 November" from a date picker means up to the end of that day.
+    return value + timedelta(days=1) if end_of_day and len(raw) == 10 else value
+
+
+def _order_arg() -> str:
+    order = request.args.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise ApiError(400, "order must be asc or desc")
+    return order
+
+
+def _known_batch(batch_id: str) -> None:
+    with context.sessions()() as session:
+        if session.get(Batch, batch_id) is None:
+            raise ApiError(404, f"no batch {batch_id}")
+
+
+@bp.get("/review/queue")
+@require_role(*REVIEWERS)
+def queue():  # type: ignore[no-untyped-def]
+    state = request.args.get("state", "unreviewed")
+    threshold = _float_arg("threshold")
+    batch_id = request.args.get("batch") or None
+    if threshold is not None and batch_id is None:
+        raise ApiError(400, "a threshold is explored for one batch: give ?batch=")
+    f = QueueFilter(
+        batch_id=batch_id,
+        state=None if state in ("", "all") else state,
+        since=_date_arg("since"),
+        until=_date_arg("until", end_of_day=True),
+        min_p=_float_arg("min_p"),
+        max_p=_float_arg("max_p"),
+        threshold=threshold,
+        ascending=_order_arg() == "asc",
+    )
+    limit = int_arg("limit", 50, minimum=1, maximum=500)
+    try:
+        with context.sessions()() as session:
+            items, cursor = review_queue(session, f, parse_cursor(request.args.get("after")), limit)
+    except ReviewError as exc:
+        raise ApiError(exc.status, str(exc)) from None
+    return jsonify(items=items, next=cursor)
+
+
+@bp.get("/review/items/<int:image_id>")
+@require_role(*REVIEWERS)
+def item(image_id: int):  # type: ignore[no-untyped-def]
+    with context.sessions()() as session:
+        found = queue_item(session, image_id)
+        if found is None:
+            raise ApiError(404, f"no scored image {image_id}")
+        found["history"] = history(session, image_id)
+    return jsonify(found)
+
+
+@bp.get("/images/<int:image_id>/reviews")
+@require_role(*REVIEWERS)
+def image_history(image_id: int):  # type: ignore[no-untyped-def]
+    with context.sessions()() as session:
+        return jsonify(image_id=image_id, reviews=history(session, image_id))
+
+
+@bp.post("/images/<int:image_id>/reviews")
+@require_role(*REVIEWERS)
+def decide(image_id: int):  # type: ignore[no-untyped-def]
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "send a JSON object: {decision, comment, expected_seq}")
+    expected = body.get("expected_seq")
+    if expected is not None and not isinstance(expected, int):
+        raise ApiError(400, "expected_seq must be an integer")
+    comment = body.get("comment") or ""
+    if not isinstance(comment, str):
+        raise ApiError(400, "comment must be text")
+    reviewer = actor()
+    try:
+        with context.sessions().begin() as session:
+            review = record_decision(
+                session,
+                image_id,
+                str(body.get("decision", "")),
+                reviewer,
+                comment=comment,
+                expected_seq=expected,
+            )
+            row = review_json(review, reviewer.name)
+    except ReviewError as exc:
+        raise ApiError(exc.status, str(exc)) from None
+    return jsonify(row), 201
+
+
+@bp.get("/batches/<batch_id>/threshold")
+@require_role(*REVIEWERS)
+def explore_threshold(batch_id: str):  # type: ignore[no-untyped-def]
+    _known_batch(batch_id)
+    threshold = _float_arg("t")
+    if threshold is None:
+        raise ApiError(400, "give ?t= between 0 and 1")
+    with context.sessions()() as session:
+        return jsonify(threshold_counts(session, batch_id, threshold))
+
+
+@bp.get("/batches/<batch_id>/sample")
+@require_role(*REVIEWERS)
+def qc_sample(batch_id: str):  # type: ignore[no-untyped-def]
+    _known_batch(batch_id)
+    n = int_arg("n", 20, minimum=1, maximum=200)
+    with context.sessions()() as session:
+        return jsonify(batch_id=batch_id, items=sample_unflagged(session, batch_id, n))

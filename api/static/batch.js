@@ -1,0 +1,41 @@
+"use strict";
+(() => {
+  const root = document.getElementById("batch");
+  const set = (id, v) => { document.getElementById(id).textContent = v; };
+  let problemsLoaded = false;
+
+  async function loadProblems() {
+    const url = `${root.dataset.results}?state=rejected&state=failed&limit=10000`;
+    const data = await LS.getJSON(url);
+    const section = document.getElementById("problems");
+    section.hidden = data.results.length === 0;
+    section.querySelector("tbody").replaceChildren(
+      ...data.results.map((r) => LS.el("tr", {}, LS.el("td", { className: "filename" }, r.file_name),
+        LS.el("td", {}, r.state), LS.el("td", {}, r.error || "")))
+    );
+  }
+
+  async function refresh() {
+    const b = await LS.getJSON(root.dataset.api);
+    const pct = (n) => (b.total ? (100 * n) / b.total : 0) + "%";
+    root.querySelector(".bar.done").style.width = pct(b.done - b.failed);
+    root.querySelector(".bar.failed").style.width = pct(b.failed);
+    set("state", b.state);
+    set("progress-text", b.pending
+      ? `${b.done} of ${b.total} done (${b.failed} failed) · ETA ${LS.duration(b.eta_seconds)}`
+      : `${b.done} of ${b.total} done (${b.failed} failed) · complete`);
+    set("n-total", b.total);
+    set("n-flagged", b.flagged);
+    set("n-cleared", b.counts.scored - b.flagged);
+    set("n-rejected", b.rejected);
+    set("n-failed", b.failed);
+    const r = b.reviews;
+    set("n-reviewed", r.confirmed + r.overturned + r.second_opinion);
+    if (!problemsLoaded || b.pending) {
+      problemsLoaded = true;
+      await loadProblems();
+    }
+    if (b.pending) setTimeout(refresh, 1500);
+  }
+  refresh().catch((e) => set("progress-text", e.message));
+})();

@@ -1,0 +1,58 @@
+// Shared helpers. Data from the server is only ever put in the page with textContent,
+// never innerHTML, so a file name or comment like "<script>" shows as text.
+"use strict";
+
+const LS = {
+  csrf: () => document.querySelector('meta[name="csrf-token"]').content,
+
+  async getJSON(url) {
+    const response = await fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" });
+    if (response.status === 401) { window.location = "/login?next=" + encodeURIComponent(location.pathname + location.search); }
+    const body = await response.json();
+    if (!response.ok) throw new Error(body.error || response.statusText);
+    return body;
+  },
+
+  async postJSON(url, payload) {
+    const response = await fetch(url, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", Accept: "application/json", "X-CSRFToken": LS.csrf() },
+      body: JSON.stringify(payload),
+    });
+    const body = await response.json();
+    if (!response.ok) throw new Error(body.error || response.statusText);
+    return body;
+  },
+
+  // el("td", {className: "x"}, "text", otherNode): children are text or nodes, never HTML.
+  el(tag, props, ...children) {
+    const node = document.createElement(tag);
+    Object.assign(node, props || {});
+    for (const child of children) {
+      if (child === null || child === undefined) continue;
+      node.append(child instanceof Node ? child : String(child));
+    }
+    return node;
+  },
+
+  withId: (url, id) => url.replace(/\/0(\/|$)/, `/${encodeURIComponent(id)}$1`),
+
+  duration(seconds) {
+    if (seconds === null || seconds === undefined) return "estimating…";
+    if (seconds < 60) return `${Math.round(seconds)} s`;
+    if (seconds < 3600) return `${Math.round(seconds / 60)} min`;
+    return `${(seconds / 3600).toFixed(1)} h`;
+  },
+
+  progressBar(done, failed, total) {
+    const bar = LS.el("div", { className: "progress" });
+    const pct = (n) => (total ? (100 * n) / total : 0);
+    bar.append(LS.el("div", { className: "bar done" }), LS.el("div", { className: "bar failed" }));
+    bar.children[0].style.width = pct(done - failed) + "%";
+    bar.children[1].style.width = pct(failed) + "%";
+    return bar;
+  },
+
+  p: (x) => (x === null || x === undefined ? "–" : Number(x).toFixed(3)),
+};

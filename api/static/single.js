@@ -1,0 +1,56 @@
+"use strict";
+(() => {
+  const form = document.getElementById("single");
+  const status = document.getElementById("single-status");
+  const set = (id, v) => { document.getElementById(id).textContent = v; };
+
+  async function waitForResult(resultsUrl) {
+    for (;;) {
+      const data = await LS.getJSON(resultsUrl);
+      const row = data.results[0];
+      if (row && !["queued", "scoring"].includes(row.state)) return row;
+      status.textContent = `waiting for the worker (${row ? row.state : "queued"})…`;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const file = document.getElementById("single-file").files[0];
+    if (!file) return;
+    document.getElementById("single-result").hidden = true;
+    const data = new FormData();
+    data.append("images", file, file.name);
+    data.append("name", `single image: ${file.name}`.slice(0, 255));
+    status.textContent = "uploading…";
+    try {
+      const response = await fetch(form.dataset.api, {
+        method: "POST", body: data, credentials: "same-origin",
+        headers: { "X-CSRFToken": LS.csrf(), Accept: "application/json" },
+      });
+      const body = await response.json();
+      if (response.status !== 202) {
+        const reason = (body.files || []).map((f) => f.reason).join("; ");
+        throw new Error(`${body.error}${reason ? ": " + reason : ""}`);
+      }
+      const row = await waitForResult(`/api/v1/batches/${encodeURIComponent(body.batch_id)}/results`);
+      set("single-name", row.file_name);
+      if (row.state !== "scored") {
+        status.textContent = `Could not be scored: ${row.error || row.state}`;
+        return;
+      }
+      const verdict = document.getElementById("single-class");
+      verdict.textContent = row.flagged ? "leukemia suspected" : "no leukemia detected";
+      verdict.className = "verdict " + (row.flagged ? "positive" : "negative");
+      const confidence = row.flagged ? row.p_leukemia : 1 - row.p_leukemia;
+      set("single-confidence", `${(100 * confidence).toFixed(1)} %`);
+      set("single-p", `${LS.p(row.p_leukemia)} (threshold ${row.threshold})`);
+      set("single-model", row.model_version);
+      document.getElementById("single-image").src = `/api/v1/images/${row.image_id}`;
+      document.getElementById("single-result").hidden = false;
+      status.textContent = "";
+    } catch (e) {
+      status.textContent = `Failed: ${e.message}`;
+    }
+  });
+})();

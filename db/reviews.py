@@ -1,0 +1,307 @@
+"""Pathologist decisions: an append-only history per image, the review queue and QC samples.
+
+The current decision of an image is its review row with the highest ``seq``; nothing is ever
+updated. The queue is keyset-paginated on (p_leukemia, result id) so that page 1000 costs
+what page 1 costs, whatever the number of results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, exists, func, select, tuple_
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, aliased
+
+from db.audit import Actor, record_event
+from db.models import Batch, Decision, Image, ImageState, ModelVersion, Result, Review, User
+
+STATES = ("unreviewed", *(d.value for d in Decision))
+LEUKEMIA, NO_LEUKEMIA = "leukemia", "no_leukemia"
+
+
+class ReviewError(ValueError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def latest_review_condition() -> ColumnElement[bool]:
+    """Join condition picking each image's newest review row (there may be none).
+
+    The newest row's id comes from a correlated LIMIT 1 on (image_id, seq): one index probe
+    per image actually read, so a page of the queue never touches the whole review table.
+    """
+    newest = (
+        select(Review.id)
+        .where(Review.image_id == Image.id)
+        .order_by(Review.seq.desc())
+        .limit(1)
+        .correlate(Image)
+        .scalar_subquery()
+    )
+    return Review.id == newest
+
+
+def latest_result_condition() -> ColumnElement[bool]:
+    """True for the newest result of its image (an image rescored by a new model has several)."""
+    newer = aliased(Result)
+    return ~exists().where(newer.image_id == Result.image_id, newer.id > Result.id)
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    batch_id: str | None = None
+    state: str | None = "unreviewed"  # None: every state
+    since: datetime | None = None
+    until: datetime | None = None
+    min_p: float | None = None
+    max_p: float | None = None
+    # Explore another operating point: what would be flagged at this threshold instead.
+    threshold: float | None = None
+    ascending: bool = False
+
+
+def _item_select() -> Select[Any]:
+    return (
+        select(
+            Image.id.label("image_id"),
+            Image.original_name.label("file_name"),
+            Image.batch_id,
+            Batch.name.label("batch_name"),
+            Result.id.label("result_id"),
+            Result.p_leukemia,
+            Result.flagged,
+            Result.threshold,
+            Result.scored_at,
+            ModelVersion.name.label("model_version"),
+            Review.seq,
+            Review.decision,
+            Review.label,
+            Review.comment,
+            Review.created_at.label("reviewed_at"),
+            User.name.label("reviewed_by"),
+        )
+        .select_from(Result)
+        .join(Image, Image.id == Result.image_id)
+        .join(Batch, Batch.id == Image.batch_id)
+        .join(ModelVersion, ModelVersion.id == Result.model_version_id)
+        .outerjoin(Review, latest_review_condition())
+        .outerjoin(User, User.id == Review.reviewer_id)
+        .where(latest_result_condition())
+    )
+
+
+def _item_json(row: Any) -> dict[str, Any]:
+    return {
+        "image_id": row.image_id,
+        "file_name": row.file_name,
+        "batch_id": row.batch_id,
+        "batch_name": row.batch_name,
+        "result_id": row.result_id,
+        "p_leukemia": row.p_leukemia,
+        "flagged": row.flagged,
+        "threshold": row.threshold,
+        "model_version": row.model_version,
+        "scored_at": row.scored_at.isoformat(),
+        "state": row.decision or "unreviewed",
+        "label": row.label,
+        "seq": row.seq or 0,
+        "comment": row.comment,
+        "reviewed_by": row.reviewed_by,
+        "reviewed_at": row.reviewed_at.isoformat() if row.reviewed_at else None,
+    }
+
+
+def parse_cursor(raw: str | None) -> tuple[float, int] | None:
+    if not raw:
+        return None
+    try:
+        p, image_result = raw.split(":", 1)
+        return float(p), int(image_result)
+    except ValueError:
+        raise ReviewError(400, f"bad cursor {raw!r}") from None
+
+
+def queue_statement(f: QueueFilter, after: tuple[float, int] | None, limit: int) -> Select[Any]:
+    if f.state is not None and f.state not in STATES:
+        raise ReviewError(400, f"state must be one of {', '.join(STATES)}")
+    stmt = _item_select()
+    if f.threshold is None:
+        stmt = stmt.where(Result.flagged.is_(True))
+    else:
+        stmt = stmt.where(Result.p_leukemia >= f.threshold)
+    if f.batch_id:
+        stmt = stmt.where(Result.batch_id == f.batch_id)
+    if f.since:
+        stmt = stmt.where(Result.scored_at >= f.since)
+    if f.until:
+        stmt = stmt.where(Result.scored_at < f.until)
+    if f.min_p is not None:
+        stmt = stmt.where(Result.p_leukemia >= f.min_p)
+    if f.max_p is not None:
+        stmt = stmt.where(Result.p_leukemia <= f.max_p)
+    if f.state == "unreviewed":
+        stmt = stmt.where(Review.id.is_(None))
+    elif f.state is not None:
+        stmt = stmt.where(Review.decision == f.state)
+    key = tuple_(Result.p_leukemia, Result.id)
+    if after is not None:
+        stmt = stmt.where(key > tuple_(*after) if f.ascending else key < tuple_(*after))
+    if f.ascending:
+        stmt = stmt.order_by(Result.p_leukemia.asc(), Result.id.asc())
+    else:
+        stmt = stmt.order_by(Result.p_leukemia.desc(), Result.id.desc())
+    return stmt.limit(limit + 1)
+
+
+def review_queue(
+    session: Session, f: QueueFilter, after: tuple[float, int] | None, limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the queue and the cursor of the next page (None on the last page)."""
+    rows = session.execute(queue_statement(f, after, limit)).all()
+    items = [_item_json(r) for r in rows[:limit]]
+    cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        cursor = f"{last.p_leukemia!r}:{last.result_id}"
+    return items, cursor
+
+
+def queue_item(session: Session, image_id: int) -> dict[str, Any] | None:
+    row = session.execute(_item_select().where(Image.id == image_id)).first()
+    return _item_json(row) if row else None
+
+
+def sample_unflagged(session: Session, batch_id: str, n: int) -> list[dict[str, Any]]:
+    """A random sample of the batch's cleared images, for quality control of negatives."""
+    stmt = (
+        _item_select()
+        .where(Result.batch_id == batch_id, Result.flagged.is_(False))
+        .order_by(func.random())
+        .limit(n)
+    )
+    return [_item_json(r) for r in session.execute(stmt)]
+
+
+def label_for(decision: str, flagged: bool) -> str | None:
+    if decision == Decision.SECOND_OPINION.value:
+        return None
+    positive = flagged if decision == Decision.CONFIRMED.value else not flagged
+    return LEUKEMIA if positive else NO_LEUKEMIA
+
+
+def record_decision(
+    session: Session,
+    image_id: int,
+    decision: str,
+    reviewer: Actor,
+    comment: str = "",
+    expected_seq: int | None = None,
+) -> Review:
+    """Append a decision. Raises ReviewError 409 when someone decided since ``expected_seq``."""
+    if decision not in {d.value for d in Decision}:
+        raise ReviewError(400, f"decision must be one of {', '.join(d.value for d in Decision)}")
+    image = session.get(Image, image_id)
+    if image is None:
+        raise ReviewError(404, f"no image {image_id}")
+    result = session.scalar(
+        select(Result).where(Result.image_id == image_id).order_by(Result.id.desc()).limit(1)
+    )
+    if image.state != ImageState.SCORED.value or result is None:
+        raise ReviewError(409, f"image {image_id} has no score to review (state {image.state})")
+    previous = session.scalar(
+        select(Review).where(Review.image_id == image_id).order_by(Review.seq.desc()).limit(1)
+    )
+    seq = previous.seq if previous else 0
+    if expected_seq is not None and expected_seq != seq:
+        raise ReviewError(
+            409, f"image {image_id} was reviewed again meanwhile (decision {seq}); reload it"
+        )
+    review = Review(
+        image_id=image_id,
+        result_id=result.id,
+        seq=seq + 1,
+        decision=decision,
+        label=label_for(decision, result.flagged),
+        comment=comment[:4000],
+        previous_decision=previous.decision if previous else None,
+        reviewer_id=reviewer.id,
+    )
+    session.add(review)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        raise ReviewError(
+            409, f"image {image_id} was reviewed by someone else at the same moment; reload it"
+        ) from None
+    # Also in the audit trail, so that one list shows every action of every person.
+    record_event(
+        session,
+        reviewer,
+        "review.decide",
+        f"image:{image_id}",
+        decision=decision,
+        previous=review.previous_decision,
+        seq=review.seq,
+        review_id=review.id,
+    )
+    return review
+
+
+def history(session: Session, image_id: int) -> list[dict[str, Any]]:
+    rows = session.execute(
+        select(Review, User.name)
+        .join(User, User.id == Review.reviewer_id)
+        .where(Review.image_id == image_id)
+        .order_by(Review.seq)
+    ).all()
+    return [review_json(r, name) for r, name in rows]
+
+
+def review_json(review: Review, reviewer_name: str) -> dict[str, Any]:
+    return {
+        "id": review.id,
+        "image_id": review.image_id,
+        "seq": review.seq,
+        "decision": review.decision,
+        "label": review.label,
+        "previous_decision": review.previous_decision,
+        "comment": review.comment,
+        "reviewer": reviewer_name,
+        "created_at": review.created_at.isoformat(),
+    }
+
+
+def threshold_counts(session: Session, batch_id: str, threshold: float) -> dict[str, Any]:
+    """How many of the batch's scored images a given threshold would flag; stores nothing."""
+    would, flagged, scored, model_threshold = session.execute(
+        select(
+            func.count().filter(Result.p_leukemia >= threshold),
+            func.count().filter(Result.flagged.is_(True)),
+            func.count(),
+            func.max(Result.threshold),
+        ).where(Result.batch_id == batch_id, latest_result_condition())
+    ).one()
+    return {
+        "batch_id": batch_id,
+        "threshold": threshold,
+        "would_flag": int(would or 0),
+        "flagged": int(flagged or 0),
+        "scored": int(scored or 0),
+        "model_threshold": model_threshold,
+    }
+
+
+def decision_counts(session: Session, batch_id: str) -> dict[str, int]:
+    rows = session.execute(
+        select(Review.decision, func.count())
+        .select_from(Image)
+        .join(Review, latest_review_condition())
+        .where(Image.batch_id == batch_id)
+        .group_by(Review.decision)
+    ).all()
+    return {d.value: 0 for d in Decision} | {decision: n for decision, n in rows}

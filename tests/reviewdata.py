@@ -1,0 +1,64 @@
+"""Scored images written straight into the database, for review tests that need no worker."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+from db.models import Batch, Image, ImageState, ModelVersion, Result
+from db.session import engine_for, session_factory
+from leukoscreen.storage import ContentStore
+
+
+def seed_scored(
+    database_url: str,
+    scores: Sequence[float],
+    threshold: float = 0.5,
+    name: str = "seeded",
+    file_names: Sequence[str] | None = None,
+    storage_dir: Path | None = None,
+    blobs: Sequence[bytes] | None = None,
+) -> tuple[str, list[int]]:
+    """A batch whose images have these p_leukemia; returns (batch id, image ids in order).
+
+    With ``storage_dir`` and ``blobs`` the originals are stored too, so pages can show them.
+    """
+    keys: list[str | None] = [None] * len(scores)
+    if storage_dir is not None and blobs is not None:
+        store = ContentStore(storage_dir)
+        keys = [store.commit(store.stage(io.BytesIO(b), 10**8)) for b in blobs]
+    sessions = session_factory(engine_for(database_url))
+    with sessions.begin() as session:
+        version = session.query(ModelVersion).filter_by(sha256="e" * 64).one_or_none()
+        if version is None:
+            version = ModelVersion(sha256="e" * 64, name="lenet_lld-test", threshold=threshold)
+            session.add(version)
+        batch = Batch(name=name, submitted_by="tests")
+        session.add(batch)
+        images = []
+        for i, p in enumerate(scores):
+            image = Image(
+                batch=batch,
+                sha256=keys[i] or f"{i:064d}",
+                original_name=file_names[i] if file_names else f"cell_{i:03d}.jpg",
+                storage_key=keys[i],
+                format="JPEG" if keys[i] else None,
+                size_bytes=1,
+                state=ImageState.SCORED.value,
+            )
+            session.add(image)
+            images.append((image, p))
+        session.flush()
+        for image, p in images:
+            session.add(
+                Result(
+                    image_id=image.id,
+                    batch_id=batch.id,
+                    model_version_id=version.id,
+                    p_leukemia=p,
+                    flagged=p >= threshold,
+                    threshold=threshold,
+                )
+            )
+        return batch.id, [image.id for image, _ in images]

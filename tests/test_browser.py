@@ -1,0 +1,299 @@
+"""The web application in a real headless Chromium, against real gunicorn and Celery processes.
+
+A pathologist signs in, uploads images, watches the batch finish, works through the review
+queue with the keyboard alone, and the export shows exactly what was decided and by whom.
+Screenshots of the main pages land in test-artifacts/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from db import migrate
+from tests.conftest import PASSWORD, REPO, create_account, smear_like_jpeg
+from tests.reviewdata import seed_scored
+from tests.test_end_to_end import Service, _free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.timeout(600)]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = REPO / "test-artifacts"
+EVIL_NAME = '<img src=x onerror="window.__pwned=1">.jpg'
+
+
+@pytest.fixture
+def web(tmp_path, model_path) -> Iterator[tuple[str, Path]]:
+    """API + one worker on SQLite and the filesystem broker, with a threshold of 0."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} missing: apt-get install chromium chromium-driver (.ci/run)")
+    # Threshold 0: every image is flagged, so the whole batch lands in the review queue.
+    flagged_model = tmp_path / "model" / "lenet_lld_all_flagged.keras"
+    flagged_model.parent.mkdir()
+    shutil.copy(model_path, flagged_model)
+    card = json.loads(model_path.with_suffix(".json").read_text())
+    flagged_model.with_suffix(".json").write_text(json.dumps({**card, "threshold": 0.0}))
+    database_url = f"sqlite:///{tmp_path / 'var' / 'leukoscreen.db'}"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LEUKOSCREEN_", "DATABASE", "BROKER", "REDIS"))
+    }
+    env.update(
+        DATABASE_URL=database_url,
+        LEUKOSCREEN_VAR_DIR=str(tmp_path / "var"),
+        LEUKOSCREEN_MODEL_PATH=str(flagged_model),
+        LEUKOSCREEN_CHUNK_SIZE="8",
+        LEUKOSCREEN_BATCH_SIZE="8",
+        PYTHONUNBUFFERED="1",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    migrate.upgrade(database_url)
+    create_account(database_url, "dr.path", "reviewer")
+    create_account(database_url, "boss", "admin")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    svc = Service(env, logs)
+    port = _free_port()
+    svc.start("api", "--port", str(port), "--workers", "2", name="api")
+    svc.start("worker", "--concurrency", "1", name="worker")
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if requests.get(f"{base}/healthz", timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        if time.monotonic() > deadline:
+            svc.stop_all()
+            pytest.fail("API did not start:\n" + svc.logs())
+        time.sleep(0.3)
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        yield base, database_url, tmp_path / "var" / "images"
+    finally:
+        svc.stop_all()
+        print(svc.logs()[-4000:])
+
+
+@pytest.fixture
+def browser():  # type: ignore[no-untyped-def]
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def _login(page, base: str, name: str) -> None:  # type: ignore[no-untyped-def]
+    page.goto(f"{base}/login")
+    page.fill("input[name=username]", name)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/batches")
+
+
+def _watch(page, problems: list[str]) -> None:  # type: ignore[no-untyped-def]
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on(
+        "console",
+        lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None,
+    )
+    page.on("dialog", lambda d: (problems.append(f"dialog: {d.message}"), d.dismiss()))
+
+
+def test_pathologist_uploads_reviews_with_the_keyboard_and_exports(web, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    base, _, _ = web
+    problems: list[str] = []
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    _watch(page, problems)
+
+    # Unauthenticated visitors are sent to the login page.
+    page.goto(f"{base}/review")
+    assert "/login" in page.url
+    page.screenshot(path=str(ARTIFACTS / "01-login.png"))
+    _login(page, base, "dr.path")
+
+    # Upload: fifty smears (one with a hostile file name) and one corrupt file.
+    n = 50
+    files = [
+        {"name": f"smear_{i:02d}.jpg", "mimeType": "image/jpeg", "buffer": smear_like_jpeg(i)}
+        for i in range(n - 1)
+    ]
+    files.append({"name": EVIL_NAME, "mimeType": "image/jpeg", "buffer": smear_like_jpeg(77)})
+    files.append({"name": "broken.jpg", "mimeType": "image/jpeg", "buffer": b"not a jpeg"})
+    page.goto(f"{base}/upload")
+    page.fill("input[name=name]", "ward 3 <morning>")
+    page.set_input_files("#files", files)
+    expect(page.locator("#chosen")).to_contain_text(f"{n + 1} file(s)")
+    page.screenshot(path=str(ARTIFACTS / "02-upload.png"))
+    page.click("#upload button[type=submit]")
+    page.wait_for_url(f"{base}/batches/*", timeout=60_000)
+    batch_id = page.url.rsplit("/", 1)[1]
+
+    # The batch page follows the worker live until every image is done.
+    expect(page.locator("#progress-text")).to_contain_text("complete", timeout=300_000)
+    expect(page.locator("#n-total")).to_have_text(str(n + 1))
+    expect(page.locator("#n-flagged")).to_have_text(str(n))
+    expect(page.locator("#n-rejected")).to_have_text("1")
+    expect(page.locator("#problems")).to_contain_text("broken.jpg")
+    expect(page.locator("#problems")).to_contain_text("not an image")
+    expect(page.locator("h1")).to_have_text("ward 3 <morning>")
+    page.screenshot(path=str(ARTIFACTS / "03-batch.png"), full_page=True)
+
+    page.goto(f"{base}/batches")
+    expect(page.locator("#batches tbody tr")).to_have_count(1)
+    page.screenshot(path=str(ARTIFACTS / "04-batches.png"))
+
+    # The review queue, for this batch, most suspicious first.
+    page.goto(f"{base}/review?batch={batch_id}")
+    queue = page.locator("#queue li")
+    expect(queue).to_have_count(40)  # the first keyset page; J fetches the next at the end
+    expect(page.locator("#position")).to_have_text("image 1 of 40+")
+    expect(page.locator("#threshold-box")).to_be_visible()
+    expect(page.locator("#item-name")).not_to_be_empty()
+    expect(page.locator("#big")).to_have_js_property("complete", True)
+    page.screenshot(path=str(ARTIFACTS / "05-review.png"))
+    shown = queue.locator(".q-p").all_inner_texts()
+    assert shown == sorted(shown, reverse=True)
+
+    # The threshold slider shows what a higher operating point would flag; reset restores it.
+    top = round(float(shown[9]), 2)  # the slider moves in steps of 0.01
+    page.locator("#threshold").fill(f"{top:.2f}")
+    expect(page.locator("#threshold-text")).to_contain_text(f"At {top:.2f}:")
+    expect(page.locator("#threshold-text")).to_contain_text("Stored results are not changed")
+    expect(queue).not_to_have_count(40)
+    assert 0 < queue.count() < 40
+    # shown to 3 decimals: 0.5296 (not >= 0.53) would read 0.530, hence the half-step slack
+    assert all(float(p) >= top - 0.0005 for p in queue.locator(".q-p").all_inner_texts())
+    page.screenshot(path=str(ARTIFACTS / "05b-review-threshold.png"))
+    page.click("#threshold-reset")
+    expect(queue).to_have_count(40)
+    expect(page.locator("#threshold-text")).to_contain_text("At 0.00:")
+    page.locator("#stage").focus()
+
+    # Keyboard only: zoom, then decide every item; C/O/S move on to the next by themselves.
+    page.keyboard.press("+")
+    assert "scale(1.25)" in page.locator("#big").get_attribute("style")
+    page.keyboard.press("0")
+    decisions: dict[str, tuple[str, str]] = {}
+    keys = {"c": "confirmed", "o": "overturned", "s": "second_opinion"}
+    for i in range(n):
+        expect(page.locator("#queue li.current")).to_have_count(1)
+        name = page.locator("#item-name").inner_text()
+        key = "cos"[i % 3] if i else "c"
+        comment = f"note <b>{i}</b>" if key == "o" else ""
+        if comment:
+            page.keyboard.press("m")
+            page.keyboard.type(comment)
+            page.keyboard.press("Escape")
+        page.keyboard.press(key)
+        expect(page.locator("#queue li").nth(i)).to_have_class(
+            f"q-item s-{keys[key]}" + ("" if i < n - 1 else " current")
+        )
+        decisions[name] = (keys[key], comment)
+    expect(page.locator("#decide-status")).to_contain_text("end of the queue")
+    expect(queue).to_have_count(n)
+    expect(page.locator("#position")).to_have_text(f"image {n} of {n} · {n} decided")
+    # The hostile name is shown as text, never run or parsed as markup.
+    expect(page.locator("#queue")).to_contain_text(EVIL_NAME)
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator("#queue img").count() == 0
+    # Back up with K and see the recorded decision and its history.
+    page.keyboard.press("k")
+    expect(page.locator("#item-state")).to_contain_text("by dr.path")
+    expect(page.locator("#history li")).to_have_count(1)
+    expect(page.locator("#history li")).to_contain_text("by dr.path")
+    page.screenshot(path=str(ARTIFACTS / "06-review-decided.png"))
+
+    # The export shows every decision, who made it and the comment, exactly.
+    csv_text = page.request.get(f"{base}/api/v1/batches/{batch_id}/results?format=csv").text()
+    rows = {r["file_name"]: r for r in csv.DictReader(io.StringIO(csv_text))}
+    for name, (decision, comment) in decisions.items():
+        assert rows[name]["review_decision"] == decision, name
+        assert rows[name]["reviewed_by"] == "dr.path"
+        assert rows[name]["review_comment"] == comment
+        assert rows[name]["reviewed_at"]
+    assert rows["broken.jpg"]["review_decision"] == ""
+    assert {d for d, _ in decisions.values()} == set(keys.values())
+
+    # The single-image page: the same worker scores it as a one-image batch.
+    page.goto(f"{base}/single")
+    page.set_input_files(
+        "#single-file",
+        {"name": "one <cell>.jpg", "mimeType": "image/jpeg", "buffer": smear_like_jpeg(500)},
+    )
+    page.click("#single button[type=submit]")
+    expect(page.locator("#single-class")).to_have_text("leukemia suspected", timeout=120_000)
+    expect(page.locator("#single-name")).to_have_text("one <cell>.jpg")
+    expect(page.locator("#single-confidence")).to_contain_text("%")
+    expect(page.locator("#single-image")).to_have_js_property("complete", True)
+    page.screenshot(path=str(ARTIFACTS / "07-single.png"))
+
+    # An admin sees the audit trail of the upload and the accounts.
+    admin = browser.new_page(viewport={"width": 1440, "height": 900})
+    _watch(admin, problems)
+    _login(admin, base, "boss")
+    admin.goto(f"{base}/admin")
+    expect(admin.locator("#audit")).to_contain_text("batch.upload")
+    expect(admin.locator("#users")).to_contain_text("dr.path")
+    admin.screenshot(path=str(ARTIFACTS / "08-admin.png"), full_page=True)
+
+    assert problems == []
+
+
+def test_reviewer_overturns_a_cleared_image_from_the_qc_sample(web, browser):
+    from playwright.sync_api import expect
+
+    base, database_url, storage = web
+    scores = [0.95, 0.9, 0.2, 0.1, 0.3]
+    batch_id, ids = seed_scored(
+        database_url,
+        scores,
+        name="QC batch",
+        storage_dir=storage,
+        blobs=[smear_like_jpeg(900 + i) for i in range(len(scores))],
+    )
+    problems: list[str] = []
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    _watch(page, problems)
+    _login(page, base, "dr.path")
+    page.goto(f"{base}/batches/{batch_id}")
+    expect(page.locator("#n-cleared")).to_have_text("3")
+    page.click("text=QC: random sample of cleared images")
+    queue = page.locator("#queue li")
+    expect(queue).to_have_count(3)
+    assert all(float(p) < 0.5 for p in queue.locator(".q-p").all_inner_texts())
+    expect(page.locator("#btn-overturn")).to_contain_text("Overturn → positive")
+    expect(page.locator("#big")).to_have_js_property("complete", True)
+    page.screenshot(path=str(ARTIFACTS / "09-qc-sample.png"))
+    name = page.locator("#item-name").inner_text()
+    page.keyboard.press("o")
+    expect(queue.nth(0)).to_contain_text("overturned")
+    body = page.request.get(f"{base}/api/v1/batches/{batch_id}/results?format=json").json()
+    row = next(r for r in body["results"] if r["file_name"] == name)
+    assert (row["review_decision"], row["review_label"]) == ("overturned", "leukemia")
+    assert row["flagged"] is False  # the stored result is unchanged; the review says positive
+    assert problems == []

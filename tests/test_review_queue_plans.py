@@ -1,0 +1,103 @@
+"""The review queue stays an index walk on PostgreSQL at scale: no sort, no full scan."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from db import migrate
+from db.reviews import QueueFilter, queue_statement
+from tests.conftest import PG_URL
+
+pytestmark = pytest.mark.postgres
+
+N_IMAGES = 100_000
+
+
+@pytest.fixture(scope="module")
+def big_database():  # type: ignore[no-untyped-def]
+    """One schema with 100k scored images for the whole module (filling it takes seconds)."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    migrate.upgrade(url)
+    engine = create_engine(url)
+    with engine.begin() as c:
+        c.execute(
+            text(
+                "INSERT INTO user_account (name, password_hash, role, active, created_at) "
+                "VALUES ('r', 'x', 'reviewer', true, now())"
+            )
+        )
+        c.execute(
+            text(
+                "INSERT INTO model_version (sha256, name, threshold, metrics, created_at) "
+                "VALUES ('a', 'm', 0.5, '{}', now())"
+            )
+        )
+        c.execute(
+            text(
+                "INSERT INTO batch (id, name, submitted_by, created_at, state) "
+                "SELECT 'b' || g, 'b', 't', now(), 'complete' FROM generate_series(0, 99) g"
+            )
+        )
+        c.execute(
+            text(
+                "INSERT INTO image (batch_id, sha256, original_name, size_bytes, state, attempts,"
+                " created_at, updated_at) SELECT 'b' || (g % 100), md5(g::text) || md5(g::text),"
+                f" 'f' || g, 1, 'scored', 1, now(), now() FROM generate_series(1, {N_IMAGES}) g"
+            )
+        )
+        c.execute(
+            text(
+                "INSERT INTO result (image_id, batch_id, model_version_id, p_leukemia, flagged,"
+                " threshold, scored_at) SELECT id, batch_id, 1, r, r >= 0.5, 0.5, now()"
+                " FROM (SELECT id, batch_id, random() r FROM image) s"
+            )
+        )
+        c.execute(
+            text(
+                "INSERT INTO review (image_id, result_id, seq, decision, comment, reviewer_id,"
+                " created_at) SELECT image_id, id, 1, 'confirmed', '', 1, now() FROM result"
+                " WHERE flagged AND id % 3 = 0"
+            )
+        )
+        c.execute(text("ANALYZE"))
+    yield engine
+    engine.dispose()
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+@pytest.mark.parametrize(
+    ("name", "queue_filter", "after", "index"),
+    [
+        ("first page", QueueFilter(), None, "ix_result_queue"),
+        ("deep page", QueueFilter(), (0.7, 10**9), "ix_result_queue"),
+        ("decided ones", QueueFilter(state="confirmed"), None, "ix_result_queue"),
+        ("least suspicious", QueueFilter(state=None, ascending=True), None, "ix_result_queue"),
+        ("one batch", QueueFilter(batch_id="b7"), None, "ix_result_batch_queue"),
+        (
+            "explored threshold",
+            QueueFilter(batch_id="b7", threshold=0.3),
+            None,
+            "ix_result_batch_queue",
+        ),
+    ],
+)
+def test_a_queue_page_is_an_index_walk_without_sorting(
+    big_database, name, queue_filter, after, index
+):
+    sql = queue_statement(queue_filter, after, 50).compile(
+        big_database, compile_kwargs={"literal_binds": True}
+    )
+    with big_database.connect() as c:
+        plan = "\n".join(r[0] for r in c.execute(text(f"EXPLAIN {sql}")))
+    assert index in plan, plan
+    assert "Sort" not in plan, plan
+    assert "Seq Scan on result" not in plan and "Seq Scan on review" not in plan, plan
