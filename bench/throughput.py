@@ -214,6 +214,25 @@ def _bench_token(database_url: str) -> str:
     return token
 
 
+def _wait_done(
+    database_url: str,
+    batch_ids: list[str],
+    worker: subprocess.Popen,
+    workdir: Path,
+    stall_s: float = 120,
+) -> None:
+    """Until every image is scored; fail loudly if the worker dies or nothing moves."""
+    last, since = -1, time.monotonic()
+    while (pending := _pending(database_url, batch_ids)) > 0:
+        if worker.poll() is not None:
+            raise RuntimeError(f"the worker exited; see {workdir}/worker.log")
+        if pending != last:
+            last, since = pending, time.monotonic()
+        elif time.monotonic() - since > stall_s:
+            raise RuntimeError(f"no progress for {stall_s:.0f} s; see {workdir}/worker.log")
+        time.sleep(0.1)
+
+
 class Processes:
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
         self.env, self.log_dir, self.procs = env, log_dir, []
@@ -301,8 +320,7 @@ def bench_end_to_end(
             time.sleep(0.3)
         # Warm the worker (model loaded, graph traced) as a running service would be.
         warm_ids = _upload(base, [inputs[:64]], headers)
-        while _pending(database_url, warm_ids):
-            time.sleep(0.2)
+        _wait_done(database_url, warm_ids, worker, workdir)
         rss_start = _rss_mb(worker.pid)
 
         parts = [inputs[i : i + args.part_files] for i in range(0, len(inputs), args.part_files)]
@@ -322,8 +340,7 @@ def bench_end_to_end(
         for t in threads:
             t.join()
         upload_s = time.perf_counter() - start
-        while _pending(database_url, batch_ids):
-            time.sleep(0.1)
+        _wait_done(database_url, batch_ids, worker, workdir)
         elapsed = time.perf_counter() - start
         rss_end = _rss_mb(worker.pid)
         lat = sorted(_latencies(database_url, batch_ids))
@@ -383,6 +400,8 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     model_path = Path(args.model) if args.model else settings.model_path
+    if not model_path.is_file():
+        raise SystemExit(f"no model weights at {model_path} (give --model)")
     skip = set(filter(None, args.skip.split(",")))
     inputs = load_inputs(args.folder, args.images)
     figures: dict[str, Any] = {
