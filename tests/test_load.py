@@ -9,6 +9,7 @@ bigger run on a bigger machine.
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from sqlalchemy import create_engine, func, select
 from bench.images import synthetic_smear_jpeg
 from db import migrate
 from db.models import Image, Result
-from tests.conftest import create_account
+from tests.conftest import PASSWORD, create_account
 from tests.test_end_to_end import Service, _free_port
 
 pytestmark = [pytest.mark.load, pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -166,3 +167,21 @@ def test_concurrent_uploaders_get_no_errors_and_every_image_is_scored_once(load_
     assert figures.get("scored") == total
     assert figures.get("failed", 0) == 0 and figures.get("rejected", 0) == 0
     assert figures["results"] == figures["distinct"] == total
+
+
+def test_login_lockout_holds_across_gunicorn_workers(load_stack):
+    _, base, _, _ = load_stack
+
+    def attempt(password: str) -> int:
+        # A new connection each time, so gunicorn's four workers share the guesses.
+        with requests.Session() as browser:
+            page = browser.get(f"{base}/login", timeout=10).text
+            csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+            form = {"username": "lab00", "password": password, "csrf_token": csrf}
+            return browser.post(
+                f"{base}/login", data=form, allow_redirects=False, timeout=10
+            ).status_code
+
+    statuses = [attempt("wrong password") for _ in range(5)]
+    assert statuses == [401, 401, 401, 401, 429]
+    assert attempt(PASSWORD) == 429
