@@ -31,6 +31,7 @@ from api import context
 from api.errors import ApiError
 from db.accounts import check_password, user_for_token
 from db.audit import record_event
+from db.login_throttle import clear_failures, lockout, record_failure
 from db.models import Role, User
 
 bp = Blueprint("auth", __name__)
@@ -139,17 +140,43 @@ def _safe_next(target: str | None) -> str:
     return url_for("pages.batches")
 
 
+def _locked_out_page(retry_after_s: int):  # type: ignore[no-untyped-def]
+    minutes = max(1, -(-retry_after_s // 60))
+    flash(
+        "Too many failed sign-ins for this user name or from this computer. "
+        f"Try again in about {minutes} minute{'s' if minutes != 1 else ''}."
+    )
+    response = current_app.make_response((render_template("login.html"), 429))
+    response.headers["Retry-After"] = str(retry_after_s)
+    return response
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login():  # type: ignore[no-untyped-def]
     if request.method == "POST":
         name = request.form.get("username", "")
+        client = request.remote_addr or "unknown"
+        limits = context.settings().login_max_failures, context.settings().login_window_s
         with context.sessions().begin() as session:
-            user = check_password(session, name, request.form.get("password", ""))
-            if user is not None:
-                record_event(session, user, "user.login", f"user:{user.id}")
-                principal = _principal(user)
+            # Checked before the password: a locked-out name stays locked even when the
+            # guess is right, otherwise the lock-out would still confirm a correct guess.
+            locked = lockout(session, name, client, *limits)
+            if locked is not None:
+                record_event(
+                    session, None, "user.login_refused", "", name=name[:255], client_ip=client
+                )
+                user = None
             else:
-                record_event(session, None, "user.login_failed", "", name=name[:255])
+                user = check_password(session, name, request.form.get("password", ""))
+                if user is not None:
+                    clear_failures(session, name)
+                    record_event(session, user, "user.login", f"user:{user.id}")
+                    principal = _principal(user)
+                else:
+                    record_event(session, None, "user.login_failed", "", name=name[:255])
+                    locked = record_failure(session, name, client, *limits)
+        if locked is not None:
+            return _locked_out_page(locked.retry_after_s)
         if user is not None:
             login_user(principal)
             return redirect(_safe_next(request.args.get("next")))

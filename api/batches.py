@@ -109,7 +109,7 @@ def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
                 sha256=o.sha256 or "",
                 # PostgreSQL text cannot hold NUL; keep the rest of the name as sent.
                 original_name=_text(o.name, 1024),
-                storage_key=o.sha256 if o.status == "accepted" else None,
+                storage_key=o.storage_key if o.status == "accepted" else None,
                 size_bytes=o.size,
                 width=o.width,
                 height=o.height,

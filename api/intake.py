@@ -6,6 +6,7 @@ originals to the content store, and returns what happened to every file.
 
 from __future__ import annotations
 
+import io
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
+from api.deidentify import StripError, strip_metadata
 from leukoscreen.config import Settings
 from leukoscreen.storage import ContentStore, Staged, TooLarge
 
@@ -35,6 +37,8 @@ class FileOutcome:
     height: int | None = None
     format: str | None = None
     duplicate_of: str | None = None
+    # Where the stored copy is: sha256 of the received bytes, or of the copy without metadata.
+    storage_key: str | None = None
 
 
 @dataclass
@@ -140,9 +144,30 @@ class Intake:
             outcome.status, outcome.reason = "rejected", str(exc)
             self.report.outcomes.append(outcome)
             return
-        self.store.commit(staged)
-        self.seen[staged.sha256] = name
+        if self.settings.strip_metadata:
+            try:
+                staged = self._without_metadata(staged, outcome.format or "")
+            except (StripError, ImageCheckError, OSError, ValueError) as exc:
+                self.store.discard(staged)
+                outcome.status, outcome.reason = "rejected", f"metadata cannot be removed: {exc}"
+                self.report.outcomes.append(outcome)
+                return
+        # Duplicates are still found by the received bytes (outcome.sha256, self.seen).
+        outcome.storage_key = self.store.commit(staged)
+        self.seen[outcome.sha256 or staged.sha256] = name
         self.report.outcomes.append(outcome)
+
+    def _without_metadata(self, staged: Staged, fmt: str) -> Staged:
+        """Swap a staged upload for a staged copy without metadata (checked to decode)."""
+        stripped = strip_metadata(staged.path.read_bytes(), fmt)
+        clean = self.store.stage(io.BytesIO(stripped), max(len(stripped), 1))
+        try:
+            check_image(str(clean.path), self.settings.max_image_pixels)
+        except ImageCheckError:
+            self.store.discard(clean)
+            raise
+        self.store.discard(staged)
+        return clean
 
     def _reject(self, name: str, reason: str, size: int = 0) -> None:
         self.report.outcomes.append(

@@ -22,15 +22,21 @@ bp = Blueprint("pages", __name__)
 REVIEWER, ADMIN = Role.REVIEWER.value, Role.ADMIN.value
 
 
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "object-src 'none'; frame-ancestors 'none'; base-uri 'self'; form-action 'self'"
+)
+
+
 @bp.after_app_request
 def _security_headers(response: Response) -> Response:
     # No inline script or style anywhere: a name that slipped past escaping could not run.
-    response.headers.setdefault(
-        "Content-Security-Policy",
-        "default-src 'self'; img-src 'self' data: blob:; object-src 'none'; "
-        "frame-ancestors 'none'; base-uri 'self'; form-action 'self'",
-    )
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    # No page may be framed (clickjacking a review decision); X-Frame-Options for old browsers.
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    # Batch ids and review filters in our URLs stay on this site.
+    response.headers.setdefault("Referrer-Policy", "same-origin")
     return response
 
 

@@ -224,3 +224,22 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(255), default="")
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class LoginFailure(Base):
+    """One failed sign-in, counted per user name and per client address to throttle guessing.
+
+    In the database rather than process memory so every gunicorn worker sees the same counts.
+    """
+
+    __tablename__ = "login_failure"
+    __table_args__ = (
+        Index("ix_login_failure_name", "user_name", "created_at"),
+        Index("ix_login_failure_client", "client_ip", "created_at"),
+        Index("ix_login_failure_created", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    user_name: Mapped[str] = mapped_column(String(255))
+    client_ip: Mapped[str] = mapped_column(String(64))

@@ -36,7 +36,22 @@ def _redacted(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def _refuse_insecure() -> int:
+    """Exit status 2 with the reason when production settings are unsafe, else 0."""
+    from leukoscreen.config import InsecureConfiguration, check_secret_key, load_settings
+
+    try:
+        check_secret_key(load_settings())
+    except InsecureConfiguration as exc:
+        print(f"leukoscreen: refusing to start: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _api(args: argparse.Namespace) -> int:
+    # Checked here too: gunicorn would only report "Worker failed to boot".
+    if refused := _refuse_insecure():
+        return refused
     if args.dev:
         from api import create_app
 
@@ -204,6 +219,8 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if refused := _refuse_insecure():
+        return refused
     from leukoscreen.serve import run_serve
 
     return run_serve(args)

@@ -53,11 +53,18 @@ class Settings:
     default_queue: str
     tf_threads: int
     hostname: str
-    secret_key: str = "dev-only-insecure-key"
+    secret_key: str = "dev-only-insecure-key"  # DEV_SECRET_KEY below
     # `leukoscreen serve` creates a first admin with this password when no user exists.
     admin_password: str | None = None
     # Browsers send the session cookie only over HTTPS when set (behind a TLS proxy).
     secure_cookies: bool = False
+    # "production" refuses to start with a guessable secret key (see check_secret_key).
+    env: str = "development"
+    # Failed sign-ins allowed per user name and per client address within the window.
+    login_max_failures: int = 5
+    login_window_s: int = 900
+    # Store originals without EXIF/XMP/ICC comments and PNG/TIFF text (names, dates, devices).
+    strip_metadata: bool = False
 
     @property
     def uses_filesystem_broker(self) -> bool:
@@ -93,6 +100,41 @@ class Settings:
         }
 
 
+DEV_SECRET_KEY = "dev-only-insecure-key"
+MIN_SECRET_KEY_CHARS = 32
+ENVIRONMENTS = ("development", "production")
+
+
+class InsecureConfiguration(RuntimeError):
+    """Settings a production service must not start with."""
+
+
+def _env_flag(name: str) -> bool:
+    return _env_str(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def check_secret_key(settings: Settings) -> None:
+    """Refuse a default, empty or short secret key in production.
+
+    Anyone who knows the key can forge a session cookie for any user, and the default is
+    published in this repository.
+    """
+    if settings.env not in ENVIRONMENTS:
+        raise InsecureConfiguration(
+            f"LEUKOSCREEN_ENV must be one of {', '.join(ENVIRONMENTS)}, not {settings.env!r}"
+        )
+    if settings.env != "production":
+        return
+    key = settings.secret_key or ""
+    if key == DEV_SECRET_KEY or len(key.strip()) < MIN_SECRET_KEY_CHARS:
+        raise InsecureConfiguration(
+            "LEUKOSCREEN_ENV=production needs LEUKOSCREEN_SECRET_KEY set to a random value of at "
+            f"least {MIN_SECRET_KEY_CHARS} characters (the default development key, an empty or "
+            "a short key lets anyone forge sign-in sessions). Generate one with: "
+            "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+        )
+
+
 def load_settings() -> Settings:
     var_dir = Path(_env_str("LEUKOSCREEN_VAR_DIR", "var")).resolve()
     database_url = _env_str("DATABASE_URL", f"sqlite:///{var_dir / 'leukoscreen.db'}")
@@ -121,7 +163,12 @@ def load_settings() -> Settings:
         default_queue=_env_str("LEUKOSCREEN_QUEUE", "cpu"),
         tf_threads=_env_int("LEUKOSCREEN_TF_THREADS", 0),
         hostname=_env_str("LEUKOSCREEN_WORKER_HOSTNAME", socket.gethostname()),
-        secret_key=_env_str("LEUKOSCREEN_SECRET_KEY", "dev-only-insecure-key"),
+        # Unset or empty means the development key, which production refuses.
+        secret_key=_env_str("LEUKOSCREEN_SECRET_KEY", DEV_SECRET_KEY),
         admin_password=os.environ.get("LEUKOSCREEN_ADMIN_PASSWORD") or None,
-        secure_cookies=_env_str("LEUKOSCREEN_SECURE_COOKIES", "0") in ("1", "true", "yes"),
+        secure_cookies=_env_flag("LEUKOSCREEN_SECURE_COOKIES"),
+        env=_env_str("LEUKOSCREEN_ENV", "development").strip().lower(),
+        login_max_failures=_env_int("LEUKOSCREEN_LOGIN_MAX_FAILURES", 5),
+        login_window_s=_env_int("LEUKOSCREEN_LOGIN_WINDOW_S", 900),
+        strip_metadata=_env_flag("LEUKOSCREEN_STRIP_METADATA"),
     )

@@ -1,0 +1,118 @@
+"""Failed sign-ins are throttled per user name and per client address, in the database."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from api import create_app
+from db.models import AuditEvent, LoginFailure, utcnow
+from db.session import engine_for, session_factory
+from tests.conftest import PASSWORD, create_account
+
+MAX, WINDOW = 5, 900
+
+
+@pytest.fixture
+def throttled(db_settings):
+    return replace(db_settings, login_max_failures=MAX, login_window_s=WINDOW)
+
+
+def _client(app, ip: str):  # type: ignore[no-untyped-def]
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = ip
+    html = client.get("/login").get_data(as_text=True)
+    client.csrf = re.search(r'name="csrf-token" content="([^"]+)"', html).group(1)  # type: ignore[union-attr, attr-defined]
+    return client
+
+
+def _attempt(client, name: str, password: str):  # type: ignore[no-untyped-def]
+    return client.post(
+        "/login", data={"username": name, "password": password, "csrf_token": client.csrf}
+    )
+
+
+def _actions(settings) -> list[str]:  # type: ignore[no-untyped-def]
+    with session_factory(engine_for(settings.database_url))() as s:
+        return list(s.scalars(select(AuditEvent.action).order_by(AuditEvent.id)))
+
+
+def test_repeated_failures_lock_a_user_name_even_with_the_right_password(throttled):
+    create_account(throttled.database_url, "rita", "reviewer")
+    app = create_app(throttled)
+    # A new address for every guess: only the per-name counter can stop them.
+    for i in range(MAX - 1):
+        assert _attempt(_client(app, f"10.0.0.{i}"), "rita", "wrong").status_code == 401
+    fifth = _attempt(_client(app, "10.0.0.50"), "rita", "wrong")
+    assert fifth.status_code == 429
+    locked_client = _client(app, "10.0.0.51")
+    right = _attempt(locked_client, "rita", PASSWORD)
+    assert right.status_code == 429
+    assert "Too many failed sign-ins" in right.get_data(as_text=True)
+    assert 0 < int(right.headers["Retry-After"]) <= WINDOW
+    assert locked_client.get("/batches").status_code == 302  # not signed in
+    actions = _actions(throttled)
+    assert actions.count("user.login_locked") == 1
+    assert "user.login_refused" in actions and "user.login" not in actions
+
+
+def test_repeated_failures_from_one_client_lock_that_client_for_every_name(throttled):
+    create_account(throttled.database_url, "rita", "reviewer")
+    app = create_app(throttled)
+    attacker = _client(app, "192.0.2.7")
+    for i in range(MAX):
+        _attempt(attacker, f"guess{i}", "wrong")
+    assert _attempt(attacker, "rita", PASSWORD).status_code == 429
+    # rita herself, at another address, is not locked out by someone else's guessing.
+    assert _attempt(_client(app, "198.51.100.1"), "rita", PASSWORD).status_code == 302
+
+
+def test_lockout_ends_when_the_window_has_passed(throttled):
+    create_account(throttled.database_url, "rita", "reviewer")
+    app = create_app(throttled)
+    client = _client(app, "10.1.1.1")
+    for _ in range(MAX):
+        _attempt(client, "rita", "wrong")
+    assert _attempt(client, "rita", PASSWORD).status_code == 429
+    with session_factory(engine_for(throttled.database_url)).begin() as s:
+        s.execute(update(LoginFailure).values(created_at=utcnow() - timedelta(seconds=WINDOW + 1)))
+    assert _attempt(client, "rita", PASSWORD).status_code == 302
+
+
+def test_a_successful_login_resets_only_its_own_user_names_counter(throttled):
+    create_account(throttled.database_url, "rita", "reviewer")
+    create_account(throttled.database_url, "ula", "uploader")
+    app = create_app(throttled)
+    for i in range(MAX - 1):
+        _attempt(_client(app, f"10.2.0.{i}"), "rita", "wrong")
+        _attempt(_client(app, f"10.3.0.{i}"), "ula", "wrong")
+    assert _attempt(_client(app, "10.4.0.1"), "ula", PASSWORD).status_code == 302
+    # ula's success forgot ula's failures, not rita's: rita's next failure locks her.
+    assert _attempt(_client(app, "10.4.0.2"), "rita", "wrong").status_code == 429
+    for i in range(MAX - 1):
+        assert _attempt(_client(app, f"10.5.0.{i}"), "ula", "wrong").status_code == 401
+    assert _attempt(_client(app, "10.4.0.3"), "ula", PASSWORD).status_code == 302
+
+
+def test_counts_are_shared_by_every_app_process_through_the_database(throttled):
+    create_account(throttled.database_url, "rita", "reviewer")
+    # Two app instances share nothing but the database, as two gunicorn workers do.
+    first, second = create_app(throttled), create_app(throttled)
+    for i in range(MAX):
+        app = first if i % 2 else second
+        _attempt(_client(app, f"10.6.0.{i}"), "rita", "wrong")
+    assert _attempt(_client(first, "10.7.0.1"), "rita", PASSWORD).status_code == 429
+    assert _attempt(_client(second, "10.7.0.2"), "rita", PASSWORD).status_code == 429
+
+
+def test_throttling_settings_come_from_the_environment(monkeypatch):
+    from leukoscreen.config import load_settings
+
+    monkeypatch.setenv("LEUKOSCREEN_LOGIN_MAX_FAILURES", "3")
+    monkeypatch.setenv("LEUKOSCREEN_LOGIN_WINDOW_S", "60")
+    loaded = load_settings()
+    assert (loaded.login_max_failures, loaded.login_window_s) == (3, 60)
