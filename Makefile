@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint services clean
+.PHONY: run test lint services chromium clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,14 @@ run: $(STAMP)
 services:
 	./scripts/services.sh
 
+chromium:
+	./scripts/chromium.sh
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: $(STAMP) services lint
+test: $(STAMP) services chromium lint
 	$(BIN)/python -m pytest -ra
 
 clean:
