@@ -196,6 +196,13 @@ def print_summary(report: dict) -> None:
         extra = "" if base is None else f"   colour baseline {base:.4f}"
         print(f"  {key:12s} {text}{extra}")
     print(f"  confusion    tp={cm['tp']} fp={cm['fp']} tn={cm['tn']} fn={cm['fn']}")
+    print("  threshold  sensitivity  specificity  precision  f1")
+    for row in report["sweep"]:
+        mark = "  <- model threshold" if row["threshold"] == round(report["threshold"], 6) else ""
+        print(
+            f"  {row['threshold']:9.4f}  {row['sensitivity']:11.4f}  {row['specificity']:11.4f}"
+            f"  {row['precision']:9.4f}  {row['f1']:.4f}{mark}"
+        )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-frac", type=float, default=0.15)
     parser.add_argument("--test-frac", type=float, default=0.15)
     parser.add_argument("--target-sensitivity", type=float, default=0.99)
+    parser.add_argument(
+        "--monitor", default="val_auc", help="early stopping / LR schedule on this (max if auc)"
+    )
     parser.add_argument("--max-minutes", type=float, default=40.0, help="stop epochs after this")
     parser.add_argument("--no-augment", action="store_true", help="disable augmentation")
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/leukoscreen-cache"))
@@ -169,12 +172,19 @@ class EpochLog:
 def fit(model, train_ds, val_ds, weights, args):
     import keras
 
+    mode = "max" if "auc" in args.monitor or "acc" in args.monitor else "min"
     stopper = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=args.patience, restore_best_weights=True, verbose=1
+        monitor=args.monitor,
+        mode=mode,
+        patience=args.patience,
+        restore_best_weights=True,
+        verbose=1,
     )
     callbacks = [
         stopper,
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3, verbose=1),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor=args.monitor, mode=mode, factor=0.5, patience=4, verbose=1
+        ),
         TimeLimit(args.max_minutes),
         EpochLog(),
     ]
@@ -312,6 +322,7 @@ def run(args: argparse.Namespace) -> int:
             "optimizer": f"Adam lr={args.lr}",
             "loss": "binary_crossentropy",
             "batch_size": args.batch_size,
+            "early_stopping": f"{args.monitor}, patience {args.patience}, best weights restored",
             "class_weight": class_weights(parts["train"].labels),
             "augmentation": "none"
             if args.no_augment
