@@ -23,3 +23,23 @@ def build_lenet_lld(input_shape: tuple[int, int, int] = INPUT_SHAPE) -> keras.Mo
     x = layers.Dense(256, activation="relu")(x)
     outputs = layers.Dense(1, activation="sigmoid", name="p_leukemia")(x)
     return keras.Model(inputs, outputs, name="lenet_lld")
+
+
+def build_lenet_lld_bn(input_shape: tuple[int, int, int] = INPUT_SHAPE) -> keras.Model:
+    """LeNet-LLD's four conv blocks with batch norm, global average pooling instead of the
+    6.4M-parameter Flatten+Dense 256, and dropout. Same input contract and p_leukemia output.
+    """
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = inputs
+    for filters in (16, 32, 64, 128):
+        x = layers.Conv2D(filters, 3, use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.Activation("relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.3)(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="p_leukemia")(x)
+    return keras.Model(inputs, outputs, name="lenet_lld_bn")
+
+
+ARCHITECTURES = {"lenet_lld": build_lenet_lld, "lenet_lld_bn": build_lenet_lld_bn}

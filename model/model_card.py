@@ -1,0 +1,163 @@
+"""Render the Markdown model card from the JSON cards written by ``model.train``.
+
+    python -m model.model_card --out model/weights/lenet_lld.md \
+        model/weights/lenet_lld.keras model/weights/lenet_lld_thesis.keras
+
+The first weights file is the shipped default; the others are listed beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from model.card import card_path
+
+GOAL = {"sensitivity": 0.99, "specificity": 0.95, "auc": 0.99}
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "" if not ci else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _row(label: str, m: dict) -> str:
+    w, b, cm = m.get("ci95_wilson", {}), m.get("ci95_group_bootstrap", {}), m["confusion"]
+    cells = [
+        label,
+        f"{m['auc']:.4f}{_ci(b.get('auc'))}",
+        f"{m['sensitivity']:.4f}{_ci(w.get('sensitivity'))}",
+        f"{m['specificity']:.4f}{_ci(w.get('specificity'))}",
+        f"{m['precision']:.4f}",
+        f"{m['f1']:.4f}{_ci(b.get('f1'))}",
+        f"{m['accuracy']:.4f}",
+        f"{m['loss']:.4f}",
+        f"{m['threshold']:.4f}",
+        f"{cm['tp']}/{cm['fp']}/{cm['tn']}/{cm['fn']}",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def goal_met(m: dict) -> bool:
+    return (
+        m["sensitivity"] >= GOAL["sensitivity"]
+        and m["specificity"] >= GOAL["specificity"]
+        and (m["auc"] or 0) >= GOAL["auc"]
+    )
+
+
+def render(weights: list[Path]) -> str:
+    cards = [(w, json.loads(card_path(w).read_text())) for w in weights]
+    main_w, main = cards[0]
+    d, t = main["data"], main["training"]
+    lines = [
+        f"# Model card: `{main_w.name}` ({main['name']})",
+        "",
+        "## Intended use",
+        main["intended_use"],
+        "Output: `p_leukemia` for one field-of-view image; the image is flagged when "
+        f"`p_leukemia >= threshold` (stored in `{card_path(main_w).name}`).",
+        "",
+        "## Files",
+        "| file | network | params | threshold | SHA-256 |",
+        "|---|---|---|---|---|",
+    ]
+    for w, c in cards:
+        lines.append(
+            f"| `{w.name}` | {c['architecture']} | {c['params']:,} | {c['threshold']:.4f} | "
+            f"`{c['sha256']}` |"
+        )
+    sizes = d["sizes"]
+    lines += [
+        "",
+        "## Data",
+        d["source"],
+        "",
+        f"Split: {d['dropped_duplicates']} byte-identical duplicates dropped (SHA-256 of the "
+        f"file), {d['skipped_undecodable']} undecodable files skipped; images grouped into blocks"
+        f" of {d['split']['block']} consecutive file numbers within a class folder (consecutive "
+        "numbers come from the same slide); whole groups shuffled (seed "
+        f"{d['split']['seed']}) and assigned per class folder to test "
+        f"({d['split']['test_frac']:.0%}), validation ({d['split']['val_frac']:.0%}) and "
+        f"training. Sizes: train {sizes['train']}, validation {sizes['val']}, test "
+        f"{sizes['test']} images (`{d['split_file']}` lists every file with its SHA-256).",
+        "",
+        "## Results on the held-out test split",
+        f"Threshold chosen on the validation split: {main['operating_point']}. 95% CIs: Wilson "
+        "for sensitivity/specificity (images treated as independent), group bootstrap "
+        "(resampling slide blocks, 1000x) for AUC and F1.",
+        "",
+        "| model | ROC AUC | sensitivity | specificity | precision | F1 | accuracy | log loss"
+        " | threshold | tp/fp/tn/fn |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for w, c in cards:
+        lines.append(_row(f"{c['name']} (`{w.name}`)", c["metrics"]))
+    base = main["colour_baseline"]
+    lines.append(_row("colour-only logistic regression (baseline)", base["test"]))
+    lines += [
+        "",
+        "Goal (sensitivity >= 0.99 at specificity >= 0.95, ROC AUC >= 0.99): "
+        + "; ".join(
+            f"{c['name']}: {'met' if goal_met(c['metrics']) else 'MISSED'}" for _, c in cards
+        )
+        + ".",
+        "",
+        "Validation split at the same threshold: "
+        + "; ".join(
+            f"{c['name']}: sensitivity {c['validation']['sensitivity']:.4f}, specificity "
+            f"{c['validation']['specificity']:.4f}, AUC {c['validation']['auc']:.4f}"
+            for _, c in cards
+        )
+        + ".",
+        "",
+        "The colour baseline is a logistic regression on 18 per-image colour statistics "
+        "(mean and 5/25/50/75/95th percentiles per RGB channel), fitted on the training split,"
+        " threshold chosen on validation by the same rule; its coefficients are stored in the "
+        "JSON card so `evaluate` reports it on any folder.",
+        "",
+        "## Training",
+    ]
+    for w, c in cards:
+        tr = c["training"]
+        lines += [
+            f"- `{w.name}`: `{tr['command']}`; {tr['epochs_run']} epochs "
+            f"(best {tr['best_epoch']}, restored), fit {tr['fit_seconds'] / 60:.1f} min, total "
+            f"{tr['total_seconds'] / 60:.1f} min on 2 CPU cores (shared); {tr['optimizer']}, "
+            f"{tr['loss']}, batch {tr['batch_size']}, class weights "
+            f"{ {k: round(v, 3) for k, v in tr['class_weight'].items()} }.",
+        ]
+    lines += [
+        f"- Augmentation: {t['augmentation']}.",
+        f"- Early stopping on {t.get('early_stopping', 'val_loss')}; learning rate halved after "
+        "4 epochs without improvement; seeds fixed "
+        "(`keras.utils.set_random_seed`), CPU float reductions may still vary slightly.",
+        "- Weights saved without optimizer state.",
+        "",
+        "## Reproduce / evaluate",
+        "```",
+        "python -m model.evaluate --model model/weights/" + main_w.name + " --data DIR",
+        "```",
+        "With the training folder, the test split is evaluated (`--split test|val|all`); on "
+        "any other folder, every image.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m model.model_card", description=__doc__)
+    parser.add_argument("weights", type=Path, nargs="+")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--append", type=Path, help="hand-written Markdown appended at the end")
+    args = parser.parse_args(argv)
+    text = render(args.weights)
+    if args.append:
+        text += "\n" + args.append.read_text()
+    args.out.write_text(text)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,260 @@
+"""Data loading, grouped split, and a one-epoch train + evaluate smoke test on synthetic JPEGs."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model import data as mdata
+from model.preprocess import preprocess
+
+
+def jpeg_bytes(seed: int, tint: tuple[int, int, int]) -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = np.clip(rng.normal(0, 25, (64, 64, 3)) + np.array(tint), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def make_folder(root: Path, per_class: int = 12, seed: int = 0) -> Path:
+    """Benign (negative) and Early (positive) folders, numbered like the real data."""
+    for cls, tint, prefix in (
+        ("Benign", (200, 170, 210), "WBC-Benign"),
+        ("Early", (150, 120, 200), "WBC-Malignant-Early"),
+    ):
+        (root / cls).mkdir(parents=True)
+        for i in range(1, per_class + 1):
+            seed = seed + i + (0 if cls == "Benign" else 1000)
+            (root / cls / f"{prefix}-{i:03d}.jpg").write_bytes(jpeg_bytes(seed, tint))
+    return root
+
+
+def test_group_of_blocks_consecutive_numbers():
+    assert mdata.group_of("Benign", "WBC-Benign-021", 20) == "Benign/1"
+    assert mdata.group_of("Benign", "WBC-Benign-039", 20) == "Benign/1"
+    assert mdata.group_of("Benign", "WBC-Benign-040", 20) == "Benign/2"
+    assert mdata.group_of("Pro", "WBC-Malignant-Pro-040", 20) == "Pro/2"
+    assert mdata.group_of("Pro", "scan", 20) == "Pro/scan"
+
+
+def test_folder_labels():
+    assert mdata.folder_label("Benign") == 0 and mdata.folder_label("negative") == 0
+    assert all(mdata.folder_label(n) == 1 for n in ("Early", "Pre", "Pro", "positive"))
+    with pytest.raises(ValueError):
+        mdata.folder_label("Unknown")
+
+
+def test_uint8_cache_is_exactly_preprocess(tmp_path):
+    data = jpeg_bytes(0, (120, 80, 200))
+    x = preprocess(data)
+    assert np.array_equal(mdata.to_float(mdata.to_uint8(x)), x)
+
+
+def test_load_dataset_dedupes_and_skips_broken(tmp_path):
+    root = make_folder(tmp_path / "d", per_class=6)
+    dup = (root / "Early" / "WBC-Malignant-Early-003.jpg").read_bytes()
+    (root / "Early" / "WBC-Malignant-Early-004.jpg").write_bytes(dup)
+    (root / "Benign" / "WBC-Benign-099.jpg").write_bytes(b"not a jpeg")
+    (root / "Benign" / "notes.txt").write_text("ignored")
+    for cache in (None, tmp_path / "cache", tmp_path / "cache"):  # cold, write cache, read it
+        ds = mdata.load_dataset(root, block=2, cache_dir=cache)
+        assert ds.skipped == ["Benign/WBC-Benign-099.jpg"]
+        assert ds.duplicates == ["Early/WBC-Malignant-Early-004.jpg"]
+        assert len(ds.records) == 11 and ds.images.shape == (11, 256, 256, 3)
+        assert len({r.sha256 for r in ds.records}) == 11
+        assert ds.labels.sum() == 5
+        i = [r.file for r in ds.records].index("Benign/WBC-Benign-001.jpg")
+        x = preprocess((root / "Benign/WBC-Benign-001.jpg").read_bytes())
+        assert np.array_equal(mdata.to_float(ds.images[i]), x)
+
+
+def fake_records(n_groups: int = 30, per_group: int = 7) -> list[mdata.Record]:
+    out = []
+    for cls, label in (("Benign", 0), ("Early", 1), ("Pro", 1)):
+        for g in range(n_groups):
+            for k in range(per_group):
+                num = g * 20 + k
+                out.append(
+                    mdata.Record(
+                        f"{cls}/{cls}-{num:04d}.jpg",
+                        label,
+                        mdata.group_of(cls, f"{cls}-{num:04d}", 20),
+                        f"{cls}{num}",
+                    )
+                )
+    return out
+
+
+def test_grouped_split_keeps_groups_whole_and_is_seeded():
+    records = fake_records()
+    splits = mdata.grouped_split(records, 0.15, 0.15, seed=7)
+    owner: dict[str, str] = {}
+    for name, rs in splits.items():
+        for r in rs:
+            assert owner.setdefault(r.group, name) == name, f"{r.group} on two sides"
+    files = [r.file for rs in splits.values() for r in rs]
+    assert sorted(files) == sorted(r.file for r in records)  # partition: nothing lost or doubled
+    for cls in ("Benign", "Early", "Pro"):  # stratified by class folder
+        n_test = sum(r.group.startswith(cls) for r in splits["test"])
+        assert 0.1 * 210 <= n_test <= 0.25 * 210
+    again = mdata.grouped_split(list(reversed(records)), 0.15, 0.15, seed=7)
+    assert again == splits
+    other = mdata.grouped_split(records, 0.15, 0.15, seed=8)
+    assert [r.file for r in other["test"]] != [r.file for r in splits["test"]]
+
+
+def test_split_file_round_trip(tmp_path):
+    records = fake_records(5, 3)
+    splits = mdata.grouped_split(records, 0.2, 0.2, seed=1)
+    ds = mdata.Dataset(records, np.zeros((len(records), 1, 1, 3), np.uint8), ["bad.jpg"], ["d.jpg"])
+    path = tmp_path / "m.split.json"
+    mdata.write_split(path, splits, ds, {"seed": 1})
+    saved = mdata.read_split(path)
+    assert saved["seed"] == 1 and saved["dropped_duplicates"] == ["d.jpg"]
+    assert sum(v["n"] for v in saved["sizes"].values()) == len(records)
+    assert {r["file"] for r in saved["splits"]["test"]} == {r.file for r in splits["test"]}
+    assert all("sha256" in r for r in saved["splits"]["train"])
+
+
+def test_class_weights_balance_the_loss():
+    from model.train import class_weights
+
+    y = np.array([0] * 10 + [1] * 40)
+    w = class_weights(y)
+    assert w[0] * 10 == pytest.approx(w[1] * 40) and w[0] == pytest.approx(2.5)
+
+
+def test_colour_jitter_keeps_range_and_changes_colour():
+    import tensorflow as tf
+
+    from model.train import colour_jitter
+
+    tf.random.set_seed(0)
+    x = tf.fill([4, 8, 8, 3], 0.5) + tf.random.uniform([4, 8, 8, 3], -0.2, 0.2)
+    y = colour_jitter(x, tf).numpy()
+    assert y.shape == (4, 8, 8, 3) and y.min() >= 0 and y.max() <= 1
+    assert np.abs(y - x.numpy()).mean() > 0.01
+
+
+def parse(module, argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.mark.parametrize("arch", ["lenet_lld", "lenet_lld_bn"])
+def test_train_and_evaluate_smoke(tmp_path, arch):
+    from model import evaluate, train
+    from model.card import file_sha256, read_card
+
+    root = make_folder(tmp_path / "data", per_class=16)
+    out = tmp_path / "weights" / f"{arch}.keras"
+    args = parse(
+        train,
+        [
+            "--data",
+            str(root),
+            "--out",
+            str(out),
+            "--arch",
+            arch,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--block",
+            "2",
+            "--val-frac",
+            "0.25",
+            "--test-frac",
+            "0.25",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+    )
+    assert train.run(args) == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["name"] == arch and card["output"] == "p_leukemia"
+    assert 0.0 <= card["threshold"] <= 1.0 and card["sha256"] == file_sha256(out)
+    assert read_card(out).threshold == card["threshold"]
+    assert card["validation"]["sensitivity"] >= 0.99  # the operating-point rule on val
+    assert "auc" in card["colour_baseline"]["test"]
+    history = json.loads(out.with_suffix(".history.json").read_text())
+    assert len(history["loss"]) == 1 and len(history["val_loss"]) == 1
+    split = mdata.read_split(out.with_suffix(".split.json"))
+    groups = {
+        n: {
+            mdata.group_of(r["file"].split("/")[0], Path(r["file"]).stem, 2)
+            for r in split["splits"][n]
+        }
+        for n in ("train", "val", "test")
+    }
+    assert not (groups["train"] & groups["test"]) and not (groups["val"] & groups["test"])
+    if arch == "lenet_lld":  # no optimizer state: ~26 MB, not ~78 MB
+        assert 24e6 < out.stat().st_size < 30e6
+
+    report_dir = tmp_path / "report"
+    args = parse(
+        evaluate,
+        [
+            "--model",
+            str(out),
+            "--data",
+            str(root),
+            "--out",
+            str(report_dir),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+    )
+    assert evaluate.run(args) == 0
+    report = json.loads((report_dir / "report.json").read_text())
+    for key in (
+        "accuracy",
+        "precision",
+        "sensitivity",
+        "specificity",
+        "f1",
+        "auc",
+        "loss",
+        "threshold",
+        "n",
+        "confusion",
+        "sweep",
+        "colour_baseline",
+    ):
+        assert key in report, key
+    assert report["data"]["split"] == "test" and report["n"] == split["sizes"]["test"]["n"]
+    assert report["threshold"] == card["threshold"]
+    assert report["auc"] == pytest.approx(card["metrics"]["auc"], abs=1e-6)
+    assert sum(report["confusion"].values()) == report["n"]
+    for png in ("history.png", "f1_threshold.png", "roc.png", "confusion.png"):
+        assert (report_dir / png).stat().st_size > 1000
+
+    # An unseen folder (no image of the split file in it) is evaluated whole.
+    unseen = make_folder(tmp_path / "unseen", per_class=3, seed=50_000)
+    (unseen / "Benign" / "WBC-Benign-001.jpg").write_bytes(jpeg_bytes(555, (10, 200, 10)))
+    args = parse(
+        evaluate,
+        [
+            "--model",
+            str(out),
+            "--data",
+            str(unseen),
+            "--no-plots",
+            "--out",
+            str(tmp_path / "r2"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+    )
+    assert evaluate.run(args) == 0
+    report = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert report["n"] == 6 and report["data"]["split"] == "all"
