@@ -79,7 +79,9 @@ def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
     report = intake.report
 
     accepted = [o for o in report.outcomes if o.status == "accepted"]
-    if not accepted:
+    # A new batch needs one usable image; a part added to an existing batch is recorded even
+    # when every file is rejected, so that the batch's export gives the reason for each file.
+    if not accepted and batch is None:
         raise ApiError(
             422,
             "no usable image in the request",

@@ -250,3 +250,20 @@ def test_results_are_paged_by_keyset_without_gaps_or_repeats(client, make_jpeg):
             break
         after = page["next_after_id"]
     assert seen == [f"{i}.jpg" for i in range(5)]
+
+
+def test_a_part_of_only_rejected_files_is_still_recorded_in_its_batch(client, make_jpeg):
+    first = client.post(
+        "/api/v1/batches", data=_files(("a.jpg", make_jpeg(1))), content_type="multipart/form-data"
+    )
+    batch_id = first.json["batch_id"]
+    part = client.post(
+        f"/api/v1/batches/{batch_id}/images",
+        data=_files(("broken.jpg", make_jpeg(2)[:300]), ("notes.txt", b"x")),
+        content_type="multipart/form-data",
+    )
+    assert part.status_code == 202
+    assert (part.json["accepted"], part.json["rejected"]) == (0, 2)
+    rows = client.get(f"/api/v1/batches/{batch_id}/results").json["results"]
+    reasons = {r["file_name"]: r["error"] for r in rows if r["state"] == "rejected"}
+    assert set(reasons) == {"broken.jpg", "notes.txt"} and all(reasons.values())
