@@ -42,5 +42,6 @@ def test_shipped_card_matches_fresh_evaluation(tmp_path):
     assert report["confusion"] == claimed["confusion"]
     for key in ("auc", "sensitivity", "specificity", "f1", "accuracy"):
         assert report[key] == pytest.approx(claimed[key], abs=1e-4), key
-    # the network must clearly beat the colour-only shortcut on the same images
-    assert report["auc"] > report["colour_baseline"]["auc"] + 0.03
+    # the network must clearly beat the colour-only shortcut on the same images:
+    # at most half the baseline's ranking errors (1 - AUC)
+    assert 1 - report["auc"] < 0.5 * (1 - report["colour_baseline"]["auc"])
