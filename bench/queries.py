@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import migrate
 from db.progress import batch_progress, iter_batch_results
+from db.reviews import QueueFilter, review_queue
 
 BATCH = 2000
 
@@ -50,10 +51,10 @@ SEED_SQL = [
               'img_' || g || '.jpg', md5(g::text) || md5(g::text), 20000, 224, 224, 'JPEG',
               'scored', 1, now(), now()
        FROM generate_series(1, :rows) g""",
-    """INSERT INTO result (image_id, model_version_id, p_leukemia, flagged, threshold, scored_at,
-                           worker)
-       SELECT id, 1, p, p >= 0.5, 0.5, now(), 'bench'
-       FROM (SELECT id, random() AS p FROM image) scored""",
+    """INSERT INTO result (image_id, batch_id, model_version_id, p_leukemia, flagged, threshold,
+                           scored_at, worker)
+       SELECT id, batch_id, 1, p, p >= 0.5, 0.5, now(), 'bench'
+       FROM (SELECT id, batch_id, random() AS p FROM image) scored""",
     "ANALYZE",
 ]
 
@@ -98,7 +99,27 @@ def run(args: argparse.Namespace) -> int:
             with sessions() as s:
                 list(iter_batch_results(s, rng.choice(ids), after_id=0, limit=100))
 
-        for name, fn in (("batch progress", progress), ("results page (100 rows)", results_page)):
+        def queue_first_page() -> None:
+            with sessions() as s:
+                review_queue(s, QueueFilter(), None, 50)
+
+        def queue_deep_page() -> None:
+            # A page deep in the queue (cursor at a random score): keyset pagination must
+            # cost what page one costs.
+            with sessions() as s:
+                review_queue(s, QueueFilter(), (rng.uniform(0.5, 1.0), 10**12), 50)
+
+        def queue_one_batch() -> None:
+            with sessions() as s:
+                review_queue(s, QueueFilter(batch_id=rng.choice(ids)), None, 50)
+
+        for name, fn in (
+            ("batch progress", progress),
+            ("results page (100 rows)", results_page),
+            ("review queue, first page", queue_first_page),
+            ("review queue, deep page", queue_deep_page),
+            ("review queue, one batch", queue_one_batch),
+        ):
             fn()
             t = _timed(fn, args.repeat)
             print(f"  {name:<26} p50 {t['p50_ms']:6.2f} ms   p95 {t['p95_ms']:6.2f} ms")
