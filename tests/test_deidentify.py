@@ -183,7 +183,8 @@ def test_duplicates_are_found_by_the_received_bytes_when_stripping(settings):
         f"/api/v1/batches/{first['batch_id']}/images",
         data={"images": [(io.BytesIO(data), "c.jpg")]},
     )
-    assert again.status_code == 422 and again.json["files"][0]["status"] == "duplicate"
+    assert again.status_code == 202 and again.json["files"][0]["status"] == "duplicate"
+    assert (again.json["accepted"], again.json["duplicate"]) == (0, 1)
 
 
 def test_stripping_is_off_by_default_and_read_from_the_environment(monkeypatch):
