@@ -14,8 +14,6 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,7 +26,7 @@ from typing import Any
 import numpy as np
 import requests
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.processes import ProcessGroup, free_port, wait_healthy
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -142,12 +140,6 @@ def bench_thesis(model_path: Path, inputs: list[tuple[str, bytes]]) -> float:
     return len(inputs) / elapsed
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants."""
     total_kb = 0
@@ -233,34 +225,6 @@ def _wait_done(
         time.sleep(0.1)
 
 
-class Processes:
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env, self.log_dir, self.procs = env, log_dir, []
-
-    def start(self, name: str, *args: str) -> subprocess.Popen:
-        with open(self.log_dir / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "leukoscreen.cli", *args],
-                cwd=REPO,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.procs.append(proc)
-        return proc
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-
-
 def _upload(base: str, parts: list[list[tuple[str, bytes]]], headers: dict[str, str]) -> list[str]:
     http = requests.Session()
     ids = []
@@ -301,23 +265,15 @@ def bench_end_to_end(
         PYTHONUNBUFFERED="1",
     )
     migrate.upgrade(database_url)
-    procs = Processes(env, workdir)
-    port = _free_port()
+    procs = ProcessGroup(env, workdir)
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {_bench_token(database_url)}"}
     try:
-        procs.start("api", "api", "--port", str(port), "--workers", "2")
-        worker = procs.start("worker", "worker", "--concurrency", str(args.worker_concurrency))
-        deadline = time.time() + 120
-        while True:
-            try:
-                if requests.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError(f"API did not start; logs in {workdir}")
-            time.sleep(0.3)
+        procs.start("api", "--port", str(port), "--workers", "2", name="api")
+        worker = procs.start("worker", "--concurrency", str(args.worker_concurrency), name="worker")
+        if not wait_healthy(base, timeout=120):
+            raise RuntimeError(f"API did not start; logs in {workdir}")
         # Warm the worker (model loaded, graph traced) as a running service would be.
         warm_ids = _upload(base, [inputs[:64]], headers)
         _wait_done(database_url, warm_ids, worker, workdir)
@@ -358,7 +314,7 @@ def bench_end_to_end(
             },
         }
     finally:
-        procs.stop()
+        procs.stop_all()
         with admin.connect() as conn:
             conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()

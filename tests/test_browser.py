@@ -12,17 +12,17 @@ import io
 import json
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
+from bench.processes import ProcessGroup as Service
+from bench.processes import free_port as _free_port
+from bench.processes import wait_healthy
 from db import migrate
 from tests.conftest import PASSWORD, REPO, create_account, smear_like_jpeg
 from tests.reviewdata import seed_scored
-from tests.test_end_to_end import Service, _free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.timeout(600)]
 
@@ -76,17 +76,9 @@ def web(tmp_path, model_path) -> Iterator[tuple[str, Path]]:
     svc.start("api", "--port", str(port), "--workers", "2", name="api")
     svc.start("worker", "--concurrency", "1", name="worker")
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if requests.get(f"{base}/healthz", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            svc.stop_all()
-            pytest.fail("API did not start:\n" + svc.logs())
-        time.sleep(0.3)
+    if not wait_healthy(base):
+        svc.stop_all()
+        pytest.fail("API did not start:\n" + svc.logs())
     ARTIFACTS.mkdir(exist_ok=True)
     try:
         yield base, database_url, tmp_path / "var" / "images"

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,59 +14,14 @@ import pytest
 import requests
 from sqlalchemy import create_engine, func, select
 
+from bench.processes import ProcessGroup as Service
+from bench.processes import free_port as _free_port
+from bench.processes import wait_healthy
 from db import migrate
 from db.models import Image, Result
 from tests.conftest import REPO, create_account, smear_like_jpeg
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Service:
-    """Starts and stops the project's own commands with one shared environment."""
-
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env, self.log_dir = env, log_dir
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self, *args: str, name: str) -> subprocess.Popen:
-        with open(self.log_dir / f"{name}.log", "ab") as log:  # the child keeps its own copy
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "leukoscreen.cli", *args],
-                cwd=REPO,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.procs.append(proc)
-        return proc
-
-    def kill_group(self, proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-        """The worker and all its pool processes, as an operator's kill -9 would."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        proc.wait(timeout=30)
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.log_dir.glob("*.log"))
-        )
 
 
 @pytest.fixture(params=["postgres+redis", "sqlite+filesystem"])
@@ -104,17 +56,9 @@ def service(request, tmp_path, model_path) -> Iterator[tuple[Service, str, str]]
     port = _free_port()
     svc.start("api", "--port", str(port), "--workers", "2", name="api")
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if requests.get(f"{base}/healthz", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            svc.stop_all()
-            pytest.fail("API did not start:\n" + svc.logs())
-        time.sleep(0.3)
+    if not wait_healthy(base):
+        svc.stop_all()
+        pytest.fail("API did not start:\n" + svc.logs())
     try:
         yield svc, base, database_url
     finally:

@@ -19,10 +19,11 @@ import requests
 from sqlalchemy import create_engine, func, select
 
 from bench.images import synthetic_smear_jpeg
+from bench.processes import ProcessGroup as Service
+from bench.processes import free_port as _free_port
 from db import migrate
 from db.models import Image, Result
 from tests.conftest import PASSWORD, create_account
-from tests.test_end_to_end import Service, _free_port
 
 pytestmark = [pytest.mark.load, pytest.mark.e2e, pytest.mark.timeout(600)]
 

@@ -13,9 +13,10 @@ import pytest
 import requests
 
 from api import create_app
+from bench.processes import ProcessGroup as Service
+from bench.processes import free_port as _free_port
 from db import migrate
 from tests.conftest import create_account, token_client
-from tests.test_end_to_end import Service, _free_port
 
 
 def _flask_paths(app) -> set[tuple[str, str]]:
