@@ -16,6 +16,18 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 
 
+def project_env(**settings: str) -> dict[str, str]:
+    """This process's environment without LeukoScreen's own settings, plus ``settings``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LEUKOSCREEN_", "DATABASE", "BROKER", "REDIS"))
+    }
+    env.update(PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+    env.update(settings)
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import requests
 
-from bench.processes import ProcessGroup, free_port, wait_healthy
+from bench.processes import ProcessGroup, free_port, project_env, wait_healthy
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -255,7 +255,7 @@ def bench_end_to_end(
     database_url = f"{args.database_url}?options=-csearch_path%3D{schema}"
     redis.Redis.from_url(args.broker_url).flushdb()
     workdir = Path(tempfile.mkdtemp(prefix="leukoscreen-bench-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEUKOSCREEN_", "BROKER"))}
+    env = project_env()
     env.update(
         DATABASE_URL=database_url,
         BROKER_URL=args.broker_url,

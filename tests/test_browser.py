@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 
 from bench.processes import ProcessGroup as Service
 from bench.processes import free_port as _free_port
-from bench.processes import wait_healthy
+from bench.processes import project_env, wait_healthy
 from db import migrate
 from tests.conftest import PASSWORD, REPO, create_account, smear_like_jpeg
 from tests.reviewdata import seed_scored
@@ -52,11 +51,7 @@ def web(tmp_path, model_path) -> Iterator[tuple[str, Path]]:
     card = json.loads(model_path.with_suffix(".json").read_text())
     flagged_model.with_suffix(".json").write_text(json.dumps({**card, "threshold": 0.0}))
     database_url = f"sqlite:///{tmp_path / 'var' / 'leukoscreen.db'}"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("LEUKOSCREEN_", "DATABASE", "BROKER", "REDIS"))
-    }
+    env = project_env()
     env.update(
         DATABASE_URL=database_url,
         LEUKOSCREEN_VAR_DIR=str(tmp_path / "var"),

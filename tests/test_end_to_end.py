@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from sqlalchemy import create_engine, func, select
 
 from bench.processes import ProcessGroup as Service
 from bench.processes import free_port as _free_port
-from bench.processes import wait_healthy
+from bench.processes import project_env, wait_healthy
 from db import migrate
 from db.models import Image, Result
 from tests.conftest import REPO, create_account, smear_like_jpeg
@@ -26,11 +25,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 @pytest.fixture(params=["postgres+redis", "sqlite+filesystem"])
 def service(request, tmp_path, model_path) -> Iterator[tuple[Service, str, str]]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("LEUKOSCREEN_", "DATABASE", "BROKER", "REDIS"))
-    }
+    env = project_env()
     if request.param == "postgres+redis":
         database_url = request.getfixturevalue("postgres_url")
         env["BROKER_URL"] = request.getfixturevalue("redis_url")

@@ -23,6 +23,7 @@ from sqlalchemy import create_engine, func, select
 from bench.images import synthetic_smear_jpeg
 from bench.processes import ProcessGroup as Service
 from bench.processes import free_port as _free_port
+from bench.processes import project_env, wait_healthy
 from db import migrate
 from db.models import Image, Result
 from tests.conftest import REDIS_URL, REPO, create_account
@@ -95,11 +96,7 @@ def assert_exactly_once(database_url: str, submitted: int, label: str) -> dict[s
 @pytest.fixture
 def stack(tmp_path, model_path, postgres_url, redis_url):
     """API + environment for workers; tests start the workers they need."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("LEUKOSCREEN_", "DATABASE", "BROKER", "REDIS"))
-    }
+    env = project_env()
     env.update(
         DATABASE_URL=postgres_url,
         BROKER_URL=redis_url,
@@ -122,7 +119,8 @@ def stack(tmp_path, model_path, postgres_url, redis_url):
 
     def start_api() -> None:
         svc.start("api", "--port", str(port), "--workers", "2", name="api")
-        wait_until(lambda: _healthy(base), 60, "API start", svc)
+        if not wait_healthy(base):
+            raise AssertionError("API did not start\n" + svc.logs()[-4000:])
 
     start_api()
     try:
@@ -130,13 +128,6 @@ def stack(tmp_path, model_path, postgres_url, redis_url):
     finally:
         svc.stop_all()
         _ensure_services()
-
-
-def _healthy(base: str) -> bool:
-    try:
-        return requests.get(f"{base}/healthz", timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 def _ensure_services() -> None:

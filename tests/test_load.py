@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, func, select
 from bench.images import synthetic_smear_jpeg
 from bench.processes import ProcessGroup as Service
 from bench.processes import free_port as _free_port
+from bench.processes import project_env, wait_healthy
 from db import migrate
 from db.models import Image, Result
 from tests.conftest import PASSWORD, create_account
@@ -34,20 +35,9 @@ PER_REQUEST = int(os.environ.get("LEUKOSCREEN_LOAD_PER_REQUEST", "10"))
 SCORE_TIMEOUT_S = 300
 
 
-def _healthy(base: str) -> bool:
-    try:
-        return requests.get(f"{base}/healthz", timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
-
-
 @pytest.fixture
 def load_stack(tmp_path, model_path, postgres_url, redis_url):  # type: ignore[no-untyped-def]
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("LEUKOSCREEN_", "DATABASE", "BROKER", "REDIS"))
-    }
+    env = project_env()
     env.update(
         DATABASE_URL=postgres_url,
         BROKER_URL=redis_url,
@@ -67,12 +57,9 @@ def load_stack(tmp_path, model_path, postgres_url, redis_url):  # type: ignore[n
     base = f"http://127.0.0.1:{port}"
     svc.start("api", "--port", str(port), "--workers", "4", name="api")
     svc.start("worker", "--concurrency", "1", name="worker")
-    deadline = time.monotonic() + 60
-    while not _healthy(base):
-        if time.monotonic() > deadline:
-            svc.stop_all()
-            pytest.fail("API did not start:\n" + svc.logs())
-        time.sleep(0.3)
+    if not wait_healthy(base):
+        svc.stop_all()
+        pytest.fail("API did not start:\n" + svc.logs())
     try:
         yield svc, base, postgres_url, tokens
     finally:

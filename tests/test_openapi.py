@@ -15,6 +15,7 @@ import requests
 from api import create_app
 from bench.processes import ProcessGroup as Service
 from bench.processes import free_port as _free_port
+from bench.processes import project_env
 from db import migrate
 from tests.conftest import create_account, token_client
 
@@ -45,7 +46,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
 ):
     if shutil.which("schemathesis", path=os.path.dirname(sys.executable)) is None:
         pytest.fail("schemathesis is not installed (it is in the test extra)")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEUKOSCREEN_", "BROKER"))}
+    env = project_env()
     env.update(
         DATABASE_URL=postgres_url, BROKER_URL=redis_url, LEUKOSCREEN_VAR_DIR=str(tmp_path / "var")
     )
