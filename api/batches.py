@@ -37,7 +37,7 @@ def _text(value: str, limit: int = 255) -> str:
 def _submitter() -> str:
     return _text(
         request.form.get("submitted_by") or request.headers.get("X-Submitted-By") or actor().name
-    )[:255]
+    )
 
 
 def _outcome_json(o: FileOutcome, image_id: int | None) -> dict[str, Any]:

@@ -255,14 +255,11 @@ def bench_end_to_end(
     database_url = f"{args.database_url}?options=-csearch_path%3D{schema}"
     redis.Redis.from_url(args.broker_url).flushdb()
     workdir = Path(tempfile.mkdtemp(prefix="leukoscreen-bench-"))
-    env = project_env()
-    env.update(
+    env = project_env(
         DATABASE_URL=database_url,
         BROKER_URL=args.broker_url,
         LEUKOSCREEN_VAR_DIR=str(workdir),
         LEUKOSCREEN_MODEL_PATH=str(model_path),
-        TF_CPP_MIN_LOG_LEVEL="2",
-        PYTHONUNBUFFERED="1",
     )
     migrate.upgrade(database_url)
     procs = ProcessGroup(env, workdir)

@@ -21,7 +21,6 @@ class Progress:
     counts: dict[str, int]
     flagged: int
     first_scored_at: datetime | None
-    last_scored_at: datetime | None
 
     @property
     def total(self) -> int:
@@ -66,11 +65,10 @@ def batch_progress(session: Session, batch_id: str) -> Progress:
     rows = session.execute(
         select(Image.state, func.count()).where(Image.batch_id == batch_id).group_by(Image.state)
     ).all()
-    flagged, first, last = session.execute(
+    flagged, first = session.execute(
         select(
             func.count().filter(Result.flagged.is_(True)),
             func.min(Result.scored_at),
-            func.max(Result.scored_at),
         )
         .join(Image, Image.id == Result.image_id)
         .where(Image.batch_id == batch_id)
@@ -79,7 +77,6 @@ def batch_progress(session: Session, batch_id: str) -> Progress:
         counts={state: n for state, n in rows},
         flagged=int(flagged or 0),
         first_scored_at=first,
-        last_scored_at=last,
     )
 
 

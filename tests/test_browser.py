@@ -51,15 +51,12 @@ def web(tmp_path, model_path) -> Iterator[tuple[str, Path]]:
     card = json.loads(model_path.with_suffix(".json").read_text())
     flagged_model.with_suffix(".json").write_text(json.dumps({**card, "threshold": 0.0}))
     database_url = f"sqlite:///{tmp_path / 'var' / 'leukoscreen.db'}"
-    env = project_env()
-    env.update(
+    env = project_env(
         DATABASE_URL=database_url,
         LEUKOSCREEN_VAR_DIR=str(tmp_path / "var"),
         LEUKOSCREEN_MODEL_PATH=str(flagged_model),
         LEUKOSCREEN_CHUNK_SIZE="8",
         LEUKOSCREEN_BATCH_SIZE="8",
-        PYTHONUNBUFFERED="1",
-        TF_CPP_MIN_LOG_LEVEL="2",
     )
     migrate.upgrade(database_url)
     create_account(database_url, "dr.path", "reviewer")

@@ -39,8 +39,6 @@ def service(request, tmp_path, model_path) -> Iterator[tuple[Service, str, str]]
         LEUKOSCREEN_BATCH_SIZE="16",
         LEUKOSCREEN_RECONCILE_EVERY_S="2",
         LEUKOSCREEN_STALE_AFTER_S="4",
-        PYTHONUNBUFFERED="1",
-        TF_CPP_MIN_LOG_LEVEL="2",
     )
     migrate.upgrade(database_url)
     # `submit` reads the token from the environment, as a lab's scanner host would.
@@ -130,7 +128,7 @@ def test_folder_submitted_over_http_is_scored_by_a_real_worker(service, tmp_path
     assert _counts(database_url)["results"] == 40
 
     batches = requests.get(f"{base}/api/v1/batches", headers=_auth(svc)).json()["batches"]
-    batch_id = rows and batches[0]["id"]
+    batch_id = batches[0]["id"]
     status = requests.get(f"{base}/api/v1/batches/{batch_id}", headers=_auth(svc)).json()
     assert status["state"] == "complete" and status["done"] == status["total"] == 42
 

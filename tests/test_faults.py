@@ -96,8 +96,7 @@ def assert_exactly_once(database_url: str, submitted: int, label: str) -> dict[s
 @pytest.fixture
 def stack(tmp_path, model_path, postgres_url, redis_url):
     """API + environment for workers; tests start the workers they need."""
-    env = project_env()
-    env.update(
+    env = project_env(
         DATABASE_URL=postgres_url,
         BROKER_URL=redis_url,
         LEUKOSCREEN_VAR_DIR=str(tmp_path / "var"),
@@ -106,8 +105,6 @@ def stack(tmp_path, model_path, postgres_url, redis_url):
         LEUKOSCREEN_BATCH_SIZE="16",
         LEUKOSCREEN_RECONCILE_EVERY_S="2",
         LEUKOSCREEN_STALE_AFTER_S="5",
-        PYTHONUNBUFFERED="1",
-        TF_CPP_MIN_LOG_LEVEL="2",
     )
     migrate.upgrade(postgres_url)
     HEADERS["Authorization"] = f"Bearer {create_account(postgres_url, 'lab', 'uploader')}"

@@ -37,16 +37,13 @@ SCORE_TIMEOUT_S = 300
 
 @pytest.fixture
 def load_stack(tmp_path, model_path, postgres_url, redis_url):  # type: ignore[no-untyped-def]
-    env = project_env()
-    env.update(
+    env = project_env(
         DATABASE_URL=postgres_url,
         BROKER_URL=redis_url,
         LEUKOSCREEN_VAR_DIR=str(tmp_path / "var"),
         LEUKOSCREEN_MODEL_PATH=str(model_path),
         LEUKOSCREEN_CHUNK_SIZE="64",
         LEUKOSCREEN_BATCH_SIZE="32",
-        PYTHONUNBUFFERED="1",
-        TF_CPP_MIN_LOG_LEVEL="2",
     )
     migrate.upgrade(postgres_url)
     tokens = [create_account(postgres_url, f"lab{i:02d}", "uploader") for i in range(UPLOADERS)]

@@ -46,8 +46,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
 ):
     if shutil.which("schemathesis", path=os.path.dirname(sys.executable)) is None:
         pytest.fail("schemathesis is not installed (it is in the test extra)")
-    env = project_env()
-    env.update(
+    env = project_env(
         DATABASE_URL=postgres_url, BROKER_URL=redis_url, LEUKOSCREEN_VAR_DIR=str(tmp_path / "var")
     )
     migrate.upgrade(postgres_url)
