@@ -45,7 +45,9 @@ def load_model(path: Path, batch_size: int = 32) -> LoadedModel:
         raise FileNotFoundError(
             f"model weights not found at {path}; set LEUKOSCREEN_MODEL_PATH to a .keras file"
         )
-    network = keras.saving.load_model(path, compile=False)
+    from model.folding import fold_batch_norm
+
+    network = fold_batch_norm(keras.saving.load_model(path, compile=False))
     spec = tf.TensorSpec((batch_size, *network.input_shape[1:]), tf.float32)
 
     @tf.function(input_signature=[spec], reduce_retracing=True)

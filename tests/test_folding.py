@@ -1,0 +1,57 @@
+"""Batch-norm folding: the workers' faster network must give the same scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from model.architecture import build_lenet_lld, build_lenet_lld_bn  # noqa: E402
+from model.folding import fold_batch_norm  # noqa: E402
+
+
+def bn_network_with_trained_statistics() -> keras.Model:
+    """LeNet-LLD-BN whose batch-norm layers are far from identity, as after training."""
+    rng = np.random.default_rng(0)
+    network = build_lenet_lld_bn()
+    for layer in network.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 2.0, n).astype(np.float32),  # gamma
+                    rng.normal(0.0, 0.5, n).astype(np.float32),  # beta
+                    rng.normal(0.0, 0.3, n).astype(np.float32),  # moving mean
+                    rng.uniform(0.01, 0.5, n).astype(np.float32),  # moving variance
+                ]
+            )
+    # A small output layer keeps the sigmoid off its flat ends, where any two networks agree.
+    head = network.get_layer("p_leukemia")
+    head.set_weights([rng.normal(0.0, 0.02, head.kernel.shape).astype(np.float32), np.zeros(1)])
+    return network
+
+
+def test_folded_network_scores_like_the_original_within_1e_5():
+    network = bn_network_with_trained_statistics()
+    folded = fold_batch_norm(network)
+    images = np.random.default_rng(1).random((6, 256, 256, 3), dtype=np.float32)
+    expected = network(images, training=False).numpy()
+    got = folded(images, training=False).numpy()
+    assert expected.min() > 0.01 and expected.max() < 0.99, "outputs must not be saturated"
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_folding_removes_every_batch_norm_layer_and_keeps_the_original_intact():
+    network = bn_network_with_trained_statistics()
+    before = [w.copy() for w in network.get_weights()]
+    folded = fold_batch_norm(network)
+    assert not any(isinstance(x, keras.layers.BatchNormalization) for x in folded.layers)
+    assert sum(isinstance(x, keras.layers.BatchNormalization) for x in network.layers) == 4
+    for old, new in zip(before, network.get_weights(), strict=True):
+        np.testing.assert_array_equal(old, new)
+
+
+def test_networks_without_batch_norm_are_returned_unchanged():
+    network = build_lenet_lld()
+    assert fold_batch_norm(network) is network
