@@ -75,20 +75,44 @@ def colour_jitter(x, tf):
     return tf.clip_by_value(x, 0.0, 1.0)
 
 
-def geometric_augmenter(seed: int):
-    """The thesis augmentation: flips, rotation, zoom, shift, shear (reflect fill)."""
-    import keras
-    from keras import layers
+def random_affine(x, tf, seed: int | None = None):
+    """The thesis augmentation in one resampling pass: flips, rotation +-180deg, zoom 15%,
+    shift 10%, shear 0.1, reflect fill.
 
-    return keras.Sequential(
-        [
-            layers.RandomFlip("horizontal_and_vertical", seed=seed),
-            layers.RandomRotation(0.5, fill_mode="reflect", seed=seed + 1),
-            layers.RandomZoom(0.15, fill_mode="reflect", seed=seed + 2),
-            layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed + 3),
-            layers.RandomShear(0.1, 0.1, fill_mode="reflect", seed=seed + 4),
-        ],
-        name="augment",
+    Keras' RandomRotation/Zoom/Translation/Shear layers resample the batch once each; one
+    composed transform costs a quarter of that and blurs the image once instead of four times.
+    """
+    n = tf.shape(x)[0]
+    h = tf.cast(tf.shape(x)[1], tf.float32)
+    w = tf.cast(tf.shape(x)[2], tf.float32)
+
+    def uniform(lo, hi):
+        return tf.random.uniform([n], lo, hi, seed=seed)
+
+    flip_x = tf.where(uniform(0.0, 1.0) < 0.5, -1.0, 1.0)
+    flip_y = tf.where(uniform(0.0, 1.0) < 0.5, -1.0, 1.0)
+    angle = uniform(-np.pi, np.pi)
+    zoom = uniform(0.85, 1.15)
+    shear = uniform(-0.1, 0.1)
+    dx, dy = uniform(-0.1, 0.1) * w, uniform(-0.1, 0.1) * h
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    # Output pixel (x, y) reads input pixel A @ (x - cx, y - cy) + (cx + dx, cy + dy), where
+    # A = rotation @ shear @ zoom @ flip; the parameters are symmetric, so sampling the inverse
+    # map directly gives the same distribution as sampling the forward one.
+    a00, a01 = cos * zoom * flip_x, (cos * shear - sin) * zoom * flip_y
+    a10, a11 = sin * zoom * flip_x, (sin * shear + cos) * zoom * flip_y
+    cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
+    b0 = cx + dx - a00 * cx - a01 * cy
+    b1 = cy + dy - a10 * cx - a11 * cy
+    zeros = tf.zeros_like(a00)
+    transforms = tf.stack([a00, a01, b0, a10, a11, b1, zeros, zeros], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=x,
+        transforms=transforms,
+        output_shape=tf.shape(x)[1:3],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="REFLECT",
     )
 
 
@@ -103,10 +127,7 @@ def make_dataset(images, labels, batch_size: int, seed: int, augment: bool, shuf
     scale = tf.constant(1.0 / 255.0, tf.float32)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32) * scale, y), num_parallel_calls=2)
     if augment:
-        geo = geometric_augmenter(seed)
-        ds = ds.map(
-            lambda x, y: (colour_jitter(geo(x, training=True), tf), y), num_parallel_calls=2
-        )
+        ds = ds.map(lambda x, y: (colour_jitter(random_affine(x, tf), tf), y), num_parallel_calls=2)
     return ds.prefetch(2)
 
 
@@ -326,7 +347,8 @@ def run(args: argparse.Namespace) -> int:
             "class_weight": class_weights(parts["train"].labels),
             "augmentation": "none"
             if args.no_augment
-            else "flips h/v, rotation +-180deg, zoom 15%, shift 10%, shear 0.1 (reflect); "
+            else "flips h/v, rotation +-180deg, zoom 15%, shift 10%, shear 0.1 (one composed "
+            "affine resampling, reflect fill); "
             "per-channel gain 0.85-1.15, brightness +-0.1, contrast 0.75-1.25, "
             "hue +-0.05, saturation 0.6-1.4",
         },

@@ -143,6 +143,38 @@ def test_colour_jitter_keeps_range_and_changes_colour():
     assert np.abs(y - x.numpy()).mean() > 0.01
 
 
+def test_random_affine_fills_by_reflection_and_keeps_the_pixel_range():
+    import tensorflow as tf
+
+    from model.train import random_affine
+
+    tf.random.set_seed(0)
+    flat = tf.fill([8, 64, 64, 3], 0.7)
+    # Reflect fill: a uniform field stays uniform after any rotation or shift (no black corners).
+    np.testing.assert_allclose(random_affine(flat, tf).numpy(), 0.7, atol=1e-6)
+    x = tf.random.uniform([8, 64, 64, 3])
+    y = random_affine(x, tf).numpy()
+    assert y.shape == (8, 64, 64, 3) and y.min() >= 0.0 and y.max() <= 1.0
+    assert all(np.abs(y[i] - x.numpy()[i]).mean() > 0.05 for i in range(8))
+
+
+def test_random_affine_keeps_a_centred_spot_near_the_centre():
+    import tensorflow as tf
+
+    from model.train import random_affine
+
+    tf.random.set_seed(1)
+    x = np.zeros((16, 65, 65, 3), np.float32)
+    x[:, 30:35, 30:35, :] = 1.0
+    y = random_affine(tf.constant(x), tf).numpy()[..., 0]
+    rows, cols = np.indices(y.shape[1:])
+    for img in y:
+        cy, cx = (img * rows).sum() / img.sum(), (img * cols).sum() / img.sum()
+        # Rotation, zoom, shear and flips keep the centre; the shift (at most 10% of the
+        # size, 6.5 px, seen through zoom >= 0.85 and shear <= 0.1) moves it by under 9 px.
+        assert abs(cy - 32) <= 9 and abs(cx - 32) <= 9
+
+
 def parse(module, argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     module.add_arguments(parser)
