@@ -45,7 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, default=8, help="early-stopping patience")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate")
-    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--seed", type=int, default=1337, help="weights, shuffling, augmentation")
+    parser.add_argument(
+        "--split-seed",
+        type=int,
+        default=None,
+        help="seed of the grouped split (default: --seed); fix it to compare training runs "
+        "on the same test images",
+    )
     parser.add_argument("--block", type=int, default=20, help="consecutive numbers per group")
     parser.add_argument("--val-frac", type=float, default=0.15)
     parser.add_argument("--test-frac", type=float, default=0.15)
@@ -274,9 +281,10 @@ def run(args: argparse.Namespace) -> int:
         f"{len(dataset.duplicates)} duplicates dropped)",
         flush=True,
     )
-    splits = mdata.grouped_split(dataset.records, args.val_frac, args.test_frac, args.seed)
+    split_seed = args.seed if args.split_seed is None else args.split_seed
+    splits = mdata.grouped_split(dataset.records, args.val_frac, args.test_frac, split_seed)
     split_info = {
-        "seed": args.seed,
+        "seed": split_seed,
         "block": args.block,
         "val_frac": args.val_frac,
         "test_frac": args.test_frac,
