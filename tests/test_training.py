@@ -209,6 +209,10 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
             "0.25",
             "--cache-dir",
             str(tmp_path / "cache"),
+            "--seed",
+            "3",
+            "--split-seed",
+            "11",
         ],
     )
     assert train.run(args) == 0
@@ -221,6 +225,10 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
     history = json.loads(out.with_suffix(".history.json").read_text())
     assert len(history["loss"]) == 1 and len(history["val_loss"]) == 1
     split = mdata.read_split(out.with_suffix(".split.json"))
+    assert split["seed"] == 11  # the split follows --split-seed, not the training seed
+    records = mdata.load_dataset(root, block=2).records
+    expected = mdata.grouped_split(records, 0.25, 0.25, seed=11)
+    assert [r["file"] for r in split["splits"]["test"]] == [r.file for r in expected["test"]]
     groups = {
         n: {
             mdata.group_of(r["file"].split("/")[0], Path(r["file"]).stem, 2)
