@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api.params import reject_out_of_range_ids
 from db.session import engine_for, session_factory
@@ -28,6 +29,14 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings.secure_cookies,
     )
+    if settings.proxy_hops > 0:
+        # The login throttle and the audit log need the browser's address, not the proxy's.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app,
+            x_for=settings.proxy_hops,
+            x_proto=settings.proxy_hops,
+            x_host=settings.proxy_hops,
+        )
     if celery is None:
         from worker.celery_app import make_celery
 

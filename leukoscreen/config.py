@@ -65,6 +65,9 @@ class Settings:
     login_window_s: int = 900
     # Store originals without EXIF/XMP/ICC comments and PNG/TIFF text (names, dates, devices).
     strip_metadata: bool = False
+    # Reverse proxies in front of the API (nginx, a load balancer) whose X-Forwarded-For/
+    # -Proto/-Host headers are trusted. 0 ignores those headers: a client could forge them.
+    proxy_hops: int = 0
 
     @property
     def uses_filesystem_broker(self) -> bool:
@@ -171,4 +174,5 @@ def load_settings() -> Settings:
         login_max_failures=_env_int("LEUKOSCREEN_LOGIN_MAX_FAILURES", 5),
         login_window_s=_env_int("LEUKOSCREEN_LOGIN_WINDOW_S", 900),
         strip_metadata=_env_flag("LEUKOSCREEN_STRIP_METADATA"),
+        proxy_hops=_env_int("LEUKOSCREEN_PROXY_HOPS", 0),
     )

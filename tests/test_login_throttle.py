@@ -116,3 +116,33 @@ def test_throttling_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("LEUKOSCREEN_LOGIN_WINDOW_S", "60")
     loaded = load_settings()
     assert (loaded.login_max_failures, loaded.login_window_s) == (3, 60)
+
+
+def _forwarded_failures(app, proxy: str, forwarded_for: str) -> int:  # type: ignore[no-untyped-def]
+    """Failed sign-ins through one proxy address, each with its own X-Forwarded-For."""
+    for i in range(MAX):
+        client = _client(app, proxy)
+        client.environ_base["HTTP_X_FORWARDED_FOR"] = f"{forwarded_for}{i}"
+        _attempt(client, f"nobody{i}", "wrong")
+    client = _client(app, proxy)
+    client.environ_base["HTTP_X_FORWARDED_FOR"] = f"{forwarded_for}99"
+    return _attempt(client, "someone-else", "wrong").status_code
+
+
+def test_behind_a_trusted_proxy_each_browser_is_throttled_by_its_own_address(throttled):
+    app = create_app(replace(throttled, proxy_hops=1))
+    # Five browsers behind one proxy: none of them is locked out by the others' failures.
+    assert _forwarded_failures(app, "10.8.0.1", "198.51.100.") == 401
+
+
+def test_without_trusted_proxies_forwarded_headers_are_ignored(throttled):
+    app = create_app(throttled)
+    # A client cannot dodge the throttle by inventing X-Forwarded-For addresses.
+    assert _forwarded_failures(app, "10.9.0.1", "203.0.113.") == 429
+
+
+def test_proxy_hops_come_from_the_environment(monkeypatch):
+    from leukoscreen.config import load_settings
+
+    monkeypatch.setenv("LEUKOSCREEN_PROXY_HOPS", "2")
+    assert load_settings().proxy_hops == 2
