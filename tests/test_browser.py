@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -280,4 +281,96 @@ def test_reviewer_overturns_a_cleared_image_from_the_qc_sample(web, browser):
     row = next(r for r in body["results"] if r["file_name"] == name)
     assert (row["review_decision"], row["review_label"]) == ("overturned", "leukemia")
     assert row["flagged"] is False  # the stored result is unchanged; the review says positive
+    assert problems == []
+
+
+def _noisy_jpeg(seed: int, size: int = 320) -> bytes:
+    """A JPEG that hardly compresses (over 100 KB), so an upload takes measurable time."""
+    import numpy as np
+    from PIL import Image as PILImage
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    PILImage.fromarray(pixels).save(out, "JPEG", quality=95)
+    return out.getvalue()
+
+
+def test_upload_progress_and_batch_eta_are_shown_while_work_is_in_flight(web, browser):
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import expect
+    from sqlalchemy import create_engine, delete, select, update
+
+    from db.models import Batch, Image, Result
+
+    base, database_url, _ = web
+    problems: list[str] = []
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    _watch(page, problems)
+    _login(page, base, "dr.path")
+
+    # About 1.4 MB through a link throttled to 400 KB/s: over three seconds of upload to watch.
+    files = [
+        {"name": f"noisy_{i:02d}.jpg", "mimeType": "image/jpeg", "buffer": _noisy_jpeg(i)}
+        for i in range(12)
+    ]
+    total_mb = sum(len(f["buffer"]) for f in files) / 1e6
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    page.goto(f"{base}/upload")
+    page.set_input_files("#files", files)
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 400_000},
+    )
+    page.click("#upload button[type=submit]")
+    seen: list[tuple[float, str]] = []
+    read_progress = """() => {
+        const bar = document.querySelector('#upload-progress .bar');
+        const text = document.getElementById('upload-text');
+        return bar && [parseFloat(bar.style.width || '0'), text.textContent];
+    }"""
+    while len(seen) < 400:
+        try:
+            state = page.evaluate(read_progress)
+        except PlaywrightError:  # the page went on to the batch while being read
+            break
+        if state is None:
+            break
+        seen.append((state[0], state[1]))
+        if len(seen) == 15:
+            page.screenshot(path=str(ARTIFACTS / "10-upload-progress.png"))
+        page.wait_for_timeout(100)
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
+    )
+    partial = sorted({w for w, _ in seen if 0 < w < 100})
+    assert len(partial) >= 3, f"the bar never showed partial progress: {seen[:20]}"
+    # The request body is the files plus multipart headers: a little over their sum.
+    sizes = [re.fullmatch(r"uploading (\d+\.\d) of (\d+\.\d) MB", t) for _, t in seen]
+    totals = {float(m.group(2)) for m in sizes if m}
+    assert totals and all(total_mb - 0.05 <= t <= total_mb + 0.15 for t in totals), seen[:20]
+
+    page.wait_for_url(f"{base}/batches/*", timeout=60_000)
+    batch_id = page.url.rsplit("/", 1)[1]
+    expect(page.locator("#progress-text")).to_contain_text("complete", timeout=120_000)
+
+    # Half the batch back to waiting, as when a worker host is lost mid-batch: the page must
+    # show how far it got and estimate the rest from the rate so far.
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        ids = list(
+            conn.scalars(select(Image.id).where(Image.batch_id == batch_id).order_by(Image.id))
+        )
+        waiting = ids[len(ids) // 2 :]
+        conn.execute(delete(Result).where(Result.image_id.in_(waiting)))
+        conn.execute(update(Image).where(Image.id.in_(waiting)).values(state="queued"))
+        conn.execute(update(Batch).where(Batch.id == batch_id).values(state="scoring"))
+    engine.dispose()
+    page.reload()
+    text = page.locator("#progress-text")
+    expect(text).to_contain_text(f"{len(ids) - len(waiting)} of {len(ids)} done")
+    expect(text).to_have_text(re.compile(r"ETA \d+(\.\d)? (s|min|h)$"))
+    expect(page.locator("#state")).to_have_text("scoring")
+    page.screenshot(path=str(ARTIFACTS / "11-batch-eta.png"))
     assert problems == []
