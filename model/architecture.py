@@ -30,8 +30,8 @@ def build_lenet_lld_bn(input_shape: tuple[int, int, int] = INPUT_SHAPE) -> keras
     6.4M-parameter Flatten+Dense 256, and dropout. Same input contract and p_leukemia output.
 
     Batch-norm momentum is 0.9, not Keras' 0.99: with ~55 steps per epoch the slower moving
-    averages lagged the weights, and validation scores swung from AUC 0.99 to 0.6 between
-    epochs with the same weights' ranking.
+    averages lagged the weights, and validation AUC swung between 0.99 and 0.6 from one epoch
+    to the next; with 0.9 such swings are rarer and end earlier in training (model card).
     """
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
