@@ -52,12 +52,6 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
 
     from api import accounts, auth, batches, errors, health, openapi, pages, reviews
 
-    @app.after_request
-    def _no_sniffing(response):  # type: ignore[no-untyped-def]
-        # Browsers must trust the declared type: an upload can never be rendered as HTML.
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        return response
-
     errors.register(app)
     auth.register(app)
     app.register_blueprint(health.bp)

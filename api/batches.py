@@ -17,7 +17,7 @@ from api import context
 from api.auth import actor
 from api.errors import ApiError
 from api.intake import FileOutcome, Intake
-from api.params import MAX_ID, int_arg
+from api.params import int_arg
 from db.audit import record_event
 from db.models import Batch, BatchState, Image, ImageState
 from db.progress import RESULT_COLUMNS, batch_progress, iter_batch_results
@@ -263,7 +263,7 @@ def batch_results(batch_id: str):  # type: ignore[no-untyped-def]
 @bp.get("/images/<int:image_id>")
 def get_image(image_id: int):  # type: ignore[no-untyped-def]
     with context.sessions()() as session:
-        image = session.get(Image, image_id) if image_id <= MAX_ID else None
+        image = session.get(Image, image_id)
         if image is None:
             raise ApiError(404, f"no image {image_id}")
         if image.storage_key is None:

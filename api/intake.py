@@ -152,9 +152,9 @@ class Intake:
                 outcome.status, outcome.reason = "rejected", f"metadata cannot be removed: {exc}"
                 self.report.outcomes.append(outcome)
                 return
-        # Duplicates are still found by the received bytes (outcome.sha256, self.seen).
         outcome.storage_key = self.store.commit(staged)
-        self.seen[outcome.sha256 or staged.sha256] = name
+        # Duplicates are found by the received bytes, not by a stripped copy's.
+        self.seen[outcome.sha256] = name
         self.report.outcomes.append(outcome)
 
     def _without_metadata(self, staged: Staged, fmt: str) -> Staged:

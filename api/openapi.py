@@ -6,11 +6,12 @@ schemathesis finds no server error and no response outside these schemas.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from flask import Blueprint, jsonify
 
-from api.params import MAX_ID, MAX_SMALL_ID, SMALL_IDS
+from api.params import MAX_ID, id_limit
 
 bp = Blueprint("openapi", __name__)
 
@@ -118,7 +119,7 @@ OBJECT = {"type": "object"}
 
 
 def _id(name: str) -> dict[str, Any]:
-    top = MAX_SMALL_ID if name in SMALL_IDS else MAX_ID
+    top = id_limit(name)
     return {
         "name": name,
         "in": "path",
@@ -313,6 +314,7 @@ def review_and_account_paths() -> dict[str, Any]:
     }
 
 
+@functools.cache
 def spec() -> dict[str, Any]:
     intake_responses = {
         "202": _json(INTAKE, "batch accepted; scoring queued"),

@@ -32,6 +32,7 @@ CONTENT_SECURITY_POLICY = (
 def _security_headers(response: Response) -> Response:
     # No inline script or style anywhere: a name that slipped past escaping could not run.
     response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    # Browsers must trust the declared type: an upload can never be rendered as HTML.
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     # No page may be framed (clickjacking a review decision); X-Frame-Options for old browsers.
     response.headers.setdefault("X-Frame-Options", "DENY")

@@ -13,11 +13,15 @@ MAX_SMALL_ID = 2**31 - 1
 SMALL_IDS = frozenset({"user_id", "token_id"})
 
 
+def id_limit(name: str) -> int:
+    """The largest value the database can hold for the URL id ``name``."""
+    return MAX_SMALL_ID if name in SMALL_IDS else MAX_ID
+
+
 def reject_out_of_range_ids(endpoint: str | None, values: dict[str, object] | None) -> None:
     """A URL id too large for the database can only name nothing: 404, not a database error."""
     for name, value in (values or {}).items():
-        limit = MAX_SMALL_ID if name in SMALL_IDS else MAX_ID
-        if isinstance(value, int) and value > limit:
+        if isinstance(value, int) and value > id_limit(name):
             raise ApiError(404, "no such record")
 
 

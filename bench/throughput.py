@@ -162,34 +162,33 @@ def _rss_mb(pid: int) -> float:
 
 
 def _pending(database_url: str, batch_ids: list[str]) -> int:
-    from sqlalchemy import create_engine, func, select
+    from sqlalchemy import func, select
 
     from db.models import Image
+    from db.session import engine_for
 
-    engine = create_engine(database_url)
-    with engine.connect() as conn:
+    # Polled every 0.1 s: one pooled engine, not a new connection per poll.
+    with engine_for(database_url).connect() as conn:
         n = conn.scalar(
             select(func.count())
             .select_from(Image)
             .where(Image.batch_id.in_(batch_ids), Image.state.in_(("queued", "scoring")))
         )
-    engine.dispose()
     return int(n or 0)
 
 
 def _latencies(database_url: str, batch_ids: list[str]) -> list[float]:
-    from sqlalchemy import create_engine, select
+    from sqlalchemy import select
 
     from db.models import Image, Result
+    from db.session import engine_for
 
-    engine = create_engine(database_url)
-    with engine.connect() as conn:
+    with engine_for(database_url).connect() as conn:
         rows = conn.execute(
             select(Image.created_at, Result.scored_at)
             .join(Result, Result.image_id == Image.id)
             .where(Image.batch_id.in_(batch_ids))
         ).all()
-    engine.dispose()
     return [(scored - created).total_seconds() for created, scored in rows]
 
 
@@ -247,6 +246,7 @@ def bench_end_to_end(
     from sqlalchemy import create_engine, text
 
     from db import migrate
+    from db.session import engine_for
 
     schema = f"bench_{os.getpid()}"
     admin = create_engine(args.database_url, isolation_level="AUTOCOMMIT")
@@ -312,6 +312,7 @@ def bench_end_to_end(
         }
     finally:
         procs.stop_all()
+        engine_for(database_url).dispose()
         with admin.connect() as conn:
             conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()

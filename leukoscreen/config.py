@@ -32,6 +32,10 @@ def _broker_url() -> str:
     return "filesystem://"
 
 
+# Published in this repository: fine for development, refused in production.
+DEV_SECRET_KEY = "dev-only-insecure-key"
+
+
 @dataclass(frozen=True)
 class Settings:
     var_dir: Path
@@ -53,7 +57,7 @@ class Settings:
     default_queue: str
     tf_threads: int
     hostname: str
-    secret_key: str = "dev-only-insecure-key"  # DEV_SECRET_KEY below
+    secret_key: str = DEV_SECRET_KEY
     # `leukoscreen serve` creates a first admin with this password when no user exists.
     admin_password: str | None = None
     # Browsers send the session cookie only over HTTPS when set (behind a TLS proxy).
@@ -103,7 +107,6 @@ class Settings:
         }
 
 
-DEV_SECRET_KEY = "dev-only-insecure-key"
 MIN_SECRET_KEY_CHARS = 32
 ENVIRONMENTS = ("development", "production")
 

@@ -31,6 +31,11 @@ def card_path(weights: Path) -> Path:
     return weights.with_suffix(".json")
 
 
+def history_path(weights: Path) -> Path:
+    """Per-epoch training log written beside the weights by ``model.train``."""
+    return weights.with_suffix(".history.json")
+
+
 def read_card(weights: Path) -> ModelCard:
     path = card_path(weights)
     if not path.is_file():

@@ -18,7 +18,8 @@ import numpy as np
 
 from model import data as mdata
 from model import metrics as mm
-from model.card import card_path, file_sha256, read_card
+from model.card import card_path, file_sha256, history_path, read_card
+from model.inference import LoadedModel, load_model
 
 HEADLINE = ("accuracy", "precision", "sensitivity", "specificity", "f1", "auc", "loss")
 
@@ -66,11 +67,8 @@ def select_split(dataset: mdata.Dataset, weights: Path, split: str) -> tuple[mda
     return dataset.subset(keep), name
 
 
-def score(weights: Path, images_u8: np.ndarray, batch_size: int) -> np.ndarray:
+def score(loaded: LoadedModel, images_u8: np.ndarray) -> np.ndarray:
     """p_leukemia exactly as the workers compute it (``model.inference.load_model``)."""
-    from model.inference import load_model
-
-    loaded = load_model(weights, batch_size=batch_size)
     parts = [
         loaded.score(mdata.to_float(images_u8[i : i + 512])) for i in range(0, len(images_u8), 512)
     ]
@@ -170,7 +168,7 @@ def plot_confusion(cm: dict, path: Path) -> None:
 
 def write_plots(out: Path, weights: Path, y, p, baseline_p, report: dict) -> list[str]:
     written = []
-    history = weights.with_suffix(".history.json")
+    history = history_path(weights)
     if history.is_file():
         plot_history(json.loads(history.read_text()), out / "history.png")
         written.append("history.png")
@@ -215,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
     if not subset.records:
         raise SystemExit(f"no images to evaluate in {args.data}")
     y, groups = subset.labels, [r.group for r in subset.records]
-    p = score(weights, subset.images, args.batch_size)
+    p = score(load_model(weights, args.batch_size), subset.images)
     baseline_p = None
     if "colour_baseline" in raw_card:
         feats = mm.colour_features(subset.images)

@@ -20,8 +20,9 @@ import numpy as np
 
 from model import data as mdata
 from model import metrics as mm
-from model.card import P_LEUKEMIA, card_path, file_sha256
+from model.card import P_LEUKEMIA, card_path, history_path
 from model.evaluate import score
+from model.inference import load_model
 
 DATA_SOURCE = (
     "Acute Lymphoblastic Leukemia (ALL) image dataset, bone-marrow laboratory of Taleqani "
@@ -82,7 +83,7 @@ def colour_jitter(x, tf):
     return tf.clip_by_value(x, 0.0, 1.0)
 
 
-def random_affine(x, tf, seed: int | None = None):
+def random_affine(x, tf):
     """The thesis augmentation in one resampling pass: flips, rotation +-180deg, zoom 15%,
     shift 10%, shear 0.1, reflect fill.
 
@@ -94,7 +95,7 @@ def random_affine(x, tf, seed: int | None = None):
     w = tf.cast(tf.shape(x)[2], tf.float32)
 
     def uniform(lo, hi):
-        return tf.random.uniform([n], lo, hi, seed=seed)
+        return tf.random.uniform([n], lo, hi)
 
     flip_x = tf.where(uniform(0.0, 1.0) < 0.5, -1.0, 1.0)
     flip_y = tf.where(uniform(0.0, 1.0) < 0.5, -1.0, 1.0)
@@ -161,40 +162,36 @@ def build_model(arch: str, lr: float):
     return model
 
 
-class TimeLimit:
-    """Keras callback factory: stop after ``minutes`` of training wall time."""
+def time_limit(minutes: float):
+    """Keras callback: stop after ``minutes`` of training wall time."""
+    import keras
 
-    def __new__(cls, minutes: float):
-        import keras
+    class TimeLimit(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.start = time.monotonic()
 
-        class _TimeLimit(keras.callbacks.Callback):
-            def on_train_begin(self, logs=None):
-                self.start = time.monotonic()
+        def on_epoch_end(self, epoch, logs=None):
+            if time.monotonic() - self.start > minutes * 60:
+                print(f"time limit of {minutes} min reached after epoch {epoch + 1}")
+                self.model.stop_training = True
 
-            def on_epoch_end(self, epoch, logs=None):
-                if time.monotonic() - self.start > minutes * 60:
-                    print(f"time limit of {minutes} min reached after epoch {epoch + 1}")
-                    self.model.stop_training = True
-
-        return _TimeLimit()
+    return TimeLimit()
 
 
-class EpochLog:
-    """Keras callback factory: one flushed line per epoch, plus its duration in the logs."""
+def epoch_log():
+    """Keras callback: one flushed line per epoch, plus its duration in the logs."""
+    import keras
 
-    def __new__(cls):
-        import keras
+    class EpochLog(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.monotonic()
 
-        class _EpochLog(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                self.t0 = time.monotonic()
+        def on_epoch_end(self, epoch, logs=None):
+            logs["seconds"] = time.monotonic() - self.t0
+            line = " ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items()))
+            print(f"epoch {epoch + 1}: {line}", flush=True)
 
-            def on_epoch_end(self, epoch, logs=None):
-                logs["seconds"] = time.monotonic() - self.t0
-                line = " ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items()))
-                print(f"epoch {epoch + 1}: {line}", flush=True)
-
-        return _EpochLog()
+    return EpochLog()
 
 
 def fit(model, train_ds, val_ds, weights, args):
@@ -213,8 +210,8 @@ def fit(model, train_ds, val_ds, weights, args):
         keras.callbacks.ReduceLROnPlateau(
             monitor=args.monitor, mode=mode, factor=0.5, patience=4, verbose=1
         ),
-        TimeLimit(args.max_minutes),
-        EpochLog(),
+        time_limit(args.max_minutes),
+        epoch_log(),
     ]
     history = model.fit(
         train_ds,
@@ -261,10 +258,6 @@ def colour_baseline(parts: dict[str, mdata.Dataset], target: float, seed: int) -
     groups = [r.group for r in parts["test"].records]
     baseline["test"] = summarise(parts["test"].labels, p_test, baseline["threshold"], groups)
     return baseline
-
-
-def history_path(weights: Path) -> Path:
-    return weights.with_suffix(".history.json")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -318,9 +311,10 @@ def run(args: argparse.Namespace) -> int:
     export_weights(model, args.arch, out)
     history_path(out).write_text(json.dumps({"best_epoch": best_epoch, **hist}, indent=1) + "\n")
 
-    p_val = score(out, parts["val"].images, args.batch_size)
+    loaded = load_model(out, args.batch_size)
+    p_val = score(loaded, parts["val"].images)
     threshold = mm.choose_threshold(parts["val"].labels, p_val, args.target_sensitivity)
-    p_test = score(out, parts["test"].images, args.batch_size)
+    p_test = score(loaded, parts["test"].images)
     test_groups = [r.group for r in parts["test"].records]
     card = {
         "name": args.arch,
@@ -333,7 +327,7 @@ def run(args: argparse.Namespace) -> int:
         "metrics": summarise(parts["test"].labels, p_test, threshold, test_groups),
         "validation": mm.binary_metrics(parts["val"].labels, p_val, threshold),
         "colour_baseline": colour_baseline(parts, args.target_sensitivity, args.seed),
-        "sha256": file_sha256(out),
+        "sha256": loaded.sha256,
         "data": {
             "source": DATA_SOURCE,
             "split_file": mdata.split_path(out).name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -101,6 +102,13 @@ def create_account(database_url: str, name: str, role: str, password: str = PASS
         user = find_user(session, name) or create_user(session, name, role, password)
         _, token = create_token(session, user, None, "tests")
     return token
+
+
+def csrf_token(html: str) -> str:
+    """The CSRF token every page carries in its ``<meta name="csrf-token">``."""
+    found = re.search(r'name="csrf-token" content="([^"]+)"', html)
+    assert found, html
+    return found.group(1)
 
 
 def token_client(app, database_url: str, name: str = "lab", role: str = "uploader"):  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ from api import create_app
 from db.models import ApiToken, AuditEvent, User
 from db.session import engine_for, session_factory
 from leukoscreen.cli import main as cli_main
-from tests.conftest import PASSWORD, create_account, token_client
+from tests.conftest import PASSWORD, create_account, csrf_token, token_client
 from tests.reviewdata import seed_scored
 
 PUBLIC = {"/healthz", "/login", "/static/<path:filename>"}
@@ -27,17 +27,11 @@ def _sessions(settings):
     return session_factory(engine_for(settings.database_url))
 
 
-def _csrf(html: str) -> str:
-    found = re.search(r'name="csrf-token" content="([^"]+)"', html)
-    assert found, html
-    return found.group(1)
-
-
 def browser_login(app, database_url: str, name: str, role: str):  # type: ignore[no-untyped-def]
     """A test client signed in through the login form, as a browser would be."""
     create_account(database_url, name, role)
     client = app.test_client()
-    token = _csrf(client.get("/login").get_data(as_text=True))
+    token = csrf_token(client.get("/login").get_data(as_text=True))
     resp = client.post("/login", data={"username": name, "password": PASSWORD, "csrf_token": token})
     assert resp.status_code == 302, resp.get_data(as_text=True)
     return client
@@ -104,7 +98,7 @@ def test_session_posts_need_the_csrf_token(app, db_settings):
     assert missing.status_code == 400 and "CSRF" in missing.json["error"]
     wrong = client.post(url, json={"decision": "confirmed"}, headers={"X-CSRFToken": "x"})
     assert wrong.status_code == 400
-    token = _csrf(client.get("/review").get_data(as_text=True))
+    token = csrf_token(client.get("/review").get_data(as_text=True))
     ok = client.post(url, json={"decision": "confirmed"}, headers={"X-CSRFToken": token})
     assert ok.status_code == 201
 
@@ -114,7 +108,7 @@ def test_login_form_needs_csrf_and_a_correct_password(app, db_settings):
     client = app.test_client()
     no_csrf = client.post("/login", data={"username": "rita", "password": PASSWORD})
     assert no_csrf.status_code == 400
-    token = _csrf(client.get("/login").get_data(as_text=True))
+    token = csrf_token(client.get("/login").get_data(as_text=True))
     wrong = client.post("/login", data={"username": "rita", "password": "x", "csrf_token": token})
     assert wrong.status_code == 401 and "wrong password" in wrong.get_data(as_text=True)
     with _sessions(db_settings)() as s:
@@ -125,7 +119,7 @@ def test_login_form_needs_csrf_and_a_correct_password(app, db_settings):
 def test_login_redirects_only_to_paths_on_this_site(app, db_settings):
     create_account(db_settings.database_url, "rita", "reviewer")
     client = app.test_client()
-    token = _csrf(client.get("/login").get_data(as_text=True))
+    token = csrf_token(client.get("/login").get_data(as_text=True))
     form = {"username": "rita", "password": PASSWORD, "csrf_token": token}
     resp = client.post("/login?next=//evil.example/x", data=form)
     assert resp.headers["Location"] == "/batches"
@@ -235,7 +229,7 @@ def test_serve_creates_a_first_admin_only_when_there_is_no_user(settings):
     assert ensure_first_admin(settings) is None
     app = create_app(settings)
     client = app.test_client()
-    token = _csrf(client.get("/login").get_data(as_text=True))
+    token = csrf_token(client.get("/login").get_data(as_text=True))
     resp = client.post(
         "/login", data={"username": "admin", "password": password, "csrf_token": token}
     )
@@ -245,7 +239,7 @@ def test_serve_creates_a_first_admin_only_when_there_is_no_user(settings):
 
 def test_admin_pages_create_users_and_tokens_and_revoke_them(app, db_settings):
     admin = browser_login(app, db_settings.database_url, "boss", "admin")
-    token = _csrf(admin.get("/admin").get_data(as_text=True))
+    token = csrf_token(admin.get("/admin").get_data(as_text=True))
     made = admin.post(
         "/admin/users",
         data={"name": "ula", "role": "uploader", "password": "p" * 10, "csrf_token": token},

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 from api import create_app
 from db.accounts import create_token, find_user
 from db.session import engine_for, session_factory
-from tests.conftest import PASSWORD, create_account, smear_like_jpeg
+from tests.conftest import PASSWORD, create_account, csrf_token, smear_like_jpeg
 from tests.reviewdata import seed_scored
 
 ROLES = ("anonymous", "uploader", "reviewer", "admin")
@@ -123,7 +122,7 @@ def _path(rule: str, ids: Ids) -> str:
 
 def _csrf(client) -> str:  # type: ignore[no-untyped-def]
     html = client.get("/login").get_data(as_text=True)
-    return re.search(r'name="csrf-token" content="([^"]+)"', html).group(1)  # type: ignore[union-attr]
+    return csrf_token(html)
 
 
 def _session(app, role: str):  # type: ignore[no-untyped-def]

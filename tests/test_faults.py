@@ -267,7 +267,7 @@ def _raw_upload(port: int, body_bytes: int) -> socket.socket:
     return sock
 
 
-def test_api_killed_or_client_gone_mid_upload_records_nothing(stack, tmp_path):
+def test_api_killed_or_client_gone_mid_upload_records_nothing(stack):
     svc, base, db, start_api = stack
     port = int(base.rsplit(":", 1)[1])
     storage_tmp = Path(svc.env["LEUKOSCREEN_VAR_DIR"]) / "images" / "tmp"

@@ -9,7 +9,6 @@ bigger run on a bigger machine.
 from __future__ import annotations
 
 import os
-import re
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,7 @@ from bench.processes import free_port as _free_port
 from bench.processes import project_env, wait_healthy
 from db import migrate
 from db.models import Image, Result
-from tests.conftest import PASSWORD, create_account
+from tests.conftest import PASSWORD, create_account, csrf_token
 
 pytestmark = [pytest.mark.load, pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -161,7 +160,7 @@ def test_login_lockout_holds_across_gunicorn_workers(load_stack):
         # A new connection each time, so gunicorn's four workers share the guesses.
         with requests.Session() as browser:
             page = browser.get(f"{base}/login", timeout=10).text
-            csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+            csrf = csrf_token(page)
             form = {"username": "lab00", "password": password, "csrf_token": csrf}
             return browser.post(
                 f"{base}/login", data=form, allow_redirects=False, timeout=10

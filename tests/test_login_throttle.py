@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from datetime import timedelta
 
@@ -12,7 +11,7 @@ from sqlalchemy import select, update
 from api import create_app
 from db.models import AuditEvent, LoginFailure, utcnow
 from db.session import engine_for, session_factory
-from tests.conftest import PASSWORD, create_account
+from tests.conftest import PASSWORD, create_account, csrf_token
 
 MAX, WINDOW = 5, 900
 
@@ -26,7 +25,7 @@ def _client(app, ip: str):  # type: ignore[no-untyped-def]
     client = app.test_client()
     client.environ_base["REMOTE_ADDR"] = ip
     html = client.get("/login").get_data(as_text=True)
-    client.csrf = re.search(r'name="csrf-token" content="([^"]+)"', html).group(1)  # type: ignore[union-attr, attr-defined]
+    client.csrf = csrf_token(html)  # type: ignore[attr-defined]
     return client
 
 

@@ -7,15 +7,13 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
-import requests
 
 from api import create_app
 from bench.processes import ProcessGroup as Service
 from bench.processes import free_port as _free_port
-from bench.processes import project_env
+from bench.processes import project_env, wait_healthy
 from db import migrate
 from tests.conftest import create_account, token_client
 
@@ -57,12 +55,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     svc.start("api", "--port", str(port), "--workers", "2", name="api")
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(100):
-            try:
-                if requests.get(f"{base}/healthz", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.2)
+        if not wait_healthy(base):
+            pytest.fail("API did not start:\n" + svc.logs())
         done = subprocess.run(
             [
                 os.path.join(os.path.dirname(sys.executable), "schemathesis"),

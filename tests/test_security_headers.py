@@ -13,7 +13,7 @@ import pytest
 from api import create_app
 from db import migrate
 from leukoscreen.config import DEV_SECRET_KEY, InsecureConfiguration, load_settings
-from tests.conftest import PASSWORD, REPO, create_account, smear_like_jpeg, token_client
+from tests.conftest import PASSWORD, REPO, create_account, csrf_token, smear_like_jpeg, token_client
 
 STRONG_KEY = "k" * 16 + "0123456789abcdef-long-enough"
 
@@ -28,7 +28,7 @@ def _login(app, database_url: str, name: str = "ada", role: str = "admin"):  # t
     create_account(database_url, name, role)
     client = app.test_client()
     html = client.get("/login").get_data(as_text=True)
-    token = re.search(r'name="csrf-token" content="([^"]+)"', html).group(1)  # type: ignore[union-attr]
+    token = csrf_token(html)
     resp = client.post("/login", data={"username": name, "password": PASSWORD, "csrf_token": token})
     assert resp.status_code == 302
     return client, resp

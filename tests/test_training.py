@@ -51,7 +51,7 @@ def test_folder_labels():
         mdata.folder_label("Unknown")
 
 
-def test_uint8_cache_is_exactly_preprocess(tmp_path):
+def test_uint8_cache_is_exactly_preprocess():
     data = jpeg_bytes(0, (120, 80, 200))
     x = preprocess(data)
     assert np.array_equal(mdata.to_float(mdata.to_uint8(x)), x)
