@@ -15,11 +15,18 @@ from api.accounts import event_json, token_json, user_json
 from api.auth import actor, require_role
 from db.accounts import AccountError, create_token, create_user, revoke_token, update_user
 from db.models import ApiToken, AuditEvent, Batch, Role, User
-from db.reviews import STATES
+from db.reviews import ALL_ROUTES, STATES
+from model.gate import REASON_TEXT, Route
 
 bp = Blueprint("pages", __name__)
 
 REVIEWER, ADMIN = Role.REVIEWER.value, Role.ADMIN.value
+# The review queue's route filter (db.reviews.QUEUE_ROUTES) as the page words it.
+ROUTE_LABELS = {
+    ALL_ROUTES: "everything that needs a person",
+    Route.FLAGGED.value: "flagged only",
+    Route.MANUAL_REVIEW.value: "manual review only (model cannot judge)",
+}
 
 
 CONTENT_SECURITY_POLICY = (
@@ -67,7 +74,8 @@ def upload():  # type: ignore[no-untyped-def]
 
 @bp.get("/single")
 def single():  # type: ignore[no-untyped-def]
-    return render_template("single.html")
+    # The route reasons in plain words, for the script to show beside a result.
+    return render_template("single.html", reasons=REASON_TEXT)
 
 
 @bp.get("/review")
@@ -78,7 +86,12 @@ def review():  # type: ignore[no-untyped-def]
             select(Batch.id, Batch.name).order_by(Batch.created_at.desc()).limit(200)
         ).all()
     return render_template(
-        "review.html", mode="queue", batches=recent, states=STATES, args=request.args
+        "review.html",
+        mode="queue",
+        batches=recent,
+        states=STATES,
+        route_labels=ROUTE_LABELS,
+        args=request.args,
     )
 
 
@@ -90,7 +103,13 @@ def review_sample(batch_id: str):  # type: ignore[no-untyped-def]
     if found is None:
         return render_template("error.html", status=404, message=f"no batch {batch_id}"), 404
     return render_template(
-        "review.html", mode="sample", batch=found, batches=[], states=STATES, args=request.args
+        "review.html",
+        mode="sample",
+        batch=found,
+        batches=[],
+        states=STATES,
+        route_labels=ROUTE_LABELS,
+        args=request.args,
     )
 
 

@@ -12,6 +12,7 @@ from api.errors import ApiError
 from api.params import int_arg
 from db.models import Batch, Role
 from db.reviews import (
+    ALL_ROUTES,
     QueueFilter,
     ReviewError,
     history,
@@ -84,6 +85,7 @@ def queue():  # type: ignore[no-untyped-def]
         max_p=_float_arg("max_p"),
         threshold=threshold,
         ascending=_order_arg() == "asc",
+        route=request.args.get("route") or ALL_ROUTES,  # db.reviews checks it
     )
     limit = int_arg("limit", 50, minimum=1, maximum=500)
     try:

@@ -11,15 +11,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, exists, func, select, tuple_
+from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from db.audit import Actor, record_event
 from db.models import Batch, Decision, Image, ImageState, ModelVersion, Result, Review, User
+from model.gate import REASON_TEXT, Route
 
 STATES = ("unreviewed", *(d.value for d in Decision))
 LEUKEMIA, NO_LEUKEMIA = "leukemia", "no_leukemia"
+# Which images the queue shows: every image that goes to a person (``all``: flagged and
+# manual review), or one of those routes alone. Cleared images go to the QC sample instead.
+ALL_ROUTES = "all"
+QUEUE_ROUTES = (ALL_ROUTES, Route.FLAGGED.value, Route.MANUAL_REVIEW.value)
 
 
 class ReviewError(ValueError):
@@ -62,6 +67,7 @@ class QueueFilter:
     # Explore another operating point: what would be flagged at this threshold instead.
     threshold: float | None = None
     ascending: bool = False
+    route: str = ALL_ROUTES  # one of QUEUE_ROUTES
 
 
 def _item_select() -> Select[Any]:
@@ -75,6 +81,9 @@ def _item_select() -> Select[Any]:
             Result.p_leukemia,
             Result.flagged,
             Result.threshold,
+            Result.route,
+            Result.route_reason,
+            Result.domain_distance,
             Result.scored_at,
             ModelVersion.name.label("model_version"),
             Review.seq,
@@ -104,6 +113,11 @@ def _item_json(row: Any) -> dict[str, Any]:
         "p_leukemia": row.p_leukemia,
         "flagged": row.flagged,
         "threshold": row.threshold,
+        "route": row.route,
+        "route_reason": row.route_reason,
+        # The reason in plain words for the page (model.gate.REASON_TEXT), null without one.
+        "route_reason_text": REASON_TEXT.get(row.route_reason) if row.route_reason else None,
+        "domain_distance": row.domain_distance,
         "model_version": row.model_version,
         "scored_at": row.scored_at.isoformat(),
         "state": row.decision or "unreviewed",
@@ -128,11 +142,24 @@ def parse_cursor(raw: str | None) -> tuple[float, int] | None:
 def queue_statement(f: QueueFilter, after: tuple[float, int] | None, limit: int) -> Select[Any]:
     if f.state is not None and f.state not in STATES:
         raise ReviewError(400, f"state must be one of {', '.join(STATES)}")
+    if f.route not in QUEUE_ROUTES:
+        raise ReviewError(400, f"route must be one of {', '.join(QUEUE_ROUTES)}")
     stmt = _item_select()
+    manual = Result.route == Route.MANUAL_REVIEW.value
     if f.threshold is None:
+        # ``flagged`` is true for both routes that go to a person: the queue index's prefix.
         stmt = stmt.where(Result.flagged.is_(True))
+        if f.route != ALL_ROUTES:
+            stmt = stmt.where(Result.route == f.route)
     else:
-        stmt = stmt.where(Result.p_leukemia >= f.threshold)
+        # At another threshold the in-domain images are flagged anew; an image the model
+        # cannot judge goes to a person whatever the threshold.
+        would_flag = and_(~manual, Result.p_leukemia >= f.threshold)
+        stmt = stmt.where(
+            {ALL_ROUTES: or_(would_flag, manual), Route.FLAGGED.value: would_flag}.get(
+                f.route, manual
+            )
+        )
     if f.batch_id:
         stmt = stmt.where(Result.batch_id == f.batch_id)
     if f.since:
@@ -187,6 +214,11 @@ def sample_unflagged(session: Session, batch_id: str, n: int) -> list[dict[str, 
 
 
 def label_for(decision: str, flagged: bool) -> str | None:
+    """The label a decision gives: "confirmed" keeps the model's side, "overturned" flips it.
+
+    A manual-review image is stored with ``flagged`` true (it goes to a person), so confirming
+    it says leukemia and overturning it says no leukemia: the page words its buttons so.
+    """
     if decision == Decision.SECOND_OPINION.value:
         return None
     positive = flagged if decision == Decision.CONFIRMED.value else not flagged
@@ -277,11 +309,17 @@ def review_json(review: Review, reviewer_name: str) -> dict[str, Any]:
 
 
 def threshold_counts(session: Session, batch_id: str, threshold: float) -> dict[str, Any]:
-    """How many of the batch's scored images a given threshold would flag; stores nothing."""
-    would, flagged, scored, model_threshold = session.execute(
+    """How many of the batch's scored images a given threshold would flag; stores nothing.
+
+    Only images the model may judge are flagged or cleared by a threshold; those it cannot
+    judge (``manual_review``) go to a person whatever the threshold, and are counted apart.
+    """
+    manual = Result.route == Route.MANUAL_REVIEW.value
+    would, flagged, manual_review, scored, model_threshold = session.execute(
         select(
-            func.count().filter(Result.p_leukemia >= threshold),
-            func.count().filter(Result.flagged.is_(True)),
+            func.count().filter(~manual, Result.p_leukemia >= threshold),
+            func.count().filter(Result.route == Route.FLAGGED.value),
+            func.count().filter(manual),
             func.count(),
             func.max(Result.threshold),
         ).where(Result.batch_id == batch_id, latest_result_condition())
@@ -291,6 +329,7 @@ def threshold_counts(session: Session, batch_id: str, threshold: float) -> dict[
         "threshold": threshold,
         "would_flag": int(would or 0),
         "flagged": int(flagged or 0),
+        "manual_review": int(manual_review or 0),
         "scored": int(scored or 0),
         "model_threshold": model_threshold,
     }

@@ -54,9 +54,12 @@ def big_database():  # type: ignore[no-untyped-def]
         )
         c.execute(
             text(
+                # About 2% manual review (the gate's aim), the rest flagged or cleared.
                 "INSERT INTO result (image_id, batch_id, model_version_id, p_leukemia, flagged,"
-                " threshold, scored_at) SELECT id, batch_id, 1, r, r >= 0.5, 0.5, now()"
-                " FROM (SELECT id, batch_id, random() r FROM image) s"
+                " threshold, route, route_reason, scored_at) SELECT id, batch_id, 1, r,"
+                " m OR r >= 0.5, 0.5, CASE WHEN m THEN 'manual_review' WHEN r >= 0.5"
+                " THEN 'flagged' ELSE 'cleared' END, CASE WHEN m THEN 'out_of_focus' END, now()"
+                " FROM (SELECT id, batch_id, random() r, random() < 0.02 m FROM image) s"
             )
         )
         c.execute(
@@ -82,9 +85,17 @@ def big_database():  # type: ignore[no-untyped-def]
         ("decided ones", QueueFilter(state="confirmed"), None, "ix_result_queue"),
         ("least suspicious", QueueFilter(state=None, ascending=True), None, "ix_result_queue"),
         ("one batch", QueueFilter(batch_id="b7"), None, "ix_result_batch_queue"),
+        ("flagged only", QueueFilter(route="flagged"), None, "ix_result_queue"),
+        ("manual review only", QueueFilter(route="manual_review"), None, "ix_result_queue"),
         (
             "explored threshold",
             QueueFilter(batch_id="b7", threshold=0.3),
+            None,
+            "ix_result_batch_queue",
+        ),
+        (
+            "explored threshold, flagged only",
+            QueueFilter(batch_id="b7", threshold=0.3, route="flagged"),
             None,
             "ix_result_batch_queue",
         ),
@@ -100,4 +111,16 @@ def test_a_queue_page_is_an_index_walk_without_sorting(
         plan = "\n".join(r[0] for r in c.execute(text(f"EXPLAIN {sql}")))
     assert index in plan, plan
     assert "Sort" not in plan, plan
+    assert "Seq Scan on result" not in plan and "Seq Scan on review" not in plan, plan
+
+
+def test_one_batchs_manual_review_images_are_read_by_route_not_by_scanning(big_database):
+    """A batch's few manual-review images come straight from ix_result_batch_route; sorting
+    those few (not the batch, not the table) is cheaper than walking the batch by score."""
+    sql = queue_statement(QueueFilter(batch_id="b7", route="manual_review"), None, 50).compile(
+        big_database, compile_kwargs={"literal_binds": True}
+    )
+    with big_database.connect() as c:
+        plan = "\n".join(r[0] for r in c.execute(text(f"EXPLAIN {sql}")))
+    assert "ix_result_batch_route" in plan or "ix_result_batch_queue" in plan, plan
     assert "Seq Scan on result" not in plan and "Seq Scan on review" not in plan, plan

@@ -11,7 +11,7 @@
   // ---- loading the queue -------------------------------------------------------------
   function queueUrl() {
     const q = new URLSearchParams();
-    for (const key of ["batch", "state", "since", "until", "min_p", "max_p", "order"]) {
+    for (const key of ["batch", "route", "state", "since", "until", "min_p", "max_p", "order"]) {
       if (params.get(key)) q.set(key, params.get(key));
     }
     if (state.threshold !== null) q.set("threshold", state.threshold);
@@ -42,12 +42,17 @@
     return item.state === "unreviewed" ? "unreviewed" : item.state.replace("_", " ");
   }
 
+  // The model cannot judge this image (model.gate): a person decides positive or negative.
+  const cannotJudge = (item) => item.route === "manual_review";
+
   function renderList() {
     $("queue").replaceChildren(...state.items.map((item, i) => {
       const li = LS.el("li", { className: `q-item s-${item.state}` + (i === state.index ? " current" : "") },
         LS.el("span", { className: "q-p" }, LS.p(item.p_leukemia)),
         LS.el("span", { className: "q-name filename" }, item.file_name),
-        LS.el("span", { className: "q-state" }, stateLabel(item)));
+        LS.el("span", { className: "q-state" },
+          cannotJudge(item) ? LS.el("span", { className: "q-route" }, "manual review · ") : null,
+          stateLabel(item)));
       li.addEventListener("click", () => show(i));
       return li;
     }));
@@ -65,12 +70,23 @@
     $("item-name").textContent = item.file_name;
     $("position").textContent = `image ${i + 1} of ${state.items.length}${state.next ? "+" : ""}`;
     $("item-p").textContent = LS.p(item.p_leukemia);
-    $("item-flag").textContent = item.flagged ? "flagged (leukemia suspected)" : "cleared (no leukemia detected)";
+    const manual = cannotJudge(item);
+    $("item-flag").textContent = manual
+      ? "cannot judge this image: needs manual review"
+      : item.flagged ? "flagged (leukemia suspected)" : "cleared (no leukemia detected)";
+    // Beside the image: why the model did not judge it, in the server's plain words.
+    $("item-gate").hidden = !manual;
+    $("item-gate").textContent = manual
+      ? `Model cannot judge this image: ${item.route_reason_text || item.route_reason || "no reason given"}` : "";
     $("item-threshold").textContent = item.threshold;
     $("item-model").textContent = item.model_version;
     $("item-batch").textContent = item.batch_name;
-    $("btn-confirm").querySelector("span").textContent = item.flagged ? "Confirm positive" : "Confirm negative";
-    $("btn-overturn").querySelector("span").textContent = item.flagged ? "Overturn → negative" : "Overturn → positive";
+    // A manual-review image is stored as going to a person (flagged): "confirmed" records
+    // leukemia and "overturned" no leukemia (db.reviews.label_for), so say just that.
+    $("btn-confirm").querySelector("span").textContent = manual
+      ? "Leukemia (positive)" : item.flagged ? "Confirm positive" : "Confirm negative";
+    $("btn-overturn").querySelector("span").textContent = manual
+      ? "No leukemia (negative)" : item.flagged ? "Overturn → negative" : "Overturn → positive";
     // Colour by outcome (red: positive), so that "confirm" of a cleared image reads as negative.
     $("btn-confirm").className = item.flagged ? "pos" : "neg";
     $("btn-overturn").className = item.flagged ? "neg" : "pos";
@@ -196,7 +212,9 @@
       $("threshold-value").textContent = Number(t).toFixed(2);
       $("threshold-text").textContent =
         `At ${Number(t).toFixed(2)}: ${c.would_flag} of ${c.scored} scored images would be flagged ` +
-        `(model threshold ${c.model_threshold}: ${c.flagged}). Stored results are not changed.`;
+        `(model threshold ${c.model_threshold}: ${c.flagged}).` +
+        (c.manual_review ? ` ${c.manual_review} the model cannot judge go to manual review at any threshold.` : "") +
+        " Stored results are not changed.";
       return c;
     }
     slider.addEventListener("input", () => {
