@@ -26,7 +26,15 @@
       : `${b.done} of ${b.total} done (${b.failed} failed) · complete`);
     set("n-total", b.total);
     set("n-flagged", b.flagged);
-    set("n-cleared", b.counts.scored - b.flagged);
+    set("n-manual", b.manual_review);
+    set("n-cleared", b.cleared);
+    const manualLink = document.getElementById("n-manual-link");
+    if (manualLink) manualLink.textContent = b.manual_review;
+    // The drift alarm (db.drift): the server's sentence, and which measures differ.
+    const drift = document.getElementById("drift-warning");
+    drift.hidden = !b.drift_warning;
+    set("drift-text", b.drift_warning || "");
+    set("drift-measures", ((b.drift && b.drift.drifted) || []).map((m) => m.replace(/_/g, " ")).join(", "));
     set("n-rejected", b.rejected);
     set("n-failed", b.failed);
     const r = b.reviews;

@@ -13,11 +13,15 @@
           LS.el("small", {}, `${b.done} / ${b.total}` + (b.pending ? ` · ETA ${LS.duration(b.eta_seconds)}` : "")));
         return LS.el("tr", {}, LS.el("td", {}, link), LS.el("td", {}, b.submitted_by),
           LS.el("td", {}, b.created_at.slice(0, 16).replace("T", " ")), progress,
-          LS.el("td", {}, b.flagged), LS.el("td", {}, b.failed), LS.el("td", {}, b.state));
+          LS.el("td", { className: "n-flagged" }, b.flagged),
+          LS.el("td", { className: "n-manual" }, b.manual_review),
+          LS.el("td", { className: "n-cleared" }, b.cleared), LS.el("td", {}, b.failed),
+          LS.el("td", {}, b.state, b.drift_warning
+            ? LS.el("span", { className: "drift-flag", title: b.drift_warning }, " · drift warning") : null));
       })
     );
     const busy = data.batches.some((b) => b.pending > 0);
     setTimeout(refresh, busy ? 2000 : 10000);
   }
-  refresh().catch((e) => { body.replaceChildren(LS.el("tr", {}, LS.el("td", { colSpan: 7 }, e.message))); });
+  refresh().catch((e) => { body.replaceChildren(LS.el("tr", {}, LS.el("td", { colSpan: 9 }, e.message))); });
 })();

@@ -3,6 +3,8 @@
   const form = document.getElementById("single");
   const status = document.getElementById("single-status");
   const set = (id, v) => { document.getElementById(id).textContent = v; };
+  // Route reasons in plain words, from the server (model.gate.REASON_TEXT).
+  const reasons = JSON.parse(form.dataset.reasons || "{}");
 
   async function waitForResult(resultsUrl) {
     for (;;) {
@@ -40,11 +42,25 @@
         return;
       }
       const verdict = document.getElementById("single-class");
-      verdict.textContent = row.flagged ? "leukemia suspected" : "no leukemia detected";
-      verdict.className = "verdict " + (row.flagged ? "positive" : "negative");
-      const confidence = row.flagged ? row.p_leukemia : 1 - row.p_leukemia;
-      set("single-confidence", `${(100 * confidence).toFixed(1)} %`);
-      set("single-p", `${LS.p(row.p_leukemia)} (threshold ${row.threshold})`);
+      const manual = row.route === "manual_review";
+      document.getElementById("single-reason").hidden = !manual;
+      document.getElementById("single-reason-label").hidden = !manual;
+      if (manual) {
+        // The model must not be trusted on this image: no verdict, the reason instead.
+        verdict.textContent = "Cannot judge this image";
+        verdict.className = "verdict manual";
+        set("single-reason", `${reasons[row.route_reason] || row.route_reason || "no reason given"}. ` +
+          "A person must look at it; it is in the review queue.");
+        set("single-confidence", "none: the model cannot judge this image");
+        set("single-p", `${LS.p(row.p_leukemia)} (not to be trusted for this image)`);
+      } else {
+        const flagged = row.route ? row.route === "flagged" : row.flagged;
+        verdict.textContent = flagged ? "leukemia suspected" : "no leukemia detected";
+        verdict.className = "verdict " + (flagged ? "positive" : "negative");
+        const confidence = flagged ? row.p_leukemia : 1 - row.p_leukemia;
+        set("single-confidence", `${(100 * confidence).toFixed(1)} %`);
+        set("single-p", `${LS.p(row.p_leukemia)} (threshold ${row.threshold})`);
+      }
       set("single-model", row.model_version);
       document.getElementById("single-image").src = `/api/v1/images/${row.image_id}`;
       document.getElementById("single-result").hidden = false;
