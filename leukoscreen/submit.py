@@ -77,6 +77,28 @@ def upload_part(
     raise SubmitError(f"upload refused: HTTP {response.status_code}: {response.text[:500]}")
 
 
+def route_counts(status: dict[str, Any]) -> dict[str, int]:
+    """Scored images by route, as the batch JSON counts them (model.gate.Route)."""
+    return {
+        "flagged": status.get("flagged", 0),
+        "cleared": status.get("cleared", 0),
+        "manual_review": status.get("manual_review", 0),
+    }
+
+
+def summary(status: dict[str, Any]) -> str:
+    """The closing line: every scored image is flagged, cleared or needs manual review."""
+    c, r = status["counts"], route_counts(status)
+    line = (
+        f"scored {c.get('scored', 0)}: flagged {r['flagged']}, cleared {r['cleared']}, "
+        f"needs manual review {r['manual_review']}; failed {c.get('failed', 0)}, "
+        f"rejected {c.get('rejected', 0)}"
+    )
+    if status.get("drift_warning"):
+        line += f"\nWARNING: {status['drift_warning']}"
+    return line
+
+
 def wait_for(http: requests.Session, base: str, batch_id: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     status = http.get(f"{base}/api/v1/batches/{batch_id}", timeout=60).json()
@@ -84,7 +106,7 @@ def wait_for(http: requests.Session, base: str, batch_id: str, timeout: float) -
         while True:
             bar.total = status["total"]
             bar.n = status["done"]
-            bar.set_postfix(flagged=status["flagged"], failed=status["failed"])
+            bar.set_postfix(**route_counts(status), failed=status["failed"])
             bar.refresh()
             if status["pending"] == 0:
                 return status
@@ -137,12 +159,9 @@ def run_submit(args: argparse.Namespace) -> int:
         return 1
     if args.wait or args.csv:
         status = wait_for(http, base, batch_id, args.timeout)
-        c = status["counts"]
-        print(
-            f"scored {c['scored']}, flagged {status['flagged']}, failed {c['failed']}, "
-            f"rejected {c['rejected']}"
-        )
+        print(summary(status))
         if args.csv:
+            # The server's export (db.progress.RESULT_COLUMNS): route and route_reason included.
             response = http.get(
                 f"{base}/api/v1/batches/{batch_id}/results", params={"format": "csv"}, timeout=600
             )
