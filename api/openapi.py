@@ -12,6 +12,8 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from api.params import MAX_ID, id_limit
+from db.reviews import QUEUE_ROUTES
+from model.gate import Route, RouteReason
 
 bp = Blueprint("openapi", __name__)
 
@@ -49,6 +51,18 @@ UNUSABLE = {
     "required": ["error", "status", "files"],
     "properties": {**ERROR["properties"], "files": {"type": "array", "items": FILE_ROW}},
 }
+# Every scored image's route and its machine-readable reason (model.gate); null until scored.
+ROUTE = {
+    "type": ["string", "null"],
+    "enum": [*(r.value for r in Route), None],
+    "description": "flagged or cleared (the model judged the image), or manual_review (it "
+    "must not be trusted on this image: a person decides)",
+}
+ROUTE_REASON = {
+    "type": ["string", "null"],
+    "enum": [*(r.value for r in RouteReason), None],
+    "description": "why an image goes to manual review; null for flagged and cleared",
+}
 STATE_COUNTS = {
     "type": "object",
     "properties": {
@@ -70,9 +84,23 @@ BATCH = {
         "pending": {"type": "integer"},
         "failed": {"type": "integer"},
         "rejected": {"type": "integer"},
-        "flagged": {"type": "integer"},
+        "flagged": {"type": "integer", "description": "scored images routed flagged"},
+        "cleared": {"type": "integer", "description": "scored images routed cleared"},
+        "manual_review": {
+            "type": "integer",
+            "description": "scored images the model cannot judge (route manual_review)",
+        },
         "progress": {"type": "number"},
         "eta_seconds": {"type": ["number", "null"]},
+        "drift": {
+            "type": ["object", "null"],
+            "description": "the finished batch compared with the validation images (db.drift); "
+            "null until it is complete",
+        },
+        "drift_warning": {
+            "type": ["string", "null"],
+            "description": "what differs, in one sentence, when the drift alarm is raised",
+        },
         "results_url": {"type": "string"},
     },
 }
@@ -86,11 +114,41 @@ RESULT_ROW = {
         "state": {"type": "string"},
         "p_leukemia": {"type": ["number", "null"]},
         "flagged": {"type": ["boolean", "null"]},
+        "route": ROUTE,
+        "route_reason": ROUTE_REASON,
+        "domain_distance": {"type": ["number", "null"]},
         "threshold": {"type": ["number", "null"]},
         "model_version": {"type": ["string", "null"]},
         "model_sha256": {"type": ["string", "null"]},
         "scored_at": {"type": ["string", "null"]},
         "error": {"type": ["string", "null"]},
+    },
+}
+
+
+QUEUE_ITEM = {
+    "type": "object",
+    "required": ["image_id", "p_leukemia", "flagged", "route", "state"],
+    "properties": {
+        "image_id": {"type": "integer"},
+        "p_leukemia": {"type": "number"},
+        "flagged": {"type": "boolean", "description": "goes to a person: flagged or manual_review"},
+        "route": ROUTE,
+        "route_reason": ROUTE_REASON,
+        "route_reason_text": {
+            "type": ["string", "null"],
+            "description": "route_reason in plain words, as the pages show it",
+        },
+        "domain_distance": {"type": ["number", "null"]},
+        "state": {"type": "string"},
+    },
+}
+QUEUE_PAGE = {
+    "type": "object",
+    "required": ["items", "next"],
+    "properties": {
+        "items": {"type": "array", "items": QUEUE_ITEM},
+        "next": {"type": ["string", "null"]},
     },
 }
 
@@ -171,9 +229,13 @@ def review_and_account_paths() -> dict[str, Any]:
     return {
         "/api/v1/review/queue": {
             "get": {
-                "summary": "flagged images to review, most suspicious first, keyset-paged",
+                "summary": "images that need a person, most suspicious first, keyset-paged",
                 "parameters": [
                     _query("state", {"type": "string", "enum": REVIEW_STATES}),
+                    {
+                        **_query("route", {"type": "string", "enum": list(QUEUE_ROUTES)}),
+                        "description": "all (default): flagged and manual_review; or one of them",
+                    },
                     _query("batch", {"type": "string"}),
                     _query("since", {"type": "string", "format": "date"}),
                     _query("until", {"type": "string", "format": "date"}),
@@ -184,14 +246,14 @@ def review_and_account_paths() -> dict[str, Any]:
                     _query("after", {"type": "string"}),
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
                 ],
-                "responses": {"200": _json(OBJECT, "queue page"), **_errors(400, 404, 503)},
+                "responses": {"200": _json(QUEUE_PAGE, "queue page"), **_errors(400, 404, 503)},
             }
         },
         "/api/v1/review/items/{image_id}": {
             "get": {
                 "summary": "one image as the review panel shows it",
                 "parameters": [_id("image_id")],
-                "responses": {"200": _json(OBJECT, "item"), **_errors(404, 503)},
+                "responses": {"200": _json(QUEUE_ITEM, "item"), **_errors(404, 503)},
             }
         },
         "/api/v1/images/{image_id}/reviews": {
