@@ -21,6 +21,7 @@ from bench.processes import ProcessGroup as Service
 from bench.processes import free_port as _free_port
 from bench.processes import project_env, wait_healthy
 from db import migrate
+from model.gate import REASON_TEXT, RouteReason, gate_path
 from tests.conftest import PASSWORD, REPO, create_account, smear_like_jpeg
 from tests.reviewdata import seed_scored
 
@@ -40,22 +41,15 @@ ARTIFACTS = REPO / "test-artifacts"
 EVIL_NAME = '<img src=x onerror="window.__pwned=1">.jpg'
 
 
-@pytest.fixture
-def web(tmp_path, model_path) -> Iterator[tuple[str, Path]]:
-    """API + one worker on SQLite and the filesystem broker, with a threshold of 0."""
+def _serve(tmp_path: Path, model: Path) -> Iterator[tuple[str, str, Path]]:
+    """API + one worker on SQLite and the filesystem broker, scoring with ``model``."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} missing: apt-get install chromium chromium-driver (.ci/run)")
-    # Threshold 0: every image is flagged, so the whole batch lands in the review queue.
-    flagged_model = tmp_path / "model" / "lenet_lld_all_flagged.keras"
-    flagged_model.parent.mkdir()
-    shutil.copy(model_path, flagged_model)
-    card = json.loads(model_path.with_suffix(".json").read_text())
-    flagged_model.with_suffix(".json").write_text(json.dumps({**card, "threshold": 0.0}))
     database_url = f"sqlite:///{tmp_path / 'var' / 'leukoscreen.db'}"
     env = project_env(
         DATABASE_URL=database_url,
         LEUKOSCREEN_VAR_DIR=str(tmp_path / "var"),
-        LEUKOSCREEN_MODEL_PATH=str(flagged_model),
+        LEUKOSCREEN_MODEL_PATH=str(model),
         LEUKOSCREEN_CHUNK_SIZE="8",
         LEUKOSCREEN_BATCH_SIZE="8",
     )
@@ -78,6 +72,25 @@ def web(tmp_path, model_path) -> Iterator[tuple[str, Path]]:
     finally:
         svc.stop_all()
         print(svc.logs()[-4000:])
+
+
+@pytest.fixture
+def web(tmp_path, model_path) -> Iterator[tuple[str, str, Path]]:
+    """The service with a threshold of 0 and a gate that lets everything through."""
+    # Threshold 0: every image is flagged, so the whole batch lands in the review queue.
+    flagged_model = tmp_path / "model" / "lenet_lld_all_flagged.keras"
+    flagged_model.parent.mkdir()
+    shutil.copy(model_path, flagged_model)
+    shutil.copy(gate_path(model_path), gate_path(flagged_model))
+    card = json.loads(model_path.with_suffix(".json").read_text())
+    flagged_model.with_suffix(".json").write_text(json.dumps({**card, "threshold": 0.0}))
+    yield from _serve(tmp_path, flagged_model)
+
+
+@pytest.fixture
+def gated_web(tmp_path, gated_model_path) -> Iterator[tuple[str, str, Path]]:
+    """The service with a gate that sends dark images (underexposed) to manual review."""
+    yield from _serve(tmp_path, gated_model_path)
 
 
 @pytest.fixture
@@ -142,6 +155,9 @@ def test_pathologist_uploads_reviews_with_the_keyboard_and_exports(web, browser,
     expect(page.locator("#progress-text")).to_contain_text("complete", timeout=300_000)
     expect(page.locator("#n-total")).to_have_text(str(n + 1))
     expect(page.locator("#n-flagged")).to_have_text(str(n))
+    expect(page.locator("#n-manual")).to_have_text("0")
+    expect(page.locator("#n-cleared")).to_have_text("0")
+    expect(page.locator("#drift-warning")).to_be_hidden()
     expect(page.locator("#n-rejected")).to_have_text("1")
     expect(page.locator("#problems")).to_contain_text("broken.jpg")
     expect(page.locator("#problems")).to_contain_text("not an image")
@@ -373,4 +389,132 @@ def test_upload_progress_and_batch_eta_are_shown_while_work_is_in_flight(web, br
     expect(text).to_have_text(re.compile(r"ETA \d+(\.\d)? (s|min|h)$"))
     expect(page.locator("#state")).to_have_text("scoring")
     page.screenshot(path=str(ARTIFACTS / "11-batch-eta.png"))
+    assert problems == []
+
+
+def _dark_jpeg(seed: int) -> bytes:
+    """A smear photographed far too dark: mean grey level about 0.17, under the gate's 0.3."""
+    import numpy as np
+    from PIL import Image as PILImage
+
+    pixels = np.asarray(PILImage.open(io.BytesIO(smear_like_jpeg(seed))), dtype=np.float32)
+    out = io.BytesIO()
+    PILImage.fromarray((pixels * 0.2).astype(np.uint8)).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def test_images_the_model_cannot_judge_go_to_a_person_with_the_reason_shown(gated_web, browser):
+    from playwright.sync_api import expect
+    from sqlalchemy import create_engine, update
+
+    from db.models import Batch
+
+    base, database_url, _ = gated_web
+    reason = REASON_TEXT[RouteReason.UNDEREXPOSED]
+    problems: list[str] = []
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    _watch(page, problems)
+    _login(page, base, "dr.path")
+
+    # Six smears the model may judge, and two captures too dark for it to judge.
+    files = [
+        {"name": f"smear_{i}.jpg", "mimeType": "image/jpeg", "buffer": smear_like_jpeg(300 + i)}
+        for i in range(6)
+    ] + [
+        {"name": f"dark_{i}.jpg", "mimeType": "image/jpeg", "buffer": _dark_jpeg(400 + i)}
+        for i in range(2)
+    ]
+    page.goto(f"{base}/upload")
+    page.fill("input[name=name]", "dim microscope")
+    page.set_input_files("#files", files)
+    page.click("#upload button[type=submit]")
+    page.wait_for_url(f"{base}/batches/*", timeout=60_000)
+    batch_id = page.url.rsplit("/", 1)[1]
+    expect(page.locator("#progress-text")).to_contain_text("complete", timeout=120_000)
+    expect(page.locator("#n-manual")).to_have_text("2")
+    expect(page.locator("#n-manual-link")).to_have_text("2")
+    flagged = int(page.locator("#n-flagged").inner_text())
+    cleared = int(page.locator("#n-cleared").inner_text())
+    assert flagged + cleared == 6, (flagged, cleared)
+    expect(page.locator("#drift-warning")).to_be_hidden()  # too few images to judge drift
+
+    # The drift alarm as db.drift stores it: the page shows the warning and what differs.
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(
+            update(Batch)
+            .where(Batch.id == batch_id)
+            .values(
+                drift={
+                    "checked": True,
+                    "n": 8,
+                    "bound": 3.48,
+                    "alarm": True,
+                    "drifted": ["brightness"],
+                    "measures": {
+                        "brightness": {
+                            "psi": 5.1,
+                            "batch_median": 0.21,
+                            "reference_median": 0.74,
+                            "drifted": True,
+                        }
+                    },
+                }
+            )
+        )
+    engine.dispose()
+    page.reload()
+    warning = page.locator("#drift-warning")
+    expect(warning).to_be_visible()
+    expect(warning).to_contain_text("brightness lower than validation images")
+    expect(page.locator("#drift-measures")).to_have_text("brightness")
+    page.screenshot(path=str(ARTIFACTS / "12-batch-manual-review.png"), full_page=True)
+
+    page.goto(f"{base}/batches")
+    row = page.locator("#batches tbody tr").first
+    expect(row.locator(".n-manual")).to_have_text("2")
+    expect(row).to_contain_text("drift warning")
+
+    # The review queue, manual review only: the reason beside the image, plain-word buttons.
+    page.goto(f"{base}/batches/{batch_id}")
+    page.click("#review-manual")
+    page.wait_for_url(re.compile(r"route=manual_review"))
+    queue = page.locator("#queue li")
+    expect(queue).to_have_count(2)
+    expect(page.locator("#item-name")).to_have_text(re.compile(r"^dark_\d\.jpg$"))
+    expect(page.locator("#item-gate")).to_have_text(f"Model cannot judge this image: {reason}")
+    expect(page.locator("#btn-confirm")).to_have_text("C Leukemia (positive)")
+    expect(page.locator("#btn-overturn")).to_have_text("O No leukemia (negative)")
+    expect(page.locator("#big")).to_have_js_property("complete", True)
+    page.screenshot(path=str(ARTIFACTS / "13-review-manual-review.png"))
+    name = page.locator("#item-name").inner_text()
+    page.locator("#stage").focus()
+    page.keyboard.press("c")
+    expect(queue.nth(0)).to_contain_text("confirmed")
+    body = page.request.get(f"{base}/api/v1/batches/{batch_id}/results?format=json").json()
+    by_name = {r["file_name"]: r for r in body["results"]}
+    assert (by_name[name]["review_decision"], by_name[name]["review_label"]) == (
+        "confirmed",
+        "leukemia",
+    )
+    assert {
+        (r["route"], r["route_reason"]) for n, r in by_name.items() if n.startswith("dark")
+    } == {("manual_review", "underexposed")}
+    # Only flagged: no image the model cannot judge is among them.
+    page.goto(f"{base}/review?batch={batch_id}&route=flagged&state=all")
+    expect(page.locator("#queue li")).to_have_count(flagged)
+    expect(page.locator("#queue")).not_to_contain_text("dark_")
+    if flagged:
+        expect(page.locator("#item-gate")).to_be_hidden()
+
+    # The single-image page says plainly that it cannot judge a dark capture, and why.
+    page.goto(f"{base}/single")
+    page.set_input_files(
+        "#single-file", {"name": "dark one.jpg", "mimeType": "image/jpeg", "buffer": _dark_jpeg(7)}
+    )
+    page.click("#single button[type=submit]")
+    expect(page.locator("#single-class")).to_have_text("Cannot judge this image", timeout=120_000)
+    expect(page.locator("#single-reason")).to_contain_text(reason)
+    expect(page.locator("#single-confidence")).not_to_contain_text("%")
+    page.screenshot(path=str(ARTIFACTS / "14-single-cannot-judge.png"))
     assert problems == []
