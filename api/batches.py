@@ -18,6 +18,7 @@ from api.auth import actor
 from api.errors import ApiError
 from api.intake import FileOutcome, Intake
 from api.params import int_arg
+from db import drift
 from db.audit import record_event
 from db.models import Batch, BatchState, Image, ImageState
 from db.progress import RESULT_COLUMNS, batch_progress, iter_batch_results
@@ -101,6 +102,7 @@ def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
         else:
             batch = session.merge(batch)
             batch.state = BatchState.SCORING.value
+            batch.drift = None  # judged again once the new images are scored
         images: list[tuple[FileOutcome, Image | None]] = []
         for o in report.outcomes:
             if o.status == "duplicate":
@@ -189,6 +191,8 @@ def _batch_json(batch: Batch) -> dict[str, Any]:
         "created_at": batch.created_at.isoformat(),
         "state": batch.state,
         **progress.as_dict(),
+        "drift": batch.drift,
+        "drift_warning": drift.describe(batch.drift),
         "reviews": reviews,
         "results_url": url_for("batches.batch_results", batch_id=batch.id),
     }

@@ -52,8 +52,9 @@ SEED_SQL = [
               'scored', 1, now(), now()
        FROM generate_series(1, :rows) g""",
     """INSERT INTO result (image_id, batch_id, model_version_id, p_leukemia, flagged, threshold,
-                           scored_at, worker)
-       SELECT id, batch_id, 1, p, p >= 0.5, 0.5, now(), 'bench'
+                           route, scored_at, worker)
+       SELECT id, batch_id, 1, p, p >= 0.5, 0.5,
+              CASE WHEN p >= 0.5 THEN 'flagged' ELSE 'cleared' END, now(), 'bench'
        FROM (SELECT id, batch_id, random() AS p FROM image) scored""",
     "ANALYZE",
 ]

@@ -74,6 +74,9 @@ class Batch(Base):
     submitted_by: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     state: Mapped[str] = mapped_column(String(16), default=BatchState.SCORING.value)
+    # Set when the batch completes: how its scores, domain distances and image quality
+    # compare with the validation reference (``db.drift``); ``alarm`` true when they differ.
+    drift: Mapped[dict[str, Any] | None] = mapped_column()
 
     images: Mapped[list[Image]] = relationship(back_populates="batch")
 
@@ -118,6 +121,9 @@ class ModelVersion(Base):
     name: Mapped[str] = mapped_column(String(255))
     threshold: Mapped[float] = mapped_column(Float)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The fitted gate's limits, thresholds and drift reference (``model.gate.Gate.describe``),
+    # so that any process can check a batch for drift without loading the model.
+    gate: Mapped[dict[str, Any] | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -131,6 +137,8 @@ class Result(Base):
         Index("ix_result_queue", "flagged", "p_leukemia", "id"),
         # The same walk within one batch (and "what would threshold t flag" in a batch).
         Index("ix_result_batch_queue", "batch_id", "p_leukemia", "id"),
+        # Batch counts by route (flagged / cleared / manual review).
+        Index("ix_result_batch_route", "batch_id", "route"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -139,8 +147,15 @@ class Result(Base):
     batch_id: Mapped[str] = mapped_column(ForeignKey("batch.id", ondelete="CASCADE"))
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_version.id"))
     p_leukemia: Mapped[float] = mapped_column(Float)
+    # True when the image goes to a person: route flagged or manual_review (the review queue
+    # walks these); a cleared image is the only one the model answers for alone.
     flagged: Mapped[bool] = mapped_column(Boolean)
     threshold: Mapped[float] = mapped_column(Float)
+    route: Mapped[str] = mapped_column(String(16))  # model.gate.Route
+    route_reason: Mapped[str | None] = mapped_column(String(32))  # model.gate.RouteReason
+    # The scores behind the route: domain distance and the quality measures.
+    domain_distance: Mapped[float | None] = mapped_column(Float)
+    quality: Mapped[dict[str, Any] | None] = mapped_column()
     scored_at: Mapped[datetime] = mapped_column(default=utcnow)
     worker: Mapped[str | None] = mapped_column(String(255))
 

@@ -10,8 +10,10 @@ from typing import Any
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 
+from db.drift import check_completed
 from db.models import Batch, BatchState, Image, ImageState, ModelVersion, Result, Review, User
 from db.reviews import latest_review_condition
+from model.gate import Route
 
 PENDING = (ImageState.QUEUED.value, ImageState.SCORING.value)
 
@@ -19,8 +21,12 @@ PENDING = (ImageState.QUEUED.value, ImageState.SCORING.value)
 @dataclass(frozen=True)
 class Progress:
     counts: dict[str, int]
-    flagged: int
+    routes: dict[str, int]  # scored images by route (flagged, cleared, manual_review)
     first_scored_at: datetime | None
+
+    @property
+    def flagged(self) -> int:
+        return self.routes.get(Route.FLAGGED.value, 0)
 
     @property
     def total(self) -> int:
@@ -56,6 +62,8 @@ class Progress:
             "failed": self.counts.get(ImageState.FAILED.value, 0),
             "rejected": self.counts.get(ImageState.REJECTED.value, 0),
             "flagged": self.flagged,
+            "cleared": self.routes.get(Route.CLEARED.value, 0),
+            "manual_review": self.routes.get(Route.MANUAL_REVIEW.value, 0),
             "progress": round(self.done / self.total, 4) if self.total else 1.0,
             "eta_seconds": self.eta_seconds(),
         }
@@ -65,18 +73,16 @@ def batch_progress(session: Session, batch_id: str) -> Progress:
     rows = session.execute(
         select(Image.state, func.count()).where(Image.batch_id == batch_id).group_by(Image.state)
     ).all()
-    flagged, first = session.execute(
-        select(
-            func.count().filter(Result.flagged.is_(True)),
-            func.min(Result.scored_at),
-        )
-        .join(Image, Image.id == Result.image_id)
-        .where(Image.batch_id == batch_id)
-    ).one()
+    by_route = session.execute(
+        select(Result.route, func.count(), func.min(Result.scored_at))
+        .where(Result.batch_id == batch_id)
+        .group_by(Result.route)
+    ).all()
+    firsts = [first for _, _, first in by_route if first is not None]
     return Progress(
         counts={state: n for state, n in rows},
-        flagged=int(flagged or 0),
-        first_scored_at=first,
+        routes={route: int(n) for route, n, _ in by_route},
+        first_scored_at=min(firsts) if firsts else None,
     )
 
 
@@ -93,6 +99,7 @@ def mark_complete_batches(session: Session, batch_ids: set[str]) -> None:
         .values(state=BatchState.COMPLETE.value)
         .execution_options(synchronize_session=False)
     )
+    check_completed(session, batch_ids)
 
 
 RESULT_COLUMNS = (
@@ -102,6 +109,9 @@ RESULT_COLUMNS = (
     "state",
     "p_leukemia",
     "flagged",
+    "route",
+    "route_reason",
+    "domain_distance",
     "threshold",
     "model_version",
     "model_sha256",
@@ -159,6 +169,9 @@ def iter_batch_results(
             "state": image.state,
             "p_leukemia": result.p_leukemia if result else None,
             "flagged": result.flagged if result else None,
+            "route": result.route if result else None,
+            "route_reason": result.route_reason if result else None,
+            "domain_distance": result.domain_distance if result else None,
             "threshold": result.threshold if result else None,
             "model_version": version.name if version else None,
             "model_sha256": version.sha256 if version else None,

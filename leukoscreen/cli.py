@@ -231,23 +231,26 @@ def _model_init(args: argparse.Namespace) -> int:
 
     from model.architecture import build_lenet_lld
     from model.card import card_path
+    from model.gate import permissive_gate, write_statistics
+    from model.inference import feature_network
 
     keras.utils.set_random_seed(args.seed)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    build_lenet_lld().save(out)
-    card_path(out).write_text(
-        json.dumps(
-            {
-                "name": f"lenet_lld-untrained-seed{args.seed}",
-                "threshold": args.threshold,
-                "output": "p_leukemia",
-                "metrics": {},
-                "warning": "random weights for plumbing tests only; not a screening model",
-            },
-            indent=2,
-        )
-    )
+    network = build_lenet_lld()
+    network.save(out)
+    card = {
+        "name": f"lenet_lld-untrained-seed{args.seed}",
+        "threshold": args.threshold,
+        "output": "p_leukemia",
+        "metrics": {},
+        "warning": "random weights for plumbing tests only; not a screening model",
+    }
+    if args.permissive_gate:
+        dim = int(feature_network(network).outputs[1].shape[-1])
+        card["gate"] = write_statistics(out, permissive_gate(dim)).describe()
+        card["gate_warning"] = "permissive gate: every image is judged by the network"
+    card_path(out).write_text(json.dumps(card, indent=2))
     print(f"wrote untrained LeNet-LLD to {out}")
     return 0
 
@@ -337,11 +340,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument(
+        "--permissive-gate",
+        action="store_true",
+        help="write a gate that lets every image through (without one, every image goes to "
+        "manual review)",
+    )
     p.set_defaults(func=_model_init)
 
     for name, module, about in (
         ("train", "model.train", "train the screening model (needs the 'train' extra)"),
         ("evaluate", "model.evaluate", "evaluate a model (needs the 'train' extra)"),
+        ("fit-gate", "model.fit_gate", "fit and measure a model's gate (needs the 'train' extra)"),
         ("bench", "bench.throughput", "measure throughput: model, preprocessing, end to end"),
         ("bench-queries", "bench.queries", "time progress and results queries at 1M rows"),
     ):

@@ -15,11 +15,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+from PIL import Image as PILImage
 
 from model import data as mdata
 from model import metrics as mm
 from model.card import card_path, file_sha256, history_path, read_card
-from model.inference import LoadedModel, load_model
+from model.gate import Decision, route_image
+from model.inference import LoadedModel, Scores, load_model
+from model.quality import measure
 
 HEADLINE = ("accuracy", "precision", "sensitivity", "specificity", "f1", "auc", "loss")
 
@@ -67,12 +70,45 @@ def select_split(dataset: mdata.Dataset, weights: Path, split: str) -> tuple[mda
     return dataset.subset(keep), name
 
 
-def score(loaded: LoadedModel, images_u8: np.ndarray) -> np.ndarray:
-    """p_leukemia exactly as the workers compute it (``model.inference.load_model``)."""
+def assess(loaded: LoadedModel, images_u8: np.ndarray) -> Scores:
+    """p_leukemia and domain distance exactly as the workers compute them."""
     parts = [
-        loaded.score(mdata.to_float(images_u8[i : i + 512])) for i in range(0, len(images_u8), 512)
+        loaded.assess(mdata.to_float(images_u8[i : i + 512])) for i in range(0, len(images_u8), 512)
     ]
-    return np.concatenate(parts) if parts else np.zeros((0,))
+    if not parts:
+        return Scores(np.zeros((0,)), np.zeros((0,)))
+    return Scores(
+        np.concatenate([s.p_leukemia for s in parts]),
+        np.concatenate([s.domain_distance for s in parts]),
+    )
+
+
+def score(loaded: LoadedModel, images_u8: np.ndarray) -> np.ndarray:
+    return assess(loaded, images_u8).p_leukemia
+
+
+def routes(
+    loaded: LoadedModel, data_dir: Path, subset: mdata.Dataset, scores: Scores
+) -> list[Decision]:
+    """Each image's route, with the workers' quality measures and gate."""
+    band = loaded.gate.hue_band if loaded.gate is not None else None
+    decisions = []
+    for i, record in enumerate(subset.records):
+        with PILImage.open(data_dir / record.file) as header:
+            size, mode = header.size, header.mode
+        # The cached uint8 pixels are exactly the resized image the worker measures.
+        measures = measure(PILImage.fromarray(subset.images[i]), size, band)
+        decisions.append(
+            route_image(
+                loaded.gate,
+                loaded.card.threshold,
+                float(scores.p_leukemia[i]),
+                measures,
+                float(scores.domain_distance[i]),
+                mode,
+            )
+        )
+    return decisions
 
 
 def build_report(y, p, groups, threshold, card, baseline_p=None) -> dict:
@@ -194,6 +230,15 @@ def print_summary(report: dict) -> None:
         extra = "" if base is None else f"   colour baseline {base:.4f}"
         print(f"  {key:12s} {text}{extra}")
     print(f"  confusion    tp={cm['tp']} fp={cm['fp']} tn={cm['tn']} fn={cm['fn']}")
+    r = report["routes"]
+    print(
+        f"  routes       {r['routes']}; manual review {r['manual_review']:.2%} "
+        f"(reasons {r['reasons']})"
+    )
+    print(
+        f"  judged       {r['judged']} images: sensitivity {_opt(r['sensitivity'])}, "
+        f"specificity {_opt(r['specificity'])} among those the gate let the model judge"
+    )
     print("  threshold  sensitivity  specificity  precision  f1")
     for row in report["sweep"]:
         mark = "  <- model threshold" if row["threshold"] == round(report["threshold"], 6) else ""
@@ -201,6 +246,10 @@ def print_summary(report: dict) -> None:
             f"  {row['threshold']:9.4f}  {row['sensitivity']:11.4f}  {row['specificity']:11.4f}"
             f"  {row['precision']:9.4f}  {row['f1']:.4f}{mark}"
         )
+
+
+def _opt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -213,12 +262,16 @@ def run(args: argparse.Namespace) -> int:
     if not subset.records:
         raise SystemExit(f"no images to evaluate in {args.data}")
     y, groups = subset.labels, [r.group for r in subset.records]
-    p = score(load_model(weights, args.batch_size), subset.images)
+    loaded = load_model(weights, args.batch_size)
+    scores = assess(loaded, subset.images)
+    p = scores.p_leukemia
+    decisions = routes(loaded, args.data, subset, scores)
     baseline_p = None
     if "colour_baseline" in raw_card:
         feats = mm.colour_features(subset.images)
         baseline_p = mm.colour_baseline_scores(raw_card["colour_baseline"], feats)
     report = build_report(y, p, groups, card.threshold, raw_card, baseline_p)
+    report["routes"] = {**mm.route_summary(decisions, y), **mm.judged_metrics(decisions, y)}
     report["model"] = {"path": str(weights), "name": card.name, "sha256": file_sha256(weights)}
     report["data"] = {
         "dir": str(args.data),

@@ -23,7 +23,7 @@ def _bn_scale_shift(bn: layers.BatchNormalization) -> tuple[np.ndarray, np.ndarr
     return scale, beta - mean * scale
 
 
-def _is_chain(network: keras.Model) -> bool:
+def is_chain(network: keras.Model) -> bool:
     """True when every layer feeds exactly the next one (the shape folding handles)."""
     for previous, layer in zip(network.layers, network.layers[1:], strict=False):
         if len(layer._inbound_nodes) != 1:
@@ -50,7 +50,7 @@ def fold_batch_norm(network: keras.Model) -> keras.Model:
     unchanged: the optimisation is never worth a wrong answer.
     """
     chain = network.layers
-    if not _is_chain(network) or not any(
+    if not is_chain(network) or not any(
         _foldable(a, b) for a, b in zip(chain, chain[1:], strict=False)
     ):
         return network
@@ -75,6 +75,10 @@ def fold_batch_norm(network: keras.Model) -> keras.Model:
             )
             i += 2
             continue
-        x = layer(x)
+        # A fresh copy, not the layer itself: the folded model must be a chain of its own
+        # (the gate replays it), not share layers and graph nodes with the original.
+        copy = layer.__class__.from_config(layer.get_config())
+        x = copy(x)
+        copy.set_weights(layer.get_weights())
         i += 1
     return keras.Model(inputs, x, name=network.name + "_folded")

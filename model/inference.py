@@ -2,39 +2,84 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from model.card import ModelCard, file_sha256, read_card, to_p_leukemia
+from model.card import ModelCard, card_path, file_sha256, read_card, to_p_leukemia
+from model.gate import Gate, model_version, read_gate
+
+
+@dataclass(frozen=True)
+class Scores:
+    p_leukemia: np.ndarray  # calibrated when the model has a gate
+    domain_distance: np.ndarray  # NaN where the network has no gate or no features
 
 
 @dataclass
 class LoadedModel:
     path: Path
-    sha256: str
+    sha256: str  # the model version: weights, threshold and gate together
+    weights_sha256: str
     card: ModelCard
+    gate: Gate | None
     batch_size: int
-    _predict: object
+    _predict: Any
 
-    def score(self, images: np.ndarray) -> np.ndarray:
-        """p_leukemia for a stack of preprocessed images, shape (N, 256, 256, 3)."""
+    def assess(self, images: np.ndarray) -> Scores:
+        """p_leukemia and domain distance for a stack of preprocessed images (N, H, W, 3)."""
         n = len(images)
-        if n == 0:
-            return np.zeros((0,), dtype=np.float64)
-        out = np.empty((n,), dtype=np.float64)
+        p = np.empty((n,), dtype=np.float64)
+        distance = np.full((n,), np.nan, dtype=np.float64)
         for start in range(0, n, self.batch_size):
             part = images[start : start + self.batch_size]
             # Pad to a fixed batch shape so the compiled graph is traced once, not per size.
-            pad = self.batch_size - len(part)
-            if pad:
-                part = np.concatenate([part, np.zeros((pad, *part.shape[1:]), part.dtype)])
-            raw = self._predict(part).numpy()  # type: ignore[attr-defined]
-            out[start : start + self.batch_size] = to_p_leukemia(raw, self.card.output)[
-                : self.batch_size - pad
-            ]
-        return out
+            real = len(part)
+            if real < self.batch_size:
+                pad = np.zeros((self.batch_size - real, *part.shape[1:]), part.dtype)
+                part = np.concatenate([part, pad])
+            raw, features = self._predict(part)
+            prob = to_p_leukemia(raw.numpy(), self.card.output)[:real]
+            if self.gate is not None:
+                prob = self.gate.calibrate(prob)
+                if features is not None:
+                    distance[start : start + real] = self.gate.domain_distance(
+                        features.numpy()[:real]
+                    )
+            p[start : start + real] = prob
+        return Scores(p, distance)
+
+    def score(self, images: np.ndarray) -> np.ndarray:
+        """p_leukemia alone (evaluation, benchmarks)."""
+        return self.assess(images).p_leukemia
+
+
+def feature_network(network: Any) -> Any:
+    """The same network with a second output: the features the domain gate measures.
+
+    They are the input of the last layer (the penultimate features) and the mean activation
+    of each pooling block, concatenated. Only a simple chain of layers can be replayed this
+    way; any other network gets ``None`` and its images no domain distance.
+    """
+    import keras
+    from keras import layers
+
+    from model.folding import is_chain
+
+    if not is_chain(network):
+        return None
+    x = inputs = keras.Input(shape=network.input_shape[1:], name="gate_image")
+    blocks = []
+    for layer in network.layers[1:-1]:
+        x = layer(x)
+        if isinstance(layer, layers.MaxPooling2D):
+            blocks.append(layers.GlobalAveragePooling2D(name=f"gate_block{len(blocks)}")(x))
+    penultimate = x if len(x.shape) == 2 else layers.Flatten(name="gate_flat")(x)
+    features = layers.Concatenate(name="gate_features")([penultimate, *blocks])
+    return keras.Model(inputs, [network.layers[-1](x), features], name=network.name + "_gate")
 
 
 def load_model(path: Path, batch_size: int = 32) -> LoadedModel:
@@ -48,16 +93,25 @@ def load_model(path: Path, batch_size: int = 32) -> LoadedModel:
     from model.folding import fold_batch_norm
 
     network = fold_batch_norm(keras.saving.load_model(path, compile=False))
+    raw_card = json.loads(card_path(path).read_text()) if card_path(path).is_file() else {}
+    gate = read_gate(path, raw_card)
+    with_features = feature_network(network) if gate is not None else None
     spec = tf.TensorSpec((batch_size, *network.input_shape[1:]), tf.float32)
 
     @tf.function(input_signature=[spec], reduce_retracing=True)
-    def predict(x: tf.Tensor) -> tf.Tensor:
-        return network(x, training=False)
+    def predict(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
+        if with_features is None:
+            return network(x, training=False), None
+        raw, features = with_features(x, training=False)
+        return raw, features
 
+    weights_sha256 = file_sha256(path)
     return LoadedModel(
         path=path,
-        sha256=file_sha256(path),
+        sha256=model_version(weights_sha256, raw_card, gate),
+        weights_sha256=weights_sha256,
         card=read_card(path),
+        gate=gate,
         batch_size=batch_size,
         _predict=predict,
     )

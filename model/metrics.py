@@ -7,6 +7,8 @@ positive (leukemia) call.
 from __future__ import annotations
 
 import math
+from collections import Counter
+from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -22,6 +24,8 @@ from sklearn.metrics import (
 )
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+
+from model.gate import Route
 
 PERCENTILES = (5, 25, 50, 75, 95)
 
@@ -178,3 +182,39 @@ def colour_baseline_scores(baseline: dict, features: np.ndarray) -> np.ndarray:
     z = (features - np.asarray(baseline["mean"])) / np.asarray(baseline["scale"])
     logits = z @ np.asarray(baseline["coef"]) + baseline["intercept"]
     return 1.0 / (1.0 + np.exp(-logits))
+
+
+# ---- routes (model.gate): how many images go to a person, and how the rest are judged ----
+
+
+def route_summary(decisions: list, labels: np.ndarray | None = None) -> dict[str, Any]:
+    n = len(decisions)
+    routes = Counter(d.route.value for d in decisions)
+    out: dict[str, Any] = {
+        "n": n,
+        "manual_review": routes.get(Route.MANUAL_REVIEW.value, 0) / n if n else None,
+        "routes": dict(routes),
+        "reasons": dict(Counter(d.reason.value for d in decisions if d.reason)),
+    }
+    if labels is not None:
+        pos = labels == 1
+        out["positives_cleared"] = int(
+            sum(1 for d, y in zip(decisions, pos, strict=True) if y and d.route == Route.CLEARED)
+        )
+    return out
+
+
+def judged_metrics(decisions, labels: np.ndarray) -> dict[str, Any]:
+    """Sensitivity and specificity among the images the gate let the model judge."""
+    kept = [d.route != Route.MANUAL_REVIEW for d in decisions]
+    y = labels[kept]
+    called = np.array([d.route == Route.FLAGGED for d in decisions])[kept]
+    tp, fn = int((called & (y == 1)).sum()), int((~called & (y == 1)).sum())
+    tn, fp = int((~called & (y == 0)).sum()), int((called & (y == 0)).sum())
+    return {
+        "judged": int(len(y)),
+        "sensitivity": tp / (tp + fn) if tp + fn else None,
+        "specificity": tn / (tn + fp) if tn + fp else None,
+        "confusion": {"tp": tp, "fp": fp, "tn": tn, "fn": fn},
+        "ci95_wilson": proportion_cis({"tp": tp, "fp": fp, "tn": tn, "fn": fn}),
+    }

@@ -8,9 +8,12 @@ NumPy so that it can run anywhere, TensorFlow or not.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from model.quality import measure
 
 TARGET_SIZE = (256, 256)
 
@@ -33,14 +36,33 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(data: bytes, target_size: tuple[int, int] = TARGET_SIZE) -> Image.Image:
-    """Decode image bytes to an upright RGB image (first frame of animations)."""
+@dataclass(frozen=True)
+class Decoded:
+    image: Image.Image  # upright RGB, resized to the network's input size
+    original_size: tuple[int, int]  # (width, height) as received
+    original_mode: str  # Pillow mode as received, before conversion to RGB
+
+
+def _open(data: bytes, target_size: tuple[int, int]) -> tuple[Image.Image, tuple[int, int], str]:
     img = Image.open(io.BytesIO(data))
+    size, mode = img.size, img.mode
     if img.format == "JPEG":
         # Let libjpeg decode big images at a reduced scale; a no-op for small ones.
         img.draft("RGB", target_size)
-    img = ImageOps.exif_transpose(img)
-    return _to_rgb(img)
+    return _to_rgb(ImageOps.exif_transpose(img)), size, mode
+
+
+def load_rgb(data: bytes, target_size: tuple[int, int] = TARGET_SIZE) -> Image.Image:
+    """Decode image bytes to an upright RGB image (first frame of animations)."""
+    return _open(data, target_size)[0]
+
+
+def decode(data: bytes, target_size: tuple[int, int] = TARGET_SIZE) -> Decoded:
+    """Decode and resize to what the network sees, keeping what the quality gate needs."""
+    img, size, mode = _open(data, target_size)
+    if img.size != target_size:
+        img = img.resize(target_size, Image.Resampling.BILINEAR)
+    return Decoded(img, size, mode)
 
 
 def to_model_input(img: Image.Image, target_size: tuple[int, int] = TARGET_SIZE) -> np.ndarray:
@@ -52,4 +74,30 @@ def to_model_input(img: Image.Image, target_size: tuple[int, int] = TARGET_SIZE)
 
 def preprocess(data: bytes, target_size: tuple[int, int] = TARGET_SIZE) -> np.ndarray:
     """Image bytes to the network's input tensor for one image."""
-    return to_model_input(load_rgb(data, target_size), target_size)
+    return to_model_input(decode(data, target_size).image, target_size)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    pixels: np.ndarray  # the network's input, float32 (H, W, 3)
+    quality: dict[str, float]  # ``model.quality`` measures
+    original_mode: str
+
+
+def prepare(
+    data: bytes,
+    hue_band: tuple[int, int] | None,
+    target_size: tuple[int, int] = TARGET_SIZE,
+    with_quality: bool = True,
+) -> Prepared:
+    """``preprocess`` plus the quality measures, from one decode (what the worker runs).
+
+    ``with_quality=False`` skips the measures, for a network without a gate (whose images all
+    go to a person anyway).
+    """
+    decoded = decode(data, target_size)
+    return Prepared(
+        to_model_input(decoded.image, target_size),
+        measure(decoded.image, decoded.original_size, hue_band) if with_quality else {},
+        decoded.original_mode,
+    )

@@ -59,6 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-frac", type=float, default=0.15)
     parser.add_argument("--target-sensitivity", type=float, default=0.99)
     parser.add_argument(
+        "--no-gate", action="store_true", help="skip fitting the gate (leukoscreen fit-gate)"
+    )
+    parser.add_argument(
         "--monitor", default="val_auc", help="early stopping / LR schedule on this (max if auc)"
     )
     parser.add_argument("--max-minutes", type=float, default=40.0, help="stop epochs after this")
@@ -359,7 +362,13 @@ def run(args: argparse.Namespace) -> int:
     card_path(out).write_text(json.dumps(card, indent=1) + "\n")
     print(json.dumps({k: card["metrics"][k] for k in ("auc", "sensitivity", "specificity")}))
     print(f"threshold {threshold:.4f}; wrote {out} and {card_path(out).name}", flush=True)
-    return 0
+    if args.no_gate:
+        return 0
+    # A network without a gate sends every image to a person: fit it now. This calibrates
+    # the scores and chooses the threshold again, on calibrated validation scores.
+    from model import fit_gate
+
+    return fit_gate.main(["--model", str(out), "--data", str(args.data)])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,7 +121,8 @@ def token_client(app, database_url: str, name: str = "lab", role: str = "uploade
 
 @pytest.fixture(scope="session")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained LeNet-LLD weights file: the pipeline must run with any such file."""
+    """An untrained LeNet-LLD weights file with a gate that lets everything through: the
+    pipeline must run with any such file."""
     out = tmp_path_factory.mktemp("model") / "lenet_lld_test.keras"
     subprocess.run(
         [
@@ -133,9 +134,29 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
             str(out),
             "--threshold",
             "0.5",
+            "--permissive-gate",
         ],
         check=True,
         cwd=REPO,
         capture_output=True,
     )
+    return out
+
+
+@pytest.fixture(scope="session")
+def gated_model_path(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The untrained network with a gate that routes dark images (mean grey level below 0.3)
+    to manual review as ``underexposed``: the manual-review route, end to end."""
+    import json
+    import shutil
+
+    from model.card import card_path
+    from model.gate import gate_path
+
+    out = tmp_path_factory.mktemp("gated") / "lenet_lld_gated.keras"
+    shutil.copy(model_path, out)
+    shutil.copy(gate_path(model_path), gate_path(out))
+    card = json.loads(card_path(model_path).read_text())
+    card["gate"]["limits"] = {"brightness": {"low": 0.3}}
+    card_path(out).write_text(json.dumps(card))
     return out

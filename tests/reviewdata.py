@@ -59,6 +59,7 @@ def seed_scored(
                     p_leukemia=p,
                     flagged=p >= threshold,
                     threshold=threshold,
+                    route="flagged" if p >= threshold else "cleared",
                 )
             )
         return batch.id, [image.id for image, _ in images]

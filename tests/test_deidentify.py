@@ -84,7 +84,7 @@ def _score_all(database_url: str, batch_id: str) -> list[int]:
             p = 0.9 if i == 0 else 0.1
             s.add(
                 Result(image=image, batch_id=batch_id, model_version=version, p_leukemia=p,
-                       flagged=p >= 0.5, threshold=0.5)
+                       flagged=p >= 0.5, threshold=0.5, route="flagged" if p >= 0.5 else "cleared")
             )  # fmt: skip
             ids.append(image.id)
         return ids

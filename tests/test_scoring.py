@@ -12,6 +12,8 @@ from db.models import Batch, Image, ModelVersion, Result
 from db.session import engine_for, session_factory
 from leukoscreen.storage import ContentStore
 from model.card import ModelCard
+from model.gate import Gate, permissive_gate
+from model.inference import Scores
 from worker.scoring import claim, fail_chunk, register_model_version, score_chunk
 
 
@@ -21,11 +23,13 @@ class FakeScorer:
 
     sha256: str = "f" * 64
     card: ModelCard = field(default_factory=lambda: ModelCard(name="fake", threshold=0.45))
+    gate: Gate | None = field(default_factory=lambda: permissive_gate(4))
     calls: list[int] = field(default_factory=list)
 
-    def score(self, images: np.ndarray) -> np.ndarray:
+    def assess(self, images: np.ndarray) -> Scores:
         self.calls.append(len(images))
-        return images.mean(axis=(1, 2, 3)).astype(np.float64)
+        p = images.mean(axis=(1, 2, 3)).astype(np.float64)
+        return Scores(p, np.zeros_like(p))
 
 
 def _seed(settings, blobs: list[bytes]) -> tuple[list[int], ContentStore]:

@@ -25,9 +25,11 @@ pytestmark = [
 def test_shipped_card_matches_fresh_evaluation(tmp_path):
     from model import evaluate
     from model.card import file_sha256
+    from model.gate import model_version, read_gate
 
     card = json.loads(WEIGHTS.with_suffix(".json").read_text())
-    assert card["sha256"] == file_sha256(WEIGHTS)
+    # The card's version covers the weights, the threshold and the gate's statistics.
+    assert card["sha256"] == model_version(file_sha256(WEIGHTS), card, read_gate(WEIGHTS, card))
     assert WEIGHTS.stat().st_size < 40 * 1024 * 1024
     parser = argparse.ArgumentParser()
     evaluate.add_arguments(parser)
@@ -42,6 +44,11 @@ def test_shipped_card_matches_fresh_evaluation(tmp_path):
     assert report["confusion"] == claimed["confusion"]
     for key in ("auc", "sensitivity", "specificity", "f1", "accuracy"):
         assert report[key] == pytest.approx(claimed[key], abs=1e-4), key
+    # routes: the same images go to manual review as when the gate was fitted
+    gated = card["gate_evaluation"]["test"]
+    assert report["routes"]["routes"] == gated["routes"]
+    assert report["routes"]["sensitivity"] == pytest.approx(gated["sensitivity"], abs=1e-9)
+    assert report["routes"]["manual_review"] <= 0.02
     # the network must clearly beat the colour-only shortcut on the same images:
     # at most half the baseline's ranking errors (1 - AUC)
     assert 1 - report["auc"] < 0.5 * (1 - report["colour_baseline"]["auc"])

@@ -185,6 +185,7 @@ def parse(module, argv: list[str]) -> argparse.Namespace:
 def test_train_and_evaluate_smoke(tmp_path, arch):
     from model import evaluate, train
     from model.card import file_sha256, read_card
+    from model.gate import model_version, read_gate
 
     root = make_folder(tmp_path / "data", per_class=16)
     out = tmp_path / "weights" / f"{arch}.keras"
@@ -218,7 +219,11 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
     assert train.run(args) == 0
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["name"] == arch and card["output"] == "p_leukemia"
-    assert 0.0 <= card["threshold"] <= 1.0 and card["sha256"] == file_sha256(out)
+    assert 0.0 <= card["threshold"] <= 1.0
+    # training ends by fitting the gate; the model version covers weights and gate
+    assert card["gate"]["limits"] and card["calibration"]["ece_after"]
+    assert card["sha256"] == model_version(file_sha256(out), card, read_gate(out, card))
+    assert card["gate_evaluation"]["held_out"]["pure_noise"]["n"] > 0
     assert read_card(out).threshold == card["threshold"]
     assert card["validation"]["sensitivity"] >= 0.99  # the operating-point rule on val
     assert "auc" in card["colour_baseline"]["test"]
@@ -269,8 +274,10 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
         "confusion",
         "sweep",
         "colour_baseline",
+        "routes",
     ):
         assert key in report, key
+    assert sum(report["routes"]["routes"].values()) == report["n"]
     assert report["data"]["split"] == "test" and report["n"] == split["sizes"]["test"]["n"]
     assert report["threshold"] == card["threshold"]
     assert report["auc"] == pytest.approx(card["metrics"]["auc"], abs=1e-6)

@@ -24,7 +24,9 @@ from db.models import Image, ImageState, ModelVersion, Result
 from db.progress import PENDING, mark_complete_batches
 from leukoscreen.storage import ContentStore
 from model.card import ModelCard
-from model.preprocess import preprocess
+from model.gate import Gate, Route, route_image
+from model.inference import Scores
+from model.preprocess import Prepared, prepare
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +34,9 @@ log = logging.getLogger(__name__)
 class Scorer(Protocol):
     sha256: str
     card: ModelCard
+    gate: Gate | None
 
-    def score(self, images: np.ndarray) -> np.ndarray: ...
+    def assess(self, images: np.ndarray) -> Scores: ...
 
 
 @dataclass
@@ -54,6 +57,7 @@ def register_model_version(sessions: sessionmaker[Session], model: Scorer) -> in
             name=model.card.name,
             threshold=model.card.threshold,
             metrics=model.card.metrics,
+            gate=model.gate.describe() if model.gate is not None else None,
         )
         session.add(version)
         try:
@@ -137,10 +141,17 @@ def claim(
     return [(r.id, r.storage_key, r.batch_id) for r in claimed]
 
 
-def _load(store: ContentStore, key: str | None) -> np.ndarray:
+def _load(store: ContentStore, key: str | None, gate: Gate | None) -> Prepared:
     if key is None:
         raise ValueError("image has no stored original")
-    return preprocess(store.read(key))
+    if gate is None:
+        return prepare(store.read(key), None, with_quality=False)
+    return prepare(store.read(key), gate.hue_band)
+
+
+def _finite(measures: dict[str, float]) -> dict[str, float | None]:
+    # JSON has no NaN: a measure not taken is stored as null.
+    return {k: (v if np.isfinite(v) else None) for k, v in measures.items()}
 
 
 def score_chunk(
@@ -160,45 +171,51 @@ def score_chunk(
         return outcome
 
     # Decoding is per image: one unreadable file fails alone, the rest go on to the model.
-    def load_one(item: tuple[int, str, str]) -> np.ndarray | Exception:
+    def load_one(item: tuple[int, str, str]) -> Prepared | Exception:
         try:
-            return _load(store, item[1])
+            return _load(store, item[1], model.gate)
         except Exception as exc:  # any decode or storage error is that image's own failure
             return exc
 
     loaded = list(decode_pool.map(load_one, claimed) if decode_pool else map(load_one, claimed))
     good = [
-        (item, arr)
-        for item, arr in zip(claimed, loaded, strict=True)
-        if isinstance(arr, np.ndarray)
+        (item, prep)
+        for item, prep in zip(claimed, loaded, strict=True)
+        if isinstance(prep, Prepared)
     ]
     bad = [
         (item, err)
         for item, err in zip(claimed, loaded, strict=True)
-        if not isinstance(err, np.ndarray)
+        if not isinstance(err, Prepared)
     ]
 
-    probabilities = model.score(np.stack([arr for _, arr in good])) if good else np.array([])
+    scores = model.assess(np.stack([prep.pixels for _, prep in good])) if good else None
     now = datetime.now(UTC)
     threshold = model.card.threshold
+    rows = []
+    for i, (item, prep) in enumerate(good):
+        assert scores is not None
+        p, distance = float(scores.p_leukemia[i]), float(scores.domain_distance[i])
+        decision = route_image(model.gate, threshold, p, prep.quality, distance, prep.original_mode)
+        rows.append(
+            {
+                "image_id": item[0],
+                "batch_id": item[2],
+                "model_version_id": version_id,
+                "p_leukemia": p,
+                "flagged": decision.route != Route.CLEARED,
+                "threshold": threshold,
+                "route": decision.route.value,
+                "route_reason": decision.reason.value if decision.reason else None,
+                "domain_distance": distance if np.isfinite(distance) else None,
+                "quality": {**_finite(prep.quality), "failed": list(decision.failed)},
+                "scored_at": now,
+                "worker": worker_name,
+            }
+        )
     with sessions.begin() as session:
         if good:
-            _insert_ignoring_duplicates(
-                session,
-                [
-                    {
-                        "image_id": item[0],
-                        "batch_id": item[2],
-                        "model_version_id": version_id,
-                        "p_leukemia": float(p),
-                        "flagged": bool(p >= threshold),
-                        "threshold": threshold,
-                        "scored_at": now,
-                        "worker": worker_name,
-                    }
-                    for (item, _), p in zip(good, probabilities, strict=True)
-                ],
-            )
+            _insert_ignoring_duplicates(session, rows)
             session.execute(
                 update(Image)
                 .where(Image.id.in_([item[0] for item, _ in good]))

@@ -1,0 +1,293 @@
+"""Fit the gate of a trained network and measure it (``leukoscreen fit-gate``).
+
+    python -m model.fit_gate --model model/weights/lenet_lld.keras \
+        --data ../shared/data/taleqani-all --other-lab ../shared/data/bccd-other-lab
+
+Uses the grouped split saved with the weights (``X.split.json``):
+- training split: quality limits, stain hue band, domain statistics;
+- validation split: domain threshold (its ``--domain-quantile``), calibration, then the
+  operating threshold by the sensitivity rule on calibrated scores, and the drift reference;
+- test split: routed fraction and sensitivity/specificity among the images the model judges.
+
+Made-up out-of-domain sets (``model.corruptions``) are made twice: from validation images
+(the "tuning" sets, which were looked at while choosing the design) and from test images (the
+"held-out" sets, reported, never tuned on). Other-laboratory images are split the same way,
+even-numbered files for tuning, odd for the report. Every image goes through ``prepare``, the
+workers' own decode, resize and quality code.
+
+Writes into ``X.json`` (threshold, ``gate``, ``calibration``, ``gate_evaluation``, metrics
+recomputed on calibrated scores) and ``X.gate.npz``; with ``--plots DIR``, reliability diagrams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from model import data as mdata
+from model import metrics as mm
+from model.card import card_path, file_sha256
+from model.corruptions import KINDS
+from model.gate import (
+    Gate,
+    Route,
+    expected_calibration_error,
+    fit_calibration,
+    fit_domain,
+    fit_hue_band,
+    fit_limits,
+    model_version,
+    reliability,
+    route_image,
+    write_statistics,
+)
+from model.preprocess import Prepared, load_rgb, prepare
+from model.quality import MEASURES, hue_histogram
+from model.train import summarise
+
+DRIFT_MEASURES = ("p_leukemia", "domain_distance", *MEASURES[:7])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, default=Path("model/weights/lenet_lld.keras"))
+    parser.add_argument("--data", type=Path, required=True, help="the training folder")
+    parser.add_argument("--other-lab", type=Path, default=None, help="smears of another lab")
+    parser.add_argument("--domain-quantile", type=float, default=0.99)
+    parser.add_argument("--target-sensitivity", type=float, default=0.99)
+    parser.add_argument("--per-kind", type=int, default=150, help="images per made-up set")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--plots", type=Path, default=None, help="folder for PNG plots")
+    parser.add_argument("--seed", type=int, default=7)
+
+
+class Network:
+    """Raw (uncalibrated) scores and gate features, as the workers' graph computes them."""
+
+    def __init__(self, weights: Path, batch_size: int) -> None:
+        import keras
+
+        from model.card import read_card
+        from model.folding import fold_batch_norm
+        from model.inference import feature_network
+
+        self.output = read_card(weights).output
+        self.network = feature_network(fold_batch_norm(keras.saving.load_model(weights)))
+        if self.network is None:
+            raise SystemExit("the gate needs a network that is a simple chain of layers")
+        self.batch_size = batch_size
+
+    def run(self, prepared: list[Prepared]) -> tuple[np.ndarray, np.ndarray]:
+        from model.card import to_p_leukemia
+
+        x = np.stack([p.pixels for p in prepared])
+        raw, features = self.network.predict(x, batch_size=self.batch_size, verbose=0)
+        return to_p_leukemia(raw, self.output), np.asarray(features, np.float64)
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _prepare_all(blobs: list[bytes], band: tuple[int, int] | None) -> list[Prepared]:
+    return [prepare(b, band) for b in blobs]
+
+
+def _measures(prepared: list[Prepared]) -> np.ndarray:
+    return np.array([[p.quality[m] for m in MEASURES] for p in prepared], np.float64)
+
+
+def _decide_all(gate: Gate, threshold: float, prepared, p, distance) -> list:
+    return [
+        route_image(gate, threshold, float(pi), pr.quality, float(di), pr.original_mode)
+        for pr, pi, di in zip(prepared, p, distance, strict=True)
+    ]
+
+
+def _quantile_edges(values: np.ndarray) -> list[float]:
+    values = values[np.isfinite(values)]
+    return [float(x) for x in np.quantile(values, np.linspace(0.1, 0.9, 9))]
+
+
+def _plot_reliability(path: Path, curves: dict[str, list[dict[str, float]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect")
+    for name, bins in curves.items():
+        ax.plot([b["mean_p"] for b in bins], [b["observed"] for b in bins], marker="o", label=name)
+    ax.set_xlabel("mean predicted p_leukemia")
+    ax.set_ylabel("observed share leukemic")
+    ax.set_title("Reliability, test split")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    weights = args.model
+    card = json.loads(card_path(weights).read_text())
+    split = mdata.read_split(mdata.split_path(weights))["splits"]
+    net = Network(weights, args.batch_size)
+    rng = np.random.default_rng(args.seed)
+
+    # 1. Training split: everything the gate measures against.
+    blobs = {name: [(args.data / r["file"]).read_bytes() for r in split[name]] for name in split}
+    labels = {name: np.array([r["label"] for r in split[name]]) for name in split}
+    train_decoded = [load_rgb(b) for b in blobs["train"]]
+    band = fit_hue_band(
+        np.stack(
+            [
+                hue_histogram(im.resize((256, 256), Image.Resampling.BILINEAR))
+                for im in train_decoded
+            ]
+        )
+    )
+    prepared = {name: _prepare_all(blobs[name], band) for name in split}
+    raw, feats = {}, {}
+    for name in split:
+        raw[name], feats[name] = net.run(prepared[name])
+        print(f"{name}: {len(prepared[name])} images scored", flush=True)
+    limits = fit_limits(_measures(prepared["train"]))
+    means, precision = fit_domain(feats["train"], labels["train"])
+    stats_sha = write_statistics(
+        weights, Gate(band, limits, 0.0, means, precision, (1.0, 0.0), {}, "")
+    ).sha256
+
+    # 2. Validation split: domain threshold, calibration, operating threshold, drift reference.
+    provisional = Gate(band, limits, float("inf"), means, precision, (1.0, 0.0), {}, stats_sha)
+    dist = {name: provisional.domain_distance(feats[name]) for name in split}
+    domain_threshold = float(np.quantile(dist["val"], args.domain_quantile))
+    ab = fit_calibration(raw["val"], labels["val"])
+    gate = Gate(band, limits, domain_threshold, means, precision, ab, {}, stats_sha)
+    p = {name: gate.calibrate(raw[name]) for name in split}
+    val_decisions = _decide_all(gate, 0.5, prepared["val"], p["val"], dist["val"])
+    kept = np.array([d.route != Route.MANUAL_REVIEW for d in val_decisions])
+    if len(set(labels["val"][kept])) < 2:  # a tiny validation split: judge on all of it
+        kept[:] = True
+    threshold = mm.choose_threshold(labels["val"][kept], p["val"][kept], args.target_sensitivity)
+    val_measures = _measures(prepared["val"])[kept]
+    reference = {
+        "p_leukemia": _quantile_edges(p["val"][kept]),
+        "domain_distance": _quantile_edges(dist["val"][kept]),
+        **{m: _quantile_edges(val_measures[:, MEASURES.index(m)]) for m in DRIFT_MEASURES[2:]},
+    }
+    gate = Gate(band, limits, domain_threshold, means, precision, ab, reference, stats_sha)
+
+    # 3. Test split and made-up out-of-domain sets.
+    evaluation: dict[str, Any] = {}
+    for name in ("val", "test"):
+        decisions = _decide_all(gate, threshold, prepared[name], p[name], dist[name])
+        evaluation[name] = {
+            **mm.route_summary(decisions, labels[name]),
+            **mm.judged_metrics(decisions, labels[name]),
+        }
+    sets: dict[str, dict[str, Any]] = {"tuning": {}, "held_out": {}}
+    for part, source in (("tuning", "val"), ("held_out", "test")):
+        order = rng.permutation(len(blobs[source]))[: args.per_kind]
+        base = [load_rgb(blobs[source][i]) for i in order]
+        base_labels = labels[source][order]
+        for kind, make in KINDS.items():
+            made = [(make(im, rng), y) for im, y in zip(base, base_labels, strict=True)]
+            made = [(im, y) for im, y in made if im is not None]
+            sets[part][kind] = ([_png(im) for im, _ in made], np.array([y for _, y in made]))
+        if args.other_lab:
+            files = sorted(f for f in args.other_lab.iterdir() if f.is_file())
+            chosen = files[0::2] if part == "tuning" else files[1::2]
+            other = [f.read_bytes() for f in chosen]
+            sets[part]["other_lab"] = (other, None)
+            squares = []
+            for blob in other:
+                im = load_rgb(blob)
+                side = min(im.size)
+                left, top = (im.width - side) // 2, (im.height - side) // 2
+                squares.append(
+                    _png(
+                        im.crop((left, top, left + side, top + side)).resize(
+                            (224, 224), Image.Resampling.LANCZOS
+                        )
+                    )
+                )
+            sets[part]["other_lab_square_224"] = (squares, None)
+    for part, kinds in sets.items():
+        evaluation[part] = {}
+        for kind, (made_blobs, made_labels) in kinds.items():
+            prep = _prepare_all(made_blobs, band)
+            praw, pfeat = net.run(prep)
+            decisions = _decide_all(
+                gate, threshold, prep, gate.calibrate(praw), gate.domain_distance(pfeat)
+            )
+            evaluation[part][kind] = mm.route_summary(decisions, made_labels)
+            print(
+                f"{part:8s} {kind:22s} manual review {evaluation[part][kind]['manual_review']:.3f}",
+                flush=True,
+            )
+
+    # 4. Calibration report and the card.
+    calibration = {
+        "method": "Platt scaling on the logit (temperature and bias), fitted on validation",
+        "a": ab[0],
+        "b": ab[1],
+        "ece_before": {n: expected_calibration_error(raw[n], labels[n]) for n in ("val", "test")},
+        "ece_after": {n: expected_calibration_error(p[n], labels[n]) for n in ("val", "test")},
+        "reliability_test_before": reliability(raw["test"], labels["test"]),
+        "reliability_test_after": reliability(p["test"], labels["test"]),
+    }
+    if args.plots:
+        args.plots.mkdir(parents=True, exist_ok=True)
+        _plot_reliability(
+            args.plots / "reliability.png",
+            {
+                "before": calibration["reliability_test_before"],
+                "after": calibration["reliability_test_after"],
+            },
+        )
+    groups = {n: [r["group"] for r in split[n]] for n in split}
+    card["threshold"] = threshold
+    card["operating_point"] = (
+        f"highest validation specificity with sensitivity >= {args.target_sensitivity}, on "
+        "calibrated scores of the validation images the gate lets the model judge"
+    )
+    card["metrics"] = summarise(labels["test"], p["test"], threshold, groups["test"])
+    card["validation"] = mm.binary_metrics(labels["val"], p["val"], threshold)
+    card["gate"] = gate.describe()
+    card["gate"]["domain_quantile"] = args.domain_quantile
+    card["gate"]["features"] = (
+        "log(x + 0.001) of the penultimate layer and of the mean activation of each pooling "
+        f"block ({means.shape[1]} values); squared Mahalanobis distance to the nearer class "
+        "mean, tied covariance shrunk by 0.001 towards a scaled identity"
+    )
+    card["calibration"] = calibration
+    card["gate_evaluation"] = evaluation
+    card["sha256"] = model_version(file_sha256(weights), card, gate)
+    card_path(weights).write_text(json.dumps(card, indent=1) + "\n")
+    t = evaluation["test"]
+    print(
+        f"threshold {threshold:.4f}; domain threshold {domain_threshold:.2f}; test: "
+        f"{t['manual_review']:.3%} to manual review, sensitivity {t['sensitivity']:.4f}, "
+        f"specificity {t['specificity']:.4f} among judged; ECE test "
+        f"{calibration['ece_before']['test']:.4f} -> {calibration['ece_after']['test']:.4f}",
+        flush=True,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m model.fit_gate", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,99 @@
+"""Cheap image-quality measures, taken on the image the network sees (256x256 RGB).
+
+They run in the worker beside preprocessing, for every image, so they are written with
+Pillow's C operations (histograms, one 3x3 filter, lookup tables) rather than NumPy
+arithmetic over every pixel: about 0.1 ms an image instead of several.
+
+The limits each measure must respect are not constants here: ``model.gate`` fits them on the
+training split and the model card records them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+# 8-bit HSV saturation above which a pixel counts as stained (about 0.2 of full scale):
+# slide background, glare and grey objects fall below it.
+STAINED_SATURATION = 50
+# 8-bit grey level difference from the field's median that counts as an object (cell,
+# debris, edge) rather than empty background.
+OBJECT_CONTRAST = 24
+DARK_LEVEL = 16
+BRIGHT_LEVEL = 250
+HUE_BINS = 256
+
+_LAPLACIAN = ImageFilter.Kernel((3, 3), [0, 1, 0, 1, -4, 1, 0, 1, 0], scale=1, offset=128)
+
+# Every measure, in a fixed order (columns of the fitted limits and the drift reference).
+MEASURES = (
+    "focus",  # variance of the Laplacian of the grey image: low = blurred, very high = noise
+    "brightness",  # mean grey level, 0-1
+    "dark_fraction",  # share of near-black pixels
+    "bright_fraction",  # share of blown-out white pixels
+    "stained_fraction",  # share of pixels stained in the training hue band
+    "off_hue_fraction",  # share of pixels strongly coloured outside that band
+    "object_fraction",  # share of pixels that differ from the background (not empty field)
+    "aspect_ratio",  # long side / short side of the original image
+    "min_side",  # short side of the original image, in pixels
+)
+
+
+_LEVELS = np.arange(256, dtype=np.float64)
+
+
+def hue_histogram(img: Image.Image) -> np.ndarray:
+    """Counts of stained pixels per 8-bit hue (what the hue band is fitted on)."""
+    hsv = np.asarray(img.reduce(4).convert("HSV"))
+    stained = hsv[..., 1] > STAINED_SATURATION
+    return np.bincount(hsv[..., 0][stained], minlength=HUE_BINS)
+
+
+def in_band(hue: np.ndarray, hue_band: tuple[int, int]) -> np.ndarray:
+    """Whether each 8-bit hue lies in the band, which may wrap around 255 (low > high)."""
+    low, high = hue_band
+    if low <= high:
+        return (hue >= low) & (hue <= high)
+    return (hue >= low) | (hue <= high)
+
+
+def measure(
+    img: Image.Image, original_size: tuple[int, int], hue_band: tuple[int, int] | None = None
+) -> dict[str, float]:
+    """The quality measures of one RGB image (already resized to the network's input).
+
+    ``hue_band`` is the fitted (low, high) 8-bit hue range of stained training pixels.
+    Without it the stain measures are not taken (NaN).
+    """
+    # Focus and exposure on a 128x128 grey copy, colour on a 64x64 one: a Laplacian or an
+    # HSV conversion over all 256x256 pixels would cost more than the decode itself.
+    grey = img.convert("L").reduce(2)
+    hist = np.asarray(grey.histogram(), dtype=np.float64)
+    total = hist.sum()
+    lap = np.asarray(grey.filter(_LAPLACIAN).histogram(), dtype=np.float64) / total
+    lap_mean = float(lap @ _LEVELS)
+    median = int(np.searchsorted(np.cumsum(hist), total / 2))
+    hsv = np.asarray(img.reduce(4).convert("HSV"))
+    stained = hsv[..., 1] > STAINED_SATURATION
+    small_grey = np.asarray(grey.reduce(2), dtype=np.int16)
+    objects = stained | (np.abs(small_grey - median) > OBJECT_CONTRAST)
+    width, height = original_size
+    out = {
+        "focus": float(lap @ (_LEVELS - lap_mean) ** 2),
+        "brightness": float(hist @ _LEVELS / total / 255.0),
+        "dark_fraction": float(hist[: DARK_LEVEL + 1].sum() / total),
+        "bright_fraction": float(hist[BRIGHT_LEVEL:].sum() / total),
+        "stained_fraction": math.nan,
+        "off_hue_fraction": math.nan,
+        "object_fraction": float(objects.mean()),
+        "aspect_ratio": max(width, height) / max(1, min(width, height)),
+        "min_side": float(min(width, height)),
+    }
+    if hue_band is not None:
+        hue = hsv[..., 0][stained]
+        inside = int(in_band(hue, hue_band).sum())
+        out["stained_fraction"] = inside / stained.size
+        out["off_hue_fraction"] = (hue.size - inside) / stained.size
+    return out

@@ -1,0 +1,260 @@
+"""The domain and image-quality gate: measures, every route and reason, fitting, calibration."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from model.gate import (
+    CHECKS,
+    Gate,
+    Route,
+    RouteReason,
+    calibrate,
+    expected_calibration_error,
+    fit_calibration,
+    fit_domain,
+    fit_hue_band,
+    fit_limits,
+    model_version,
+    permissive_gate,
+    route_image,
+)
+from model.preprocess import prepare
+from model.quality import MEASURES, measure
+from tests.conftest import REPO
+
+SHIPPED = REPO / "model" / "weights" / "lenet_lld.keras"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _smear(seed: int = 0, size: int = 224) -> Image.Image:
+    """Light background with violet cells, like the training smears."""
+    rng = np.random.default_rng(seed)
+    img = Image.new("RGB", (size, size), (228, 222, 236))
+    draw = ImageDraw.Draw(img)
+    for _ in range(40):
+        x, y = rng.integers(0, size, 2)
+        r = int(rng.integers(6, 12))
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=(200, 180, 210))
+    for _ in range(6):
+        x, y = rng.integers(0, size, 2)
+        r = int(rng.integers(8, 14))
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=(110, 60, 170))
+    return img
+
+
+def _gate(limits: dict[str, dict[str, float]], threshold: float = 10.0) -> Gate:
+    return Gate(
+        hue_band=(180, 215),
+        limits=limits,
+        domain_threshold=threshold,
+        class_means=np.zeros((2, 3)),
+        precision=np.eye(3),
+        calibration=(1.0, 0.0),
+        reference={},
+        sha256="x",
+    )
+
+
+def test_quality_measures_tell_dark_bright_empty_and_sharp_images_apart():
+    smear = measure(_smear().resize((256, 256)), (224, 224), (180, 215))
+    dark = measure(Image.new("RGB", (256, 256), (5, 5, 5)), (224, 224), (180, 215))
+    white = measure(Image.new("RGB", (256, 256), (255, 255, 255)), (224, 224), (180, 215))
+    assert set(smear) == set(MEASURES)
+    assert dark["dark_fraction"] == 1.0 and dark["brightness"] < 0.05
+    assert white["bright_fraction"] == 1.0 and white["object_fraction"] == 0.0
+    assert smear["stained_fraction"] > 0.01 and smear["object_fraction"] > 0.1
+    assert smear["focus"] > white["focus"]
+    assert measure(_smear().resize((256, 256)), (640, 480), None)["aspect_ratio"] == 640 / 480
+    assert np.isnan(measure(_smear().resize((256, 256)), (224, 224), None)["stained_fraction"])
+
+
+def test_prepare_returns_the_same_pixels_as_preprocess_plus_the_measures():
+    from model.preprocess import preprocess
+
+    blob = _png(_smear())
+    prepared = prepare(blob, (180, 215))
+    np.testing.assert_array_equal(prepared.pixels, preprocess(blob))
+    assert prepared.original_mode == "RGB" and prepared.quality["min_side"] == 224
+
+
+@pytest.mark.parametrize(("measure_name", "side", "reason"), CHECKS)
+def test_every_quality_check_routes_to_manual_review_with_its_reason(measure_name, side, reason):
+    gate = _gate({measure_name: {side: 1.0}})
+    measures = dict.fromkeys(MEASURES, 1.0)
+    measures[measure_name] = 0.5 if side == "low" else 1.5
+    decision = gate.decide(0.9, 0.5, measures, 0.0, "RGB")
+    assert decision.route == Route.MANUAL_REVIEW
+    assert decision.reason == reason
+    assert decision.failed == (f"{measure_name}:{side}",)
+
+
+def test_in_domain_images_are_flagged_or_cleared_by_the_threshold():
+    gate = _gate({"brightness": {"low": 0.5}})
+    measures = dict.fromkeys(MEASURES, 1.0)
+    flagged = gate.decide(0.7, 0.5, measures, 1.0, "RGB")
+    cleared = gate.decide(0.3, 0.5, measures, 1.0, "RGB")
+    assert (flagged.route, flagged.reason) == (Route.FLAGGED, None)
+    assert (cleared.route, cleared.reason) == (Route.CLEARED, None)
+
+
+def test_far_from_the_training_features_is_outside_the_training_domain():
+    gate = _gate({}, threshold=10.0)
+    measures = dict.fromkeys(MEASURES, 1.0)
+    far = gate.decide(0.01, 0.5, measures, 10.5, "RGB")
+    assert (far.route, far.reason) == (Route.MANUAL_REVIEW, RouteReason.OUTSIDE_TRAINING_DOMAIN)
+    nan = gate.decide(0.01, 0.5, measures, float("nan"), "RGB")
+    assert nan.route == Route.MANUAL_REVIEW
+
+
+def test_converted_colour_modes_and_a_missing_gate_go_to_a_person():
+    measures = dict.fromkeys(MEASURES, 1.0)
+    palette = _gate({}).decide(0.01, 0.5, measures, 0.0, "P")
+    assert palette.reason == RouteReason.UNUSUAL_COLOUR_MODE
+    no_gate = route_image(None, 0.5, 0.01, measures, 0.0, "RGB")
+    assert (no_gate.route, no_gate.reason) == (Route.MANUAL_REVIEW, RouteReason.NO_GATE)
+
+
+def test_reasons_are_reported_in_check_order_and_all_failures_kept():
+    gate = _gate({"brightness": {"low": 0.5}, "focus": {"low": 0.5}}, threshold=1.0)
+    measures = dict.fromkeys(MEASURES, 0.1)
+    decision = gate.decide(0.01, 0.5, measures, 5.0, "RGB")
+    assert decision.reason == RouteReason.UNDEREXPOSED
+    assert decision.failed == ("brightness:low", "focus:low", "domain")
+
+
+def test_hue_band_is_the_shortest_arc_holding_the_mass_even_across_zero():
+    hist = np.zeros((1, 256))
+    hist[0, [250, 252, 254, 1, 3]] = 1
+    low, high = fit_hue_band(hist, mass=0.99)
+    assert (low, high) == (250, 3)
+    hist = np.zeros((1, 256))
+    hist[0, 100:110] = 1
+    assert fit_hue_band(hist, mass=0.99) == (100, 109)
+
+
+def test_fitted_limits_lie_outside_the_training_range_with_a_floor_for_fractions():
+    rng = np.random.default_rng(0)
+    table = rng.uniform(0.4, 0.6, (500, len(MEASURES)))
+    table[:, MEASURES.index("dark_fraction")] = 0.0  # never any dark pixel in training
+    table[:, MEASURES.index("min_side")] = 224
+    table[:, MEASURES.index("aspect_ratio")] = 1.0
+    limits = fit_limits(table)
+    assert limits["brightness"]["low"] < table[:, MEASURES.index("brightness")].min()
+    assert limits["brightness"]["high"] > table[:, MEASURES.index("brightness")].max()
+    assert limits["dark_fraction"]["high"] == pytest.approx(0.02)
+    # a wide spread does not push a low limit to zero, where it could never fail
+    table[:, MEASURES.index("stained_fraction")] = np.linspace(0.001, 0.9, 500)
+    assert fit_limits(table)["stained_fraction"]["low"] > 0
+    assert limits["min_side"]["low"] == 112 and limits["aspect_ratio"]["high"] == 1.25
+
+
+def test_domain_distance_is_small_in_distribution_and_large_outside():
+    rng = np.random.default_rng(1)
+    feats = np.exp(rng.normal(0, 1, (400, 5)))
+    labels = np.array([0, 1] * 200)
+    means, precision = fit_domain(feats, labels)
+    gate = Gate((0, 255), {}, 0.0, means, precision, (1.0, 0.0), {}, "")
+    inside = gate.domain_distance(np.exp(rng.normal(0, 1, (200, 5))))
+    outside = gate.domain_distance(np.exp(rng.normal(4, 1, (200, 5))))
+    assert np.median(outside) > 5 * np.quantile(inside, 0.99)
+
+
+def test_calibration_recovers_a_known_miscalibration_and_lowers_the_error():
+    rng = np.random.default_rng(2)
+    true_p = rng.uniform(0.01, 0.99, 5000)
+    y = (rng.uniform(size=5000) < true_p).astype(int)
+    # An overconfident network: logits three times too large, shifted.
+    z = np.log(true_p / (1 - true_p))
+    raw = 1 / (1 + np.exp(-(3 * z + 1)))
+    a, b = fit_calibration(raw, y)
+    assert a == pytest.approx(1 / 3, abs=0.05) and b == pytest.approx(-1 / 3, abs=0.1)
+    after = calibrate(raw, (a, b))
+    assert expected_calibration_error(after, y) < expected_calibration_error(raw, y) / 3
+    order = np.argsort(raw)
+    assert np.all(np.diff(after[order]) >= 0)  # monotone: the operating point is kept
+
+
+def test_model_version_changes_with_the_threshold_and_the_gate():
+    gate = permissive_gate(3)
+    base = model_version("a" * 64, {"threshold": 0.5, "output": "p_leukemia"}, gate)
+    other_threshold = model_version("a" * 64, {"threshold": 0.4, "output": "p_leukemia"}, gate)
+    tighter = Gate(**{**gate.__dict__, "domain_threshold": 3.0})
+    other_gate = model_version("a" * 64, {"threshold": 0.5, "output": "p_leukemia"}, tighter)
+    assert len({base, other_threshold, other_gate}) == 3
+    assert model_version("a" * 64, {}, None) == "a" * 64
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from model.inference import load_model
+
+    return load_model(SHIPPED, batch_size=8)
+
+
+def _route_all(loaded, blobs: list[bytes]) -> list:
+    prepared = [prepare(b, loaded.gate.hue_band) for b in blobs]
+    scores = loaded.assess(np.stack([p.pixels for p in prepared]))
+    return [
+        route_image(
+            loaded.gate,
+            loaded.card.threshold,
+            float(p),
+            pr.quality,
+            float(d),
+            pr.original_mode,
+        )
+        for pr, p, d in zip(prepared, scores.p_leukemia, scores.domain_distance, strict=True)
+    ]
+
+
+def test_the_shipped_model_has_a_gate_covered_by_its_version(shipped):
+    card = json.loads(SHIPPED.with_suffix(".json").read_text())
+    assert shipped.gate is not None
+    assert shipped.sha256 == card["sha256"] != shipped.weights_sha256
+    assert card["gate_evaluation"]["test"]["manual_review"] <= 0.02
+    assert card["calibration"]["ece_after"]["test"] < card["calibration"]["ece_before"]["test"]
+
+
+def test_the_shipped_gate_sends_non_smears_and_damaged_captures_to_a_person(shipped):
+    rng = np.random.default_rng(3)
+    page = Image.new("RGB", (224, 224), "white")
+    ImageDraw.Draw(page).multiline_text((5, 5), "patient report\n" * 12, fill="black")
+    blobs = [
+        _png(Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8))),
+        _png(Image.new("RGB", (224, 224), (3, 3, 3))),
+        _png(Image.new("RGB", (224, 224), (236, 230, 240))),
+        _png(page),
+        _png(_smear().convert("L").convert("RGB")),
+    ]
+    decisions = _route_all(shipped, blobs)
+    assert [d.route for d in decisions] == [Route.MANUAL_REVIEW] * len(blobs)
+    assert decisions[1].reason == RouteReason.UNDEREXPOSED
+
+
+@pytest.mark.shared_data
+def test_the_shipped_gate_refers_other_labs_smears_and_keeps_its_own(shipped):
+    from model import data as mdata
+
+    other = sorted((SHARED_DATA / "bccd-other-lab").glob("*.jpg"))[1::6]
+    if not other:
+        pytest.skip("../shared/data is absent")
+    decisions = _route_all(shipped, [f.read_bytes() for f in other])
+    referred = sum(d.route == Route.MANUAL_REVIEW for d in decisions)
+    assert referred >= 0.9 * len(decisions)
+    split = mdata.read_split(mdata.split_path(SHIPPED))["splits"]["test"][::3]
+    own = _route_all(
+        shipped, [(SHARED_DATA / "taleqani-all" / r["file"]).read_bytes() for r in split]
+    )
+    assert sum(d.route == Route.MANUAL_REVIEW for d in own) <= 0.03 * len(own)
