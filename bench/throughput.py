@@ -5,6 +5,10 @@
 3. end to end      N images through the real API (gunicorn), broker, worker and database
 4. thesis' way     one HTTP request and one ``model.predict`` per image, as the thesis' page
 
+and what the gate costs (``gate``): preprocessing with and without the quality measures, the
+model with and without the gate's features and distance, and a second end-to-end run with a
+copy of the weights that has no gate.
+
 Figures are printed (and written as JSON with --json); nothing here asserts a speed.
 """
 
@@ -48,7 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--uploaders", type=int, default=2, help="concurrent upload clients")
     p.add_argument("--part-files", type=int, default=250)
     p.add_argument(
-        "--skip", default="", help="comma list of parts to skip: model,preprocess,e2e,thesis"
+        "--skip",
+        default="",
+        help="comma list of parts to skip: model,preprocess,e2e,thesis,gate",
     )
     p.add_argument("--json", help="write the figures here as JSON")
 
@@ -99,14 +105,57 @@ def bench_model(model_path: Path, batch_sizes: list[int], seconds: float = 4.0) 
     return figures
 
 
-def bench_preprocess(blobs: list[bytes], seconds: float = 3.0) -> float:
-    from model.preprocess import preprocess
+def bench_preprocess(
+    blobs: list[bytes], seconds: float = 3.0, hue_band: tuple[int, int] | None = None
+) -> float:
+    """Images per second on one core; with ``hue_band``, also the quality measures."""
+    from model.preprocess import prepare, preprocess
 
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        preprocess(blobs[n % len(blobs)])
+        if hue_band is None:
+            preprocess(blobs[n % len(blobs)])
+        else:
+            prepare(blobs[n % len(blobs)], hue_band)
         n += 1
     return n / (time.perf_counter() - start)
+
+
+def without_gate(model_path: Path, folder: Path) -> Path:
+    """A copy of the weights whose card has no gate: the same network, nothing gated."""
+    import shutil
+
+    from model.card import card_path
+
+    copy = folder / model_path.name
+    shutil.copy(model_path, copy)
+    card = json.loads(card_path(model_path).read_text()) if card_path(model_path).is_file() else {}
+    card.pop("gate", None)
+    card_path(copy).write_text(json.dumps(card))
+    return copy
+
+
+def bench_gate(
+    args: argparse.Namespace, model_path: Path, inputs: list[tuple[str, bytes]], figures: dict
+) -> dict[str, Any]:
+    from model.inference import load_model
+
+    gate = load_model(model_path, batch_size=32).gate
+    if gate is None:
+        return {"gate": "the model has no gate"}
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = without_gate(model_path, Path(tmp))
+        blobs = [d for _, d in inputs[:200]]
+        out["preprocess_ips_no_quality"] = bench_preprocess(blobs)
+        out["preprocess_ips_with_quality"] = bench_preprocess(blobs, hue_band=gate.hue_band)
+        out["model_ips_no_gate"] = bench_model(plain, [32])[32]
+        out["model_ips_with_gate"] = bench_model(model_path, [32])[32]
+        if "e2e" not in set(filter(None, args.skip.split(","))) and "end_to_end_ips" in figures:
+            plain_e2e = bench_end_to_end(args, plain, inputs)
+            out["end_to_end_ips_no_gate"] = plain_e2e["end_to_end_ips"]
+            out["gate_cost_e2e"] = 1 - figures["end_to_end_ips"] / plain_e2e["end_to_end_ips"]
+    return out
 
 
 def bench_thesis(model_path: Path, inputs: list[tuple[str, bytes]]) -> float:
@@ -381,6 +430,8 @@ def run(args: argparse.Namespace) -> int:
     if "e2e" not in skip:
         e2e = bench_end_to_end(args, model_path, inputs)
         figures.update(e2e)
+    if "gate" not in skip:
+        figures.update(bench_gate(args, model_path, inputs, figures))
     if "end_to_end_ips" in figures and "model_only_ips" in figures:
         figures["ratio_e2e_to_model"] = figures["end_to_end_ips"] / figures["model_only_ips"]
     if "end_to_end_ips" in figures and "thesis_ips" in figures:
@@ -402,6 +453,11 @@ def print_table(f: dict[str, Any]) -> None:
         ("end_to_end_ips", "end to end (API+Redis+worker+PostgreSQL)"),
         ("intake_ips", "intake (upload accepted)"),
         ("thesis_ips", "thesis' way (HTTP + predict per image)"),
+        ("preprocess_ips_no_quality", "gate: preprocessing without quality measures"),
+        ("preprocess_ips_with_quality", "gate: preprocessing with quality measures"),
+        ("model_ips_no_gate", "gate: model, batch 32, without gate features"),
+        ("model_ips_with_gate", "gate: model, batch 32, with features + distance"),
+        ("end_to_end_ips_no_gate", "gate: end to end with an ungated copy of the weights"),
     ):
         if key in f:
             rows.append((label, f"{f[key]:8.1f} img/s"))
@@ -417,6 +473,8 @@ def print_table(f: dict[str, Any]) -> None:
     ):
         if key in f:
             rows.append((label, f"{f[key]:8.2f} x"))
+    if "gate_cost_e2e" in f:
+        rows.append(("gate: end-to-end cost", f"{f['gate_cost_e2e']:8.1%}"))
     if "rss_mb" in f:
         r = f["rss_mb"]
         rows.append(

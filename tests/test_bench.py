@@ -39,9 +39,20 @@ def test_bench_reports_every_figure_in_its_json(model_path, tmp_path, redis_url)
     )
     assert done.returncode == 0, done.stdout + done.stderr
     figures = json.loads(out.read_text())
-    for key in ("model_only_ips", "preprocess_ips", "end_to_end_ips", "thesis_ips", "rss_mb"):
+    for key in (
+        "model_only_ips",
+        "preprocess_ips",
+        "end_to_end_ips",
+        "thesis_ips",
+        "rss_mb",
+        "preprocess_ips_with_quality",
+        "model_ips_with_gate",
+        "end_to_end_ips_no_gate",
+        "gate_cost_e2e",
+    ):
         assert key in figures, key
     assert figures["images"] == 40
     assert set(figures["model_only_by_batch"]) == {"1", "8"}
     assert figures["rss_mb"]["after_start"] > 0
+    assert "gate: end-to-end cost" in done.stdout
     assert "end to end" in done.stdout and figures["machine"]["cores"] >= 1
