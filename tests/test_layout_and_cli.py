@@ -129,3 +129,14 @@ def test_submit_without_a_token_explains_how_to_get_one(tmp_path, monkeypatch, c
 def test_cli_offers_account_and_token_commands(command):
     args = build_parser(command.split()[0]).parse_args(command.split())
     assert callable(args.func)
+
+
+def test_the_image_holds_every_package_the_cli_imports():
+    """`leukoscreen bench` runs inside the image: every packaged folder is copied into it."""
+    copied = {
+        line.split()[1]
+        for line in (REPO / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ") and len(line.split()) == 3
+    }
+    packages = {"api", "worker", "model", "db", "migrations", "leukoscreen", "bench"}
+    assert packages <= copied, packages - copied
