@@ -15,10 +15,11 @@ from sqlalchemy import func, select
 
 from api import context
 from api.auth import actor
-from api.errors import ApiError
+from api.errors import ApiError, get_or_404
 from api.intake import FileOutcome, Intake
 from api.params import int_arg
 from db.audit import record_event
+from db.errors import NotFound
 from db.models import Batch, BatchState, Image, ImageState
 from db.progress import RESULT_COLUMNS, batch_progress, iter_batch_results
 from db.reviews import decision_counts
@@ -167,10 +168,7 @@ def create_batch():  # type: ignore[no-untyped-def]
 
 def _load_batch(batch_id: str) -> Batch:
     with context.sessions()() as session:
-        batch = session.get(Batch, batch_id)
-        if batch is None:
-            raise ApiError(404, f"no batch {batch_id}")
-        return batch
+        return get_or_404(session, Batch, batch_id)
 
 
 @bp.post("/batches/<batch_id>/images")
@@ -263,11 +261,9 @@ def batch_results(batch_id: str):  # type: ignore[no-untyped-def]
 @bp.get("/images/<int:image_id>")
 def get_image(image_id: int):  # type: ignore[no-untyped-def]
     with context.sessions()() as session:
-        image = session.get(Image, image_id)
-        if image is None:
-            raise ApiError(404, f"no image {image_id}")
+        image = get_or_404(session, Image, image_id)
         if image.storage_key is None:
-            raise ApiError(404, f"image {image_id} was rejected and not stored: {image.error}")
+            raise NotFound(f"image {image_id} was rejected and not stored: {image.error}")
     path = context.store().path_for(image.storage_key)
     # Served with the type Pillow detected, never guessed from the uploaded name.
     mimetype = MIME.get(image.format or "", "application/octet-stream")

@@ -1,22 +1,62 @@
-"""Every error leaves the API as JSON with a message and the right status code."""
+"""The one place where errors become responses: JSON with a message and the right status code
+for the API, an error page or a flash message for the web pages.
+
+Domain errors (``db/errors.py``) carry no HTTP status; ``DOMAIN_STATUS`` gives each kind its
+status here, so views raise them (or let them through) instead of catching and re-mapping.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import TypeVar
+from urllib.parse import urlsplit
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, flash, jsonify, redirect, render_template, request, url_for
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
+from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
+from db.errors import Conflict, DomainError, Invalid, NotFound
 from leukoscreen.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+DOMAIN_STATUS: dict[type[DomainError], int] = {NotFound: 404, Invalid: 400, Conflict: 409}
+
 
 class ApiError(Exception):
+    """An HTTP-level refusal made by the API itself (a malformed request, a missing token)."""
+
     def __init__(self, status: int, message: str, **extra: object) -> None:
         super().__init__(message)
         self.status, self.message, self.extra = status, message, extra
+
+
+def get_or_404(session: Session, model: type[T], ident: object, what: str | None = None) -> T:
+    """The row with this primary key, or NotFound ("no batch X"), answered with 404."""
+    row = session.get(model, ident)
+    if row is None:
+        raise NotFound(f"no {what or model.__name__.lower()} {ident}")
+    return row
+
+
+def domain_status(exc: DomainError) -> int:
+    return next((s for kind, s in DOMAIN_STATUS.items() if isinstance(exc, kind)), 400)
+
+
+def _is_page_request() -> bool:
+    """Web pages (everything but the JSON API and the health check) answer in HTML."""
+    return not request.path.startswith(("/api/", "/healthz"))
+
+
+def _same_site_referrer() -> str:
+    """The page a form was posted from, when it is on this site; the home page otherwise."""
+    referrer = urlsplit(request.referrer or "")
+    if referrer.netloc == request.host and referrer.path.startswith("/"):
+        return referrer.path + (f"?{referrer.query}" if referrer.query else "")
+    return url_for("pages.index")
 
 
 def _wants_page() -> bool:
@@ -27,6 +67,17 @@ def _wants_page() -> bool:
 
 
 def register(app: Flask) -> None:
+    @app.errorhandler(DomainError)
+    def _domain_error(exc: DomainError):  # type: ignore[no-untyped-def]
+        status = domain_status(exc)
+        if not _is_page_request():
+            return jsonify(error=str(exc), status=status), status
+        if request.method == "POST":
+            # A form on a page: back to that page, which shows why nothing was done.
+            flash(f"Not done: {exc}")
+            return redirect(_same_site_referrer())
+        return render_template("error.html", status=status, message=str(exc)), status
+
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):  # type: ignore[no-untyped-def]
         return jsonify(error=exc.message, status=exc.status, **exc.extra), exc.status

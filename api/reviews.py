@@ -8,12 +8,12 @@ from flask import Blueprint, jsonify, request
 
 from api import context
 from api.auth import actor, require_role
-from api.errors import ApiError
+from api.errors import ApiError, get_or_404
 from api.params import int_arg
+from db.errors import NotFound
 from db.models import Batch, Role
 from db.reviews import (
     QueueFilter,
-    ReviewError,
     history,
     parse_cursor,
     queue_item,
@@ -63,8 +63,7 @@ def _order_arg() -> str:
 
 def _known_batch(batch_id: str) -> None:
     with context.sessions()() as session:
-        if session.get(Batch, batch_id) is None:
-            raise ApiError(404, f"no batch {batch_id}")
+        get_or_404(session, Batch, batch_id)
 
 
 @bp.get("/review/queue")
@@ -86,11 +85,8 @@ def queue():  # type: ignore[no-untyped-def]
         ascending=_order_arg() == "asc",
     )
     limit = int_arg("limit", 50, minimum=1, maximum=500)
-    try:
-        with context.sessions()() as session:
-            items, cursor = review_queue(session, f, parse_cursor(request.args.get("after")), limit)
-    except ReviewError as exc:
-        raise ApiError(exc.status, str(exc)) from None
+    with context.sessions()() as session:
+        items, cursor = review_queue(session, f, parse_cursor(request.args.get("after")), limit)
     return jsonify(items=items, next=cursor)
 
 
@@ -100,7 +96,7 @@ def item(image_id: int):  # type: ignore[no-untyped-def]
     with context.sessions()() as session:
         found = queue_item(session, image_id)
         if found is None:
-            raise ApiError(404, f"no scored image {image_id}")
+            raise NotFound(f"no scored image {image_id}")
         found["history"] = history(session, image_id)
     return jsonify(found)
 
@@ -125,19 +121,16 @@ def decide(image_id: int):  # type: ignore[no-untyped-def]
     if not isinstance(comment, str):
         raise ApiError(400, "comment must be text")
     reviewer = actor()
-    try:
-        with context.sessions().begin() as session:
-            review = record_decision(
-                session,
-                image_id,
-                str(body.get("decision", "")),
-                reviewer,
-                comment=comment,
-                expected_seq=expected,
-            )
-            row = review_json(review, reviewer.name)
-    except ReviewError as exc:
-        raise ApiError(exc.status, str(exc)) from None
+    with context.sessions().begin() as session:
+        review = record_decision(
+            session,
+            image_id,
+            str(body.get("decision", "")),
+            reviewer,
+            comment=comment,
+            expected_seq=expected,
+        )
+        row = review_json(review, reviewer.name)
     return jsonify(row), 201
 
 

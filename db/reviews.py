@@ -16,16 +16,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from db.audit import Actor, record_event
+from db.errors import Conflict, Invalid, NotFound
 from db.models import Batch, Decision, Image, ImageState, ModelVersion, Result, Review, User
 
 STATES = ("unreviewed", *(d.value for d in Decision))
 LEUKEMIA, NO_LEUKEMIA = "leukemia", "no_leukemia"
-
-
-class ReviewError(ValueError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def latest_review_condition() -> ColumnElement[bool]:
@@ -122,12 +117,12 @@ def parse_cursor(raw: str | None) -> tuple[float, int] | None:
         p, image_result = raw.split(":", 1)
         return float(p), int(image_result)
     except ValueError:
-        raise ReviewError(400, f"bad cursor {raw!r}") from None
+        raise Invalid(f"bad cursor {raw!r}") from None
 
 
 def queue_statement(f: QueueFilter, after: tuple[float, int] | None, limit: int) -> Select[Any]:
     if f.state is not None and f.state not in STATES:
-        raise ReviewError(400, f"state must be one of {', '.join(STATES)}")
+        raise Invalid(f"state must be one of {', '.join(STATES)}")
     stmt = _item_select()
     if f.threshold is None:
         stmt = stmt.where(Result.flagged.is_(True))
@@ -201,25 +196,23 @@ def record_decision(
     comment: str = "",
     expected_seq: int | None = None,
 ) -> Review:
-    """Append a decision. Raises ReviewError 409 when someone decided since ``expected_seq``."""
+    """Append a decision. Raises Conflict when someone decided since ``expected_seq``."""
     if decision not in {d.value for d in Decision}:
-        raise ReviewError(400, f"decision must be one of {', '.join(d.value for d in Decision)}")
+        raise Invalid(f"decision must be one of {', '.join(d.value for d in Decision)}")
     image = session.get(Image, image_id)
     if image is None:
-        raise ReviewError(404, f"no image {image_id}")
+        raise NotFound(f"no image {image_id}")
     result = session.scalar(
         select(Result).where(Result.image_id == image_id).order_by(Result.id.desc()).limit(1)
     )
     if image.state != ImageState.SCORED.value or result is None:
-        raise ReviewError(409, f"image {image_id} has no score to review (state {image.state})")
+        raise Conflict(f"image {image_id} has no score to review (state {image.state})")
     previous = session.scalar(
         select(Review).where(Review.image_id == image_id).order_by(Review.seq.desc()).limit(1)
     )
     seq = previous.seq if previous else 0
     if expected_seq is not None and expected_seq != seq:
-        raise ReviewError(
-            409, f"image {image_id} was reviewed again meanwhile (decision {seq}); reload it"
-        )
+        raise Conflict(f"image {image_id} was reviewed again meanwhile (decision {seq}); reload it")
     review = Review(
         image_id=image_id,
         result_id=result.id,
@@ -235,8 +228,8 @@ def record_decision(
         with session.begin_nested():
             session.flush()
     except IntegrityError:
-        raise ReviewError(
-            409, f"image {image_id} was reviewed by someone else at the same moment; reload it"
+        raise Conflict(
+            f"image {image_id} was reviewed by someone else at the same moment; reload it"
         ) from None
     # Also in the audit trail, so that one list shows every action of every person.
     record_event(

@@ -119,6 +119,30 @@ def token_client(app, database_url: str, name: str = "lab", role: str = "uploade
     return client
 
 
+def browser_login(app, database_url: str, name: str, role: str):  # type: ignore[no-untyped-def]
+    """A test client signed in through the login form, as a browser would be."""
+    create_account(database_url, name, role)
+    client = app.test_client()
+    token = csrf_token(client.get("/login").get_data(as_text=True))
+    resp = client.post("/login", data={"username": name, "password": PASSWORD, "csrf_token": token})
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    return client
+
+
+@pytest.fixture
+def app(db_settings: Settings):  # type: ignore[no-untyped-def]
+    """The API and pages on both databases (``db_settings``), with a filesystem broker."""
+    from api import create_app
+
+    return create_app(db_settings)
+
+
+@pytest.fixture
+def client(app, db_settings: Settings):  # type: ignore[no-untyped-def]
+    """A bearer-token client of the uploader ``lab``."""
+    return token_client(app, db_settings.database_url)
+
+
 @pytest.fixture(scope="session")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained LeNet-LLD weights file: the pipeline must run with any such file."""
