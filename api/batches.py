@@ -23,11 +23,10 @@ from db.errors import NotFound
 from db.models import Batch, BatchState, Image, ImageState
 from db.progress import RESULT_COLUMNS, batch_progress, iter_batch_results
 from db.reviews import decision_counts
+from leukoscreen.imagetypes import MIME_TYPES
 from worker.dispatch import enqueue_images
 
 bp = Blueprint("batches", __name__, url_prefix="/api/v1")
-
-MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "TIFF": "image/tiff"}
 
 
 def _text(value: str, limit: int = 255) -> str:
@@ -266,7 +265,7 @@ def get_image(image_id: int):  # type: ignore[no-untyped-def]
             raise NotFound(f"image {image_id} was rejected and not stored: {image.error}")
     path = context.store().path_for(image.storage_key)
     # Served with the type Pillow detected, never guessed from the uploaded name.
-    mimetype = MIME.get(image.format or "", "application/octet-stream")
+    mimetype = MIME_TYPES.get(image.format or "", "application/octet-stream")
     ext = mimetypes.guess_extension(mimetype) or ""
     response = send_file(
         path, mimetype=mimetype, download_name=f"image-{image_id}{ext}", max_age=3600

@@ -12,6 +12,9 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from api.params import MAX_ID, id_limit
+from db.models import BatchState, Decision, ImageState, Role
+from db.reviews import STATES as REVIEW_STATES
+from leukoscreen.imagetypes import MIME_TYPES
 
 bp = Blueprint("openapi", __name__)
 
@@ -51,9 +54,7 @@ UNUSABLE = {
 }
 STATE_COUNTS = {
     "type": "object",
-    "properties": {
-        s: {"type": "integer"} for s in ("queued", "scoring", "scored", "failed", "rejected")
-    },
+    "properties": {s.value: {"type": "integer"} for s in ImageState},
 }
 BATCH = {
     "type": "object",
@@ -63,7 +64,7 @@ BATCH = {
         "name": {"type": "string"},
         "submitted_by": {"type": "string"},
         "created_at": {"type": "string", "format": "date-time"},
-        "state": {"type": "string", "enum": ["scoring", "complete"]},
+        "state": {"type": "string", "enum": [s.value for s in BatchState]},
         "counts": STATE_COUNTS,
         "total": {"type": "integer"},
         "done": {"type": "integer"},
@@ -83,7 +84,7 @@ RESULT_ROW = {
         "image_id": {"type": "integer"},
         "file_name": {"type": "string"},
         "sha256": {"type": "string"},
-        "state": {"type": "string"},
+        "state": {"type": "string", "enum": [s.value for s in ImageState]},
         "p_leukemia": {"type": ["number", "null"]},
         "flagged": {"type": ["boolean", "null"]},
         "threshold": {"type": ["number", "null"]},
@@ -105,7 +106,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "no valid token or session",
         403: "role not allowed",
         404: "not found",
-        409: "conflict with a newer decision",
+        409: "conflicts with the current state (a newer decision, the last active admin)",
         413: "request too large",
         422: "nothing usable",
         503: "a dependency is down",
@@ -136,8 +137,7 @@ def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
-REVIEW_STATES = ["unreviewed", "confirmed", "overturned", "second_opinion", "all"]
-ROLES = ["uploader", "reviewer", "admin"]
+ROLES = [r.value for r in Role]
 UNIT = {"type": "number", "minimum": 0, "maximum": 1}
 
 
@@ -173,7 +173,7 @@ def review_and_account_paths() -> dict[str, Any]:
             "get": {
                 "summary": "flagged images to review, most suspicious first, keyset-paged",
                 "parameters": [
-                    _query("state", {"type": "string", "enum": REVIEW_STATES}),
+                    _query("state", {"type": "string", "enum": [*REVIEW_STATES, "all"]}),
                     _query("batch", {"type": "string"}),
                     _query("since", {"type": "string", "format": "date"}),
                     _query("until", {"type": "string", "format": "date"}),
@@ -210,7 +210,7 @@ def review_and_account_paths() -> dict[str, Any]:
                         "properties": {
                             "decision": {
                                 "type": "string",
-                                "enum": ["confirm", "overturn", "second_opinion"],
+                                "enum": [d.value for d in Decision],
                             },
                             "comment": {"type": "string"},
                             "expected_seq": {"type": "integer"},
@@ -275,7 +275,7 @@ def review_and_account_paths() -> dict[str, Any]:
                         },
                     }
                 ),
-                "responses": {"200": _json(OBJECT, "updated"), **_errors(400, 404, 503)},
+                "responses": {"200": _json(OBJECT, "updated"), **_errors(400, 404, 409, 503)},
             }
         },
         "/api/v1/tokens": {
@@ -447,7 +447,7 @@ def spec() -> dict[str, Any]:
                             "description": "image bytes",
                             "content": {
                                 t: {"schema": {"type": "string", "format": "binary"}}
-                                for t in ("image/jpeg", "image/png", "image/bmp", "image/tiff")
+                                for t in MIME_TYPES.values()
                             },
                         },
                         **_errors(404, 503),

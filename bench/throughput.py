@@ -27,6 +27,7 @@ import numpy as np
 import requests
 
 from bench.processes import ProcessGroup, free_port, project_env, wait_healthy
+from leukoscreen.imagetypes import has_image_suffix
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,12 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_inputs(folder: str | None, n: int) -> list[tuple[str, bytes]]:
     if folder:
-        files = sorted(
-            p
-            for p in Path(folder).rglob("*")
-            if p.is_file()
-            and p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-        )
+        files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and has_image_suffix(p))
         if not files:
             raise SystemExit(f"no images under {folder}")
         out = []

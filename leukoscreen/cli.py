@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from db.models import Role
 from leukoscreen.config import load_settings
 
 
@@ -318,7 +319,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("user", help="manage accounts")
     p.add_argument("action", choices=["add"])
     p.add_argument("name")
-    p.add_argument("--role", choices=["uploader", "reviewer", "admin"], required=True)
+    p.add_argument("--role", choices=[r.value for r in Role], required=True)
     p.add_argument("--password", help="default: $LEUKOSCREEN_PASSWORD, else asked for")
     p.set_defaults(func=_user)
 

@@ -90,3 +90,30 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     print(done.stdout[-3000:])
     assert done.returncode == 0, done.stdout[-6000:] + svc.logs()
     assert "500" not in re.findall(r"\[(\d{3})\]", done.stdout)
+
+
+def test_the_enums_of_the_spec_and_the_cli_are_the_models():
+    from api.openapi import BATCH, RESULT_ROW, spec
+    from db.models import BatchState, Decision, ImageState, Role
+    from leukoscreen.cli import build_parser
+
+    def body(path: str, method: str) -> dict:
+        op = spec()["paths"][path][method]
+        return op["requestBody"]["content"]["application/json"]["schema"]["properties"]
+
+    def query(path: str, name: str) -> list[str]:
+        params = spec()["paths"][path]["get"]["parameters"]
+        return next(p["schema"]["enum"] for p in params if p["name"] == name)
+
+    assert body("/api/v1/images/{image_id}/reviews", "post")["decision"]["enum"] == list(Decision)
+    assert body("/api/v1/users", "post")["role"]["enum"] == list(Role)
+    assert body("/api/v1/users/{user_id}", "patch")["role"]["enum"] == list(Role)
+    assert query("/api/v1/review/queue", "state") == ["unreviewed", *Decision, "all"]
+    assert BATCH["properties"]["state"]["enum"] == list(BatchState)
+    assert list(BATCH["properties"]["counts"]["properties"]) == list(ImageState)
+    assert RESULT_ROW["properties"]["state"]["enum"] == list(ImageState)
+    for role in Role:
+        args = build_parser("user").parse_args(["user", "add", "x", "--role", role.value])
+        assert args.role == role
+    with pytest.raises(SystemExit):
+        build_parser("user").parse_args(["user", "add", "x", "--role", "superuser"])
