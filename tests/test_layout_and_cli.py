@@ -140,3 +140,76 @@ def test_the_image_holds_every_package_the_cli_imports():
     }
     packages = {"api", "worker", "model", "db", "migrations", "leukoscreen", "bench"}
     assert packages <= copied, packages - copied
+
+
+LAYERS = ("api", "worker", "model", "db", "bench")
+ENTRY_POINTS = {"leukoscreen.cli", "leukoscreen.serve", "leukoscreen.submit"}
+BASE = ("leukoscreen/config.py", "leukoscreen/storage.py", "leukoscreen/imagetypes.py")
+
+
+def _imports(path) -> set[str]:  # type: ignore[no-untyped-def]
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def _modules(*folders: str):  # type: ignore[no-untyped-def]
+    return [p for folder in folders for p in sorted((REPO / folder).rglob("*.py"))]
+
+
+def test_entry_points_sit_above_everything_they_call():
+    """api/ worker/ model/ db/ bench/ never import the CLI, serve or submit; the shared base
+    (settings, storage, image types) imports none of the layers above it."""
+    upward = {
+        f"{p.relative_to(REPO)} imports {name}"
+        for p in _modules(*LAYERS, "migrations")
+        for name in _imports(p)
+        if name in ENTRY_POINTS
+    }
+    upward |= {
+        f"{path} imports {name}"
+        for path in BASE
+        for name in _imports(REPO / path)
+        if name.split(".")[0] in LAYERS or name in ENTRY_POINTS
+    }
+    assert not upward, sorted(upward)
+
+
+def _environment_reads(path) -> int:  # type: ignore[no-untyped-def]
+    """How often a module reads os.environ / os.getenv (setting a variable for a library,
+    like CUDA_VISIBLE_DEVICES for TensorFlow, is not a read)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    written = {
+        id(target.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Subscript)
+    }
+    return sum(
+        1
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr in ("environ", "getenv")
+        and id(node) not in written
+    )
+
+
+def test_settings_are_read_only_in_the_settings_module():
+    """No layer reads the environment itself; db/ and model/ are handed their settings."""
+    readers = {str(p.relative_to(REPO)) for p in _modules(*LAYERS[:4]) if _environment_reads(p)}
+    readers |= {
+        f"{p.relative_to(REPO)} imports the settings"
+        for p in _modules("model", "db")
+        if "leukoscreen.config" in _imports(p)
+    }
+    assert not readers, sorted(readers)
