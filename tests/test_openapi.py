@@ -11,9 +11,7 @@ import sys
 import pytest
 
 from api import create_app
-from bench.processes import ProcessGroup as Service
-from bench.processes import free_port as _free_port
-from bench.processes import project_env, wait_healthy
+from bench.processes import ProcessGroup, free_port, project_env, wait_healthy
 from db import migrate
 from tests.conftest import create_account, token_client
 
@@ -38,6 +36,8 @@ def test_every_route_is_described_and_every_description_is_a_route(db_settings):
 
 
 @pytest.mark.e2e
+@pytest.mark.postgres
+@pytest.mark.redis
 @pytest.mark.timeout(600)
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     tmp_path, postgres_url, redis_url
@@ -50,8 +50,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     migrate.upgrade(postgres_url)
     token = create_account(postgres_url, "schemathesis", "admin")
     (tmp_path / "logs").mkdir()
-    svc = Service(env, tmp_path / "logs")
-    port = _free_port()
+    svc = ProcessGroup(env, tmp_path / "logs")
+    port = free_port()
     svc.start("api", "--port", str(port), "--workers", "2", name="api")
     base = f"http://127.0.0.1:{port}"
     try:
