@@ -33,6 +33,8 @@ def _reachable(host: str, port: int) -> bool:
 
 
 SERVICE_FIXTURES = {"postgres_url": "postgres", "redis_url": "redis"}
+# The marks of a test module that runs gunicorn + Celery against PostgreSQL and Redis.
+LIVE_STACK = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(600)]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

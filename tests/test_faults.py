@@ -24,15 +24,9 @@ from bench.images import synthetic_smear_jpeg
 from bench.processes import ProcessGroup, free_port, project_env, wait_healthy
 from db import migrate
 from db.models import Image, Result
-from tests.conftest import REDIS_URL, REPO, create_account
+from tests.conftest import LIVE_STACK, REDIS_URL, REPO, create_account
 
-pytestmark = [
-    pytest.mark.faults,
-    pytest.mark.e2e,
-    pytest.mark.timeout(600),
-    pytest.mark.postgres,
-    pytest.mark.redis,
-]
+pytestmark = [pytest.mark.faults, *LIVE_STACK]
 
 PG_CLUSTER = [
     "pg_ctlcluster",

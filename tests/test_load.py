@@ -21,15 +21,9 @@ from bench.images import synthetic_smear_jpeg
 from bench.processes import ProcessGroup, free_port, project_env, wait_healthy
 from db import migrate
 from db.models import Image, Result
-from tests.conftest import PASSWORD, create_account, csrf_token
+from tests.conftest import LIVE_STACK, PASSWORD, create_account, csrf_token
 
-pytestmark = [
-    pytest.mark.load,
-    pytest.mark.e2e,
-    pytest.mark.timeout(600),
-    pytest.mark.postgres,
-    pytest.mark.redis,
-]
+pytestmark = [pytest.mark.load, *LIVE_STACK]
 
 UPLOADERS = int(os.environ.get("LEUKOSCREEN_LOAD_UPLOADERS", "20"))
 IMAGES_EACH = int(os.environ.get("LEUKOSCREEN_LOAD_IMAGES_EACH", "100"))
