@@ -29,6 +29,7 @@ chromium:
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # The full suite (CI runs it): a test whose PostgreSQL or Redis is down fails, never skips.
 test: $(STAMP) services chromium lint

@@ -60,14 +60,14 @@ def _body() -> dict[str, Any]:
 
 @bp.get("/users")
 @require_role(ADMIN)
-def list_users():  # type: ignore[no-untyped-def]
+def list_users():
     with context.sessions()() as session:
         return jsonify(users=[user_json(u) for u in domain.list_users(session)])
 
 
 @bp.post("/users")
 @require_role(ADMIN)
-def add_user():  # type: ignore[no-untyped-def]
+def add_user():
     body = _body()
     with context.sessions().begin() as session:
         user = create_user(
@@ -83,7 +83,7 @@ def add_user():  # type: ignore[no-untyped-def]
 
 @bp.patch("/users/<int:user_id>")
 @require_role(ADMIN)
-def change_user(user_id: int):  # type: ignore[no-untyped-def]
+def change_user(user_id: int):
     body = _body()
     active = body.get("active")
     if active is not None and not isinstance(active, bool):
@@ -103,14 +103,14 @@ def change_user(user_id: int):  # type: ignore[no-untyped-def]
 
 @bp.get("/tokens")
 @require_role(ADMIN)
-def list_tokens():  # type: ignore[no-untyped-def]
+def list_tokens():
     with context.sessions()() as session:
         return jsonify(tokens=[token_json(t) for t in domain.list_tokens(session)])
 
 
 @bp.post("/users/<int:user_id>/tokens")
 @require_role(ADMIN)
-def add_token(user_id: int):  # type: ignore[no-untyped-def]
+def add_token(user_id: int):
     body = _body() if request.content_length else {}
     with context.sessions().begin() as session:
         user = get_or_404(session, User, user_id)
@@ -121,7 +121,7 @@ def add_token(user_id: int):  # type: ignore[no-untyped-def]
 
 @bp.delete("/tokens/<int:token_id>")
 @require_role(ADMIN)
-def delete_token(token_id: int):  # type: ignore[no-untyped-def]
+def delete_token(token_id: int):
     with context.sessions().begin() as session:
         token = get_or_404(session, ApiToken, token_id, "token")
         revoke_token(session, token, actor())
@@ -131,7 +131,7 @@ def delete_token(token_id: int):  # type: ignore[no-untyped-def]
 
 @bp.get("/audit")
 @require_role(ADMIN)
-def audit_events():  # type: ignore[no-untyped-def]
+def audit_events():
     before = int_arg("before_id", 0)
     limit = int_arg("limit", 200, minimum=1, maximum=1000)
     with context.sessions()() as session:

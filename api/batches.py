@@ -161,7 +161,7 @@ def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
 
 
 @bp.post("/batches")
-def create_batch():  # type: ignore[no-untyped-def]
+def create_batch():
     return _intake(None, request.form.get("name"))
 
 
@@ -171,7 +171,7 @@ def _load_batch(batch_id: str) -> Batch:
 
 
 @bp.post("/batches/<batch_id>/images")
-def add_to_batch(batch_id: str):  # type: ignore[no-untyped-def]
+def add_to_batch(batch_id: str):
     return _intake(_load_batch(batch_id), None)
 
 
@@ -192,7 +192,7 @@ def _batch_json(batch: Batch) -> dict[str, Any]:
 
 
 @bp.get("/batches")
-def list_batches():  # type: ignore[no-untyped-def]
+def list_batches():
     limit = int_arg("limit", 50, minimum=1, maximum=500)
     with context.sessions()() as session:
         batches = session.scalars(
@@ -202,7 +202,7 @@ def list_batches():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/batches/<batch_id>")
-def get_batch(batch_id: str):  # type: ignore[no-untyped-def]
+def get_batch(batch_id: str):
     return jsonify(_batch_json(_load_batch(batch_id)))
 
 
@@ -228,7 +228,7 @@ def _json_lines(batch_id: str) -> Iterator[str]:
 
 
 @bp.get("/batches/<batch_id>/results")
-def batch_results(batch_id: str):  # type: ignore[no-untyped-def]
+def batch_results(batch_id: str):
     batch = _load_batch(batch_id)
     export = request.args.get("format", "json")
     if export not in ("json", "csv"):
@@ -258,7 +258,7 @@ def batch_results(batch_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/images/<int:image_id>")
-def get_image(image_id: int):  # type: ignore[no-untyped-def]
+def get_image(image_id: int):
     with context.sessions()() as session:
         image = get_or_404(session, Image, image_id)
         if image.storage_key is None:

@@ -68,7 +68,7 @@ def _wants_page() -> bool:
 
 def register(app: Flask) -> None:
     @app.errorhandler(DomainError)
-    def _domain_error(exc: DomainError):  # type: ignore[no-untyped-def]
+    def _domain_error(exc: DomainError):
         status = domain_status(exc)
         if not _is_page_request():
             return jsonify(error=str(exc), status=status), status
@@ -79,11 +79,11 @@ def register(app: Flask) -> None:
         return render_template("error.html", status=status, message=str(exc)), status
 
     @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError):  # type: ignore[no-untyped-def]
+    def _api_error(exc: ApiError):
         return jsonify(error=exc.message, status=exc.status, **exc.extra), exc.status
 
     @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
+    def _http_error(exc: HTTPException):
         if _wants_page():
             return render_template("error.html", status=exc.code, message=exc.description), (
                 exc.code
@@ -96,14 +96,14 @@ def register(app: Flask) -> None:
         return response, exc.code
 
     @app.errorhandler(StorageUnavailable)
-    def _storage_down(exc: StorageUnavailable):  # type: ignore[no-untyped-def]
+    def _storage_down(exc: StorageUnavailable):
         # 507 tells a client that retrying will not help until someone frees space.
         status = 507 if exc.full else 503
         log.error("storage error: %s", exc)
         return jsonify(error=str(exc), status=status), status
 
     @app.errorhandler(DataError)
-    def _bad_value(exc: DataError):  # type: ignore[no-untyped-def]
+    def _bad_value(exc: DataError):
         # A value the database refuses (NUL characters, numbers out of range) is the
         # client's input, not an outage.
         log.info("value refused by the database: %s", exc.orig)
@@ -111,11 +111,11 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(DBAPIError)
-    def _db_down(exc: DBAPIError):  # type: ignore[no-untyped-def]
+    def _db_down(exc: DBAPIError):
         log.error("database error: %s", exc)
         return jsonify(error="database unavailable, try again shortly", status=503), 503
 
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):  # type: ignore[no-untyped-def]
+    def _unexpected(exc: Exception):
         log.exception("unhandled error")
         return jsonify(error="internal error", status=500), 500

@@ -121,7 +121,9 @@ class Intake:
             return fh.read(4) == ZIP_MAGIC
 
     def _add_staged(self, name: str, staged: Staged) -> None:
-        outcome = FileOutcome(name=name, status="accepted", sha256=staged.sha256, size=staged.size)
+        # Duplicates are found by the received bytes, not by a stripped copy's.
+        received = staged.sha256
+        outcome = FileOutcome(name=name, status="accepted", sha256=received, size=staged.size)
         if staged.size == 0:
             self.store.discard(staged)
             outcome.status, outcome.reason = "rejected", "empty file"
@@ -152,8 +154,7 @@ class Intake:
                 self.report.outcomes.append(outcome)
                 return
         outcome.storage_key = self.store.commit(staged)
-        # Duplicates are found by the received bytes, not by a stripped copy's.
-        self.seen[outcome.sha256] = name
+        self.seen[received] = name
         self.report.outcomes.append(outcome)
 
     def _without_metadata(self, staged: Staged, fmt: str) -> Staged:

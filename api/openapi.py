@@ -18,7 +18,7 @@ from leukoscreen.imagetypes import MIME_TYPES
 
 bp = Blueprint("openapi", __name__)
 
-ERROR = {
+ERROR: dict[str, Any] = {
     "type": "object",
     "required": ["error", "status"],
     "properties": {"error": {"type": "string"}, "status": {"type": "integer"}},
@@ -459,5 +459,5 @@ def spec() -> dict[str, Any]:
 
 
 @bp.get("/api/v1/openapi.json")
-def openapi_json():  # type: ignore[no-untyped-def]
+def openapi_json():
     return jsonify(spec())

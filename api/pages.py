@@ -52,35 +52,35 @@ def _security_headers(response: Response) -> Response:
 
 
 @bp.get("/")
-def index():  # type: ignore[no-untyped-def]
+def index():
     return redirect(url_for("pages.batches"))
 
 
 @bp.get("/batches")
-def batches():  # type: ignore[no-untyped-def]
+def batches():
     return render_template("batches.html")
 
 
 @bp.get("/batches/<batch_id>")
-def batch(batch_id: str):  # type: ignore[no-untyped-def]
+def batch(batch_id: str):
     with context.sessions()() as session:
         found = get_or_404(session, Batch, batch_id)
     return render_template("batch.html", batch=found)
 
 
 @bp.get("/upload")
-def upload():  # type: ignore[no-untyped-def]
+def upload():
     return render_template("upload.html")
 
 
 @bp.get("/single")
-def single():  # type: ignore[no-untyped-def]
+def single():
     return render_template("single.html")
 
 
 @bp.get("/review")
 @require_role(REVIEWER)
-def review():  # type: ignore[no-untyped-def]
+def review():
     with context.sessions()() as session:
         recent = session.execute(
             select(Batch.id, Batch.name).order_by(Batch.created_at.desc()).limit(200)
@@ -92,7 +92,7 @@ def review():  # type: ignore[no-untyped-def]
 
 @bp.get("/review/sample/<batch_id>")
 @require_role(REVIEWER)
-def review_sample(batch_id: str):  # type: ignore[no-untyped-def]
+def review_sample(batch_id: str):
     with context.sessions()() as session:
         found = get_or_404(session, Batch, batch_id)
     return render_template(
@@ -102,7 +102,7 @@ def review_sample(batch_id: str):  # type: ignore[no-untyped-def]
 
 @bp.get("/admin")
 @require_role(ADMIN)
-def admin():  # type: ignore[no-untyped-def]
+def admin():
     with context.sessions()() as session:
         users = [user_json(u) for u in list_users(session)]
         tokens = [token_json(t) for t in list_tokens(session, limit=200)]
@@ -112,7 +112,7 @@ def admin():  # type: ignore[no-untyped-def]
 
 @bp.post("/admin/users")
 @require_role(ADMIN)
-def admin_add_user():  # type: ignore[no-untyped-def]
+def admin_add_user():
     with context.sessions().begin() as session:
         user = create_user(
             session,
@@ -127,7 +127,7 @@ def admin_add_user():  # type: ignore[no-untyped-def]
 
 @bp.post("/admin/users/<int:user_id>")
 @require_role(ADMIN)
-def admin_change_user(user_id: int):  # type: ignore[no-untyped-def]
+def admin_change_user(user_id: int):
     with context.sessions().begin() as session:
         user = update_user(
             session,
@@ -142,7 +142,7 @@ def admin_change_user(user_id: int):  # type: ignore[no-untyped-def]
 
 @bp.post("/admin/tokens")
 @require_role(ADMIN)
-def admin_add_token():  # type: ignore[no-untyped-def]
+def admin_add_token():
     with context.sessions().begin() as session:
         user = get_or_404(session, User, request.form.get("user_id", 0, type=int))
         row, token = create_token(session, user, actor(), request.form.get("label", ""))
@@ -153,7 +153,7 @@ def admin_add_token():  # type: ignore[no-untyped-def]
 
 @bp.post("/admin/tokens/<int:token_id>/revoke")
 @require_role(ADMIN)
-def admin_revoke_token(token_id: int):  # type: ignore[no-untyped-def]
+def admin_revoke_token(token_id: int):
     with context.sessions().begin() as session:
         token = get_or_404(session, ApiToken, token_id, "token")
         revoke_token(session, token, actor())

@@ -68,7 +68,7 @@ def _known_batch(batch_id: str) -> None:
 
 @bp.get("/review/queue")
 @require_role(*REVIEWERS)
-def queue():  # type: ignore[no-untyped-def]
+def queue():
     state = request.args.get("state", "unreviewed")
     threshold = _float_arg("threshold")
     batch_id = request.args.get("batch") or None
@@ -92,7 +92,7 @@ def queue():  # type: ignore[no-untyped-def]
 
 @bp.get("/review/items/<int:image_id>")
 @require_role(*REVIEWERS)
-def item(image_id: int):  # type: ignore[no-untyped-def]
+def item(image_id: int):
     with context.sessions()() as session:
         found = queue_item(session, image_id)
         if found is None:
@@ -103,14 +103,14 @@ def item(image_id: int):  # type: ignore[no-untyped-def]
 
 @bp.get("/images/<int:image_id>/reviews")
 @require_role(*REVIEWERS)
-def image_history(image_id: int):  # type: ignore[no-untyped-def]
+def image_history(image_id: int):
     with context.sessions()() as session:
         return jsonify(image_id=image_id, reviews=history(session, image_id))
 
 
 @bp.post("/images/<int:image_id>/reviews")
 @require_role(*REVIEWERS)
-def decide(image_id: int):  # type: ignore[no-untyped-def]
+def decide(image_id: int):
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise ApiError(400, "send a JSON object: {decision, comment, expected_seq}")
@@ -136,7 +136,7 @@ def decide(image_id: int):  # type: ignore[no-untyped-def]
 
 @bp.get("/batches/<batch_id>/threshold")
 @require_role(*REVIEWERS)
-def explore_threshold(batch_id: str):  # type: ignore[no-untyped-def]
+def explore_threshold(batch_id: str):
     _known_batch(batch_id)
     threshold = _float_arg("t")
     if threshold is None:
@@ -147,7 +147,7 @@ def explore_threshold(batch_id: str):  # type: ignore[no-untyped-def]
 
 @bp.get("/batches/<batch_id>/sample")
 @require_role(*REVIEWERS)
-def qc_sample(batch_id: str):  # type: ignore[no-untyped-def]
+def qc_sample(batch_id: str):
     _known_batch(batch_id)
     n = int_arg("n", 20, minimum=1, maximum=200)
     with context.sessions()() as session:

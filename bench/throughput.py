@@ -117,7 +117,7 @@ def bench_thesis(model_path: Path, inputs: list[tuple[str, bytes]]) -> float:
     app = Flask("thesis")
 
     @app.post("/predict")
-    def predict():  # type: ignore[no-untyped-def]
+    def predict():
         x = preprocess(request.files["file"].read())[None]
         p = float(network.predict(x, verbose=0)[0, 0])
         return jsonify(result="leukemia" if p >= 0.5 else "normal", confidence=p)

@@ -59,7 +59,7 @@ class QueueFilter:
     ascending: bool = False
 
 
-def _item_select() -> Select[Any]:
+def _item_select() -> Select:
     return (
         select(
             Image.id.label("image_id"),
@@ -120,7 +120,7 @@ def parse_cursor(raw: str | None) -> tuple[float, int] | None:
         raise Invalid(f"bad cursor {raw!r}") from None
 
 
-def queue_statement(f: QueueFilter, after: tuple[float, int] | None, limit: int) -> Select[Any]:
+def queue_statement(f: QueueFilter, after: tuple[float, int] | None, limit: int) -> Select:
     if f.state is not None and f.state not in STATES:
         raise Invalid(f"state must be one of {', '.join(STATES)}")
     stmt = _item_select()

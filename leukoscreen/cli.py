@@ -158,13 +158,13 @@ def _reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sessions():  # type: ignore[no-untyped-def]
+def _sessions():
     from db.session import engine_for, session_factory
 
     return session_factory(engine_for(load_settings().database_url))
 
 
-def _operator():  # type: ignore[no-untyped-def]
+def _operator():
     import getpass
 
     from db.audit import Operator
@@ -256,7 +256,7 @@ def _model_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _delegate(module: str):  # type: ignore[no-untyped-def]
+def _delegate(module: str):
     """Training and evaluation live in model/ and need the 'train' extra."""
 
     def run(args: argparse.Namespace) -> int:

@@ -34,7 +34,7 @@ def _pin_gpu(**_: object) -> None:
 
 
 @app.task(name=SCORE_TASK, bind=True, max_retries=MAX_RETRIES, acks_late=True)
-def score_images(self, image_ids: list[int]) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def score_images(self, image_ids: list[int]) -> dict[str, int]:
     rt = runtime()
     try:
         outcome = score_chunk(
