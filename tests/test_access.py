@@ -352,3 +352,17 @@ def test_the_last_active_admin_is_never_deactivated_or_demoted(db_settings, chan
     create_account(db_settings.database_url, "second", "admin")
     with _sessions(db_settings).begin() as s:
         update_user(s, s.scalars(select(User).where(User.name == "boss")).one(), operator, **change)
+
+
+def test_unknown_records_are_an_error_page_on_pages_and_json_in_the_api(app, db_settings):
+    admin = browser_login(app, db_settings.database_url, "boss", "admin")
+    page = admin.get("/batches/no-such-batch")
+    assert page.status_code == 404 and page.mimetype == "text/html"
+    assert "no batch no-such-batch" in page.get_data(as_text=True)
+    api = admin.get("/api/v1/batches/no-such-batch")
+    assert api.status_code == 404 and api.json == {"error": "no batch no-such-batch", "status": 404}
+    # A form posted from elsewhere (no same-site Referer) goes back to the home page.
+    token = csrf_token(admin.get("/admin").get_data(as_text=True))
+    posted = admin.post("/admin/tokens/999/revoke", data={"csrf_token": token})
+    assert posted.status_code == 302 and posted.headers["Location"] == "/"
+    assert "Not done: no token 999" in admin.get("/admin").get_data(as_text=True)
