@@ -61,9 +61,7 @@ def _same_site_referrer() -> str:
 
 def _wants_page() -> bool:
     """A person's browser on a web page gets an HTML error; everything else gets JSON."""
-    return not request.path.startswith(("/api/", "/healthz")) and (
-        request.accept_mimetypes.accept_html
-    )
+    return _is_page_request() and request.accept_mimetypes.accept_html
 
 
 def register(app: Flask) -> None:
