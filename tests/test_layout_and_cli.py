@@ -213,3 +213,18 @@ def test_settings_are_read_only_in_the_settings_module():
         if "leukoscreen.config" in _imports(p)
     }
     assert not readers, sorted(readers)
+
+
+def test_leukoscreen_evaluate_defaults_to_the_configured_model(monkeypatch, tmp_path):
+    """The entry point reads the settings; model/evaluate.py is handed the path."""
+    import model.evaluate
+
+    weights = tmp_path / "chosen.keras"
+    monkeypatch.setenv("LEUKOSCREEN_MODEL_PATH", str(weights))
+    with pytest.raises(SystemExit, match="give --model"):
+        model.evaluate.main(["--data", str(tmp_path)])
+    seen = []
+    monkeypatch.setattr(model.evaluate, "run", lambda args: seen.append(args.model) or 0)
+    args = build_parser("evaluate").parse_args(["evaluate", "--data", str(tmp_path)])
+    assert args.func(args) == 0
+    assert seen == [weights]
