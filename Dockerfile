@@ -11,6 +11,8 @@ COPY model model
 COPY db db
 COPY migrations migrations
 COPY leukoscreen leukoscreen
+# `leukoscreen bench` and `bench-queries` run from the image too.
+COPY bench bench
 RUN pip install . && if [ -n "$TF_PACKAGE" ]; then pip install "$TF_PACKAGE"; fi
 RUN useradd --create-home leukoscreen && mkdir -p /data && chown leukoscreen /data
 USER leukoscreen

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, jsonify, request
-from sqlalchemy import select
 
 from api import context
 from api.auth import actor, require_role
-from api.errors import ApiError
+from api.errors import ApiError, get_or_404
 from api.params import int_arg
-from db.accounts import AccountError, create_token, create_user, revoke_token, update_user
+from db import accounts as domain
+from db.accounts import create_token, create_user, revoke_token, update_user
 from db.models import ApiToken, AuditEvent, Role, User
 
 bp = Blueprint("accounts", __name__, url_prefix="/api/v1")
@@ -60,74 +60,60 @@ def _body() -> dict[str, Any]:
 
 @bp.get("/users")
 @require_role(ADMIN)
-def list_users():  # type: ignore[no-untyped-def]
+def list_users():
     with context.sessions()() as session:
-        return jsonify(
-            users=[user_json(u) for u in session.scalars(select(User).order_by(User.name))]
-        )
+        return jsonify(users=[user_json(u) for u in domain.list_users(session)])
 
 
 @bp.post("/users")
 @require_role(ADMIN)
-def add_user():  # type: ignore[no-untyped-def]
+def add_user():
     body = _body()
-    try:
-        with context.sessions().begin() as session:
-            user = create_user(
-                session,
-                str(body.get("name", "")),
-                str(body.get("role", "")),
-                str(body.get("password", "")),
-                actor(),
-            )
-            row = user_json(user)
-    except AccountError as exc:
-        raise ApiError(400, str(exc)) from None
+    with context.sessions().begin() as session:
+        user = create_user(
+            session,
+            str(body.get("name", "")),
+            str(body.get("role", "")),
+            str(body.get("password", "")),
+            actor(),
+        )
+        row = user_json(user)
     return jsonify(row), 201
 
 
 @bp.patch("/users/<int:user_id>")
 @require_role(ADMIN)
-def change_user(user_id: int):  # type: ignore[no-untyped-def]
+def change_user(user_id: int):
     body = _body()
     active = body.get("active")
     if active is not None and not isinstance(active, bool):
         raise ApiError(400, "active must be true or false")
-    try:
-        with context.sessions().begin() as session:
-            user = session.get(User, user_id)
-            if user is None:
-                raise ApiError(404, f"no user {user_id}")
-            update_user(
-                session,
-                user,
-                actor(),
-                role=body.get("role"),
-                active=active,
-                password=body.get("password"),
-            )
-            row = user_json(user)
-    except AccountError as exc:
-        raise ApiError(400, str(exc)) from None
+    with context.sessions().begin() as session:
+        user = update_user(
+            session,
+            get_or_404(session, User, user_id),
+            actor(),
+            role=body.get("role"),
+            active=active,
+            password=body.get("password"),
+        )
+        row = user_json(user)
     return jsonify(row)
 
 
 @bp.get("/tokens")
 @require_role(ADMIN)
-def list_tokens():  # type: ignore[no-untyped-def]
+def list_tokens():
     with context.sessions()() as session:
-        tokens = session.scalars(select(ApiToken).order_by(ApiToken.id.desc())).all()
-        return jsonify(tokens=[token_json(t) for t in tokens])
+        return jsonify(tokens=[token_json(t) for t in domain.list_tokens(session)])
 
 
 @bp.post("/users/<int:user_id>/tokens")
 @require_role(ADMIN)
-def add_token(user_id: int):  # type: ignore[no-untyped-def]
+def add_token(user_id: int):
     body = _body() if request.content_length else {}
     with context.sessions().begin() as session:
-        user = session.get(User, user_id)
-        if user is None:
-            raise ApiError(404, f"no user {user_id}")
+        user = get_or_404(session, User, user_id)
         row, token = create_token(session, user, actor(), str(body.get("label", "")))
         out = token_json(row) | {"token": token}
     return jsonify(out), 201
@@ -135,11 +121,9 @@ def add_token(user_id: int):  # type: ignore[no-untyped-def]
 
 @bp.delete("/tokens/<int:token_id>")
 @require_role(ADMIN)
-def delete_token(token_id: int):  # type: ignore[no-untyped-def]
+def delete_token(token_id: int):
     with context.sessions().begin() as session:
-        token = session.get(ApiToken, token_id)
-        if token is None:
-            raise ApiError(404, f"no token {token_id}")
+        token = get_or_404(session, ApiToken, token_id, "token")
         revoke_token(session, token, actor())
         out = token_json(token)
     return jsonify(out)
@@ -147,12 +131,9 @@ def delete_token(token_id: int):  # type: ignore[no-untyped-def]
 
 @bp.get("/audit")
 @require_role(ADMIN)
-def audit_events():  # type: ignore[no-untyped-def]
+def audit_events():
     before = int_arg("before_id", 0)
     limit = int_arg("limit", 200, minimum=1, maximum=1000)
-    stmt = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
-    if before:
-        stmt = stmt.where(AuditEvent.id < before)
     with context.sessions()() as session:
-        events = session.scalars(stmt).all()
+        events = domain.audit_events(session, before, limit)
     return jsonify(events=[event_json(e) for e in events])

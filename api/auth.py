@@ -125,7 +125,7 @@ def require_role(*roles: str) -> Callable[[F], F]:
 
 
 def actor() -> Principal:
-    return current_user._get_current_object()  # type: ignore[no-any-return]
+    return current_user._get_current_object()
 
 
 def _safe_next(target: str | None) -> str:
@@ -140,7 +140,7 @@ def _safe_next(target: str | None) -> str:
     return url_for("pages.batches")
 
 
-def _locked_out_page(retry_after_s: int):  # type: ignore[no-untyped-def]
+def _locked_out_page(retry_after_s: int):
     minutes = max(1, -(-retry_after_s // 60))
     flash(
         "Too many failed sign-ins for this user name or from this computer. "
@@ -152,7 +152,7 @@ def _locked_out_page(retry_after_s: int):  # type: ignore[no-untyped-def]
 
 
 @bp.route("/login", methods=["GET", "POST"])
-def login():  # type: ignore[no-untyped-def]
+def login():
     if request.method == "POST":
         name = request.form.get("username", "")
         client = request.remote_addr or "unknown"
@@ -186,7 +186,7 @@ def login():  # type: ignore[no-untyped-def]
 
 
 @bp.post("/logout")
-def logout():  # type: ignore[no-untyped-def]
+def logout():
     logout_user()
     return redirect(url_for("auth.login"))
 

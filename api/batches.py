@@ -15,19 +15,19 @@ from sqlalchemy import func, select
 
 from api import context
 from api.auth import actor
-from api.errors import ApiError
+from api.errors import ApiError, get_or_404
 from api.intake import FileOutcome, Intake
 from api.params import int_arg
 from db import drift
 from db.audit import record_event
+from db.errors import NotFound
 from db.models import Batch, BatchState, Image, ImageState
 from db.progress import RESULT_COLUMNS, batch_progress, iter_batch_results
 from db.reviews import decision_counts
+from leukoscreen.imagetypes import MIME_TYPES
 from worker.dispatch import enqueue_images
 
 bp = Blueprint("batches", __name__, url_prefix="/api/v1")
-
-MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "TIFF": "image/tiff"}
 
 
 def _text(value: str, limit: int = 255) -> str:
@@ -163,20 +163,17 @@ def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
 
 
 @bp.post("/batches")
-def create_batch():  # type: ignore[no-untyped-def]
+def create_batch():
     return _intake(None, request.form.get("name"))
 
 
 def _load_batch(batch_id: str) -> Batch:
     with context.sessions()() as session:
-        batch = session.get(Batch, batch_id)
-        if batch is None:
-            raise ApiError(404, f"no batch {batch_id}")
-        return batch
+        return get_or_404(session, Batch, batch_id)
 
 
 @bp.post("/batches/<batch_id>/images")
-def add_to_batch(batch_id: str):  # type: ignore[no-untyped-def]
+def add_to_batch(batch_id: str):
     return _intake(_load_batch(batch_id), None)
 
 
@@ -199,7 +196,7 @@ def _batch_json(batch: Batch) -> dict[str, Any]:
 
 
 @bp.get("/batches")
-def list_batches():  # type: ignore[no-untyped-def]
+def list_batches():
     limit = int_arg("limit", 50, minimum=1, maximum=500)
     with context.sessions()() as session:
         batches = session.scalars(
@@ -209,7 +206,7 @@ def list_batches():  # type: ignore[no-untyped-def]
 
 
 @bp.get("/batches/<batch_id>")
-def get_batch(batch_id: str):  # type: ignore[no-untyped-def]
+def get_batch(batch_id: str):
     return jsonify(_batch_json(_load_batch(batch_id)))
 
 
@@ -235,7 +232,7 @@ def _json_lines(batch_id: str) -> Iterator[str]:
 
 
 @bp.get("/batches/<batch_id>/results")
-def batch_results(batch_id: str):  # type: ignore[no-untyped-def]
+def batch_results(batch_id: str):
     batch = _load_batch(batch_id)
     export = request.args.get("format", "json")
     if export not in ("json", "csv"):
@@ -265,16 +262,14 @@ def batch_results(batch_id: str):  # type: ignore[no-untyped-def]
 
 
 @bp.get("/images/<int:image_id>")
-def get_image(image_id: int):  # type: ignore[no-untyped-def]
+def get_image(image_id: int):
     with context.sessions()() as session:
-        image = session.get(Image, image_id)
-        if image is None:
-            raise ApiError(404, f"no image {image_id}")
+        image = get_or_404(session, Image, image_id)
         if image.storage_key is None:
-            raise ApiError(404, f"image {image_id} was rejected and not stored: {image.error}")
+            raise NotFound(f"image {image_id} was rejected and not stored: {image.error}")
     path = context.store().path_for(image.storage_key)
     # Served with the type Pillow detected, never guessed from the uploaded name.
-    mimetype = MIME.get(image.format or "", "application/octet-stream")
+    mimetype = MIME_TYPES.get(image.format or "", "application/octet-stream")
     ext = mimetypes.guess_extension(mimetype) or ""
     response = send_file(
         path, mimetype=mimetype, download_name=f"image-{image_id}{ext}", max_age=3600

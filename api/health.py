@@ -29,7 +29,7 @@ def _check_broker() -> str | None:
 
 
 @bp.get("/healthz")
-def healthz():  # type: ignore[no-untyped-def]
+def healthz():
     problems = {
         name: err
         for name, err in (("database", _check_database()), ("broker", _check_broker()))

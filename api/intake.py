@@ -17,10 +17,9 @@ from PIL import Image, UnidentifiedImageError
 
 from api.deidentify import StripError, strip_metadata
 from leukoscreen.config import Settings
+from leukoscreen.imagetypes import canonical_format, describe_formats
 from leukoscreen.storage import ContentStore, Staged, TooLarge
 
-# Pillow names a multi-picture JPEG (from many cameras) "MPO"; it is still a JPEG.
-ACCEPTED_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "BMP": "BMP", "TIFF": "TIFF"}
 ZIP_MAGIC = b"PK\x03\x04"
 # Entries that archiving tools add beside the user's files, not files the user chose.
 ARCHIVE_NOISE = ("__MACOSX/", ".DS_Store", "Thumbs.db")
@@ -57,10 +56,10 @@ def check_image(path: str, max_pixels: int) -> tuple[int, int, str]:
     """Decode a staged file fully; return (width, height, format) or raise with a reason."""
     try:
         with Image.open(path) as img:
-            fmt = img.format or ""
-            if fmt not in ACCEPTED_FORMATS:
+            fmt = canonical_format(img.format)
+            if fmt is None:
                 raise ImageCheckError(
-                    f"{fmt or 'unknown'} is not an accepted format (JPEG, PNG, BMP or TIFF)"
+                    f"{img.format or 'unknown'} is not an accepted format ({describe_formats()})"
                 )
             width, height = img.size
             # Checked before decoding so a tiny file claiming huge dimensions costs nothing.
@@ -70,12 +69,12 @@ def check_image(path: str, max_pixels: int) -> tuple[int, int, str]:
                 )
             if width < 1 or height < 1:
                 raise ImageCheckError("image has no pixels")
-            if fmt in ("JPEG", "MPO"):
+            if fmt == "JPEG":
                 # Reduced-scale decoding still reads every byte of the entropy-coded data, so
                 # truncation is caught, at about half the cost of a full decode.
                 img.draft("RGB", (max(1, width // 8), max(1, height // 8)))
             img.load()
-            return width, height, ACCEPTED_FORMATS[fmt]
+            return width, height, fmt
     except ImageCheckError:
         raise
     except UnidentifiedImageError:
@@ -122,7 +121,9 @@ class Intake:
             return fh.read(4) == ZIP_MAGIC
 
     def _add_staged(self, name: str, staged: Staged) -> None:
-        outcome = FileOutcome(name=name, status="accepted", sha256=staged.sha256, size=staged.size)
+        # Duplicates are found by the received bytes, not by a stripped copy's.
+        received = staged.sha256
+        outcome = FileOutcome(name=name, status="accepted", sha256=received, size=staged.size)
         if staged.size == 0:
             self.store.discard(staged)
             outcome.status, outcome.reason = "rejected", "empty file"
@@ -153,8 +154,7 @@ class Intake:
                 self.report.outcomes.append(outcome)
                 return
         outcome.storage_key = self.store.commit(staged)
-        # Duplicates are found by the received bytes, not by a stripped copy's.
-        self.seen[outcome.sha256] = name
+        self.seen[received] = name
         self.report.outcomes.append(outcome)
 
     def _without_metadata(self, staged: Staged, fmt: str) -> Staged:

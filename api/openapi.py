@@ -12,12 +12,15 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from api.params import MAX_ID, id_limit
+from db.models import BatchState, Decision, ImageState, Role
 from db.reviews import QUEUE_ROUTES
+from db.reviews import STATES as REVIEW_STATES
+from leukoscreen.imagetypes import MIME_TYPES
 from model.gate import Route, RouteReason
 
 bp = Blueprint("openapi", __name__)
 
-ERROR = {
+ERROR: dict[str, Any] = {
     "type": "object",
     "required": ["error", "status"],
     "properties": {"error": {"type": "string"}, "status": {"type": "integer"}},
@@ -65,9 +68,7 @@ ROUTE_REASON = {
 }
 STATE_COUNTS = {
     "type": "object",
-    "properties": {
-        s: {"type": "integer"} for s in ("queued", "scoring", "scored", "failed", "rejected")
-    },
+    "properties": {s.value: {"type": "integer"} for s in ImageState},
 }
 BATCH = {
     "type": "object",
@@ -77,7 +78,7 @@ BATCH = {
         "name": {"type": "string"},
         "submitted_by": {"type": "string"},
         "created_at": {"type": "string", "format": "date-time"},
-        "state": {"type": "string", "enum": ["scoring", "complete"]},
+        "state": {"type": "string", "enum": [s.value for s in BatchState]},
         "counts": STATE_COUNTS,
         "total": {"type": "integer"},
         "done": {"type": "integer"},
@@ -111,7 +112,7 @@ RESULT_ROW = {
         "image_id": {"type": "integer"},
         "file_name": {"type": "string"},
         "sha256": {"type": "string"},
-        "state": {"type": "string"},
+        "state": {"type": "string", "enum": [s.value for s in ImageState]},
         "p_leukemia": {"type": ["number", "null"]},
         "flagged": {"type": ["boolean", "null"]},
         "route": ROUTE,
@@ -163,7 +164,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "no valid token or session",
         403: "role not allowed",
         404: "not found",
-        409: "conflict with a newer decision",
+        409: "conflicts with the current state (a newer decision, the last active admin)",
         413: "request too large",
         422: "nothing usable",
         503: "a dependency is down",
@@ -194,8 +195,7 @@ def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
-REVIEW_STATES = ["unreviewed", "confirmed", "overturned", "second_opinion", "all"]
-ROLES = ["uploader", "reviewer", "admin"]
+ROLES = [r.value for r in Role]
 UNIT = {"type": "number", "minimum": 0, "maximum": 1}
 
 
@@ -231,7 +231,7 @@ def review_and_account_paths() -> dict[str, Any]:
             "get": {
                 "summary": "images that need a person, most suspicious first, keyset-paged",
                 "parameters": [
-                    _query("state", {"type": "string", "enum": REVIEW_STATES}),
+                    _query("state", {"type": "string", "enum": [*REVIEW_STATES, "all"]}),
                     {
                         **_query("route", {"type": "string", "enum": list(QUEUE_ROUTES)}),
                         "description": "all (default): flagged and manual_review; or one of them",
@@ -272,7 +272,7 @@ def review_and_account_paths() -> dict[str, Any]:
                         "properties": {
                             "decision": {
                                 "type": "string",
-                                "enum": ["confirm", "overturn", "second_opinion"],
+                                "enum": [d.value for d in Decision],
                             },
                             "comment": {"type": "string"},
                             "expected_seq": {"type": "integer"},
@@ -337,7 +337,7 @@ def review_and_account_paths() -> dict[str, Any]:
                         },
                     }
                 ),
-                "responses": {"200": _json(OBJECT, "updated"), **_errors(400, 404, 503)},
+                "responses": {"200": _json(OBJECT, "updated"), **_errors(400, 404, 409, 503)},
             }
         },
         "/api/v1/tokens": {
@@ -509,7 +509,7 @@ def spec() -> dict[str, Any]:
                             "description": "image bytes",
                             "content": {
                                 t: {"schema": {"type": "string", "format": "binary"}}
-                                for t in ("image/jpeg", "image/png", "image/bmp", "image/tiff")
+                                for t in MIME_TYPES.values()
                             },
                         },
                         **_errors(404, 503),
@@ -521,5 +521,5 @@ def spec() -> dict[str, Any]:
 
 
 @bp.get("/api/v1/openapi.json")
-def openapi_json():  # type: ignore[no-untyped-def]
+def openapi_json():
     return jsonify(spec())

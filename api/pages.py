@@ -13,8 +13,18 @@ from sqlalchemy import select
 from api import context
 from api.accounts import event_json, token_json, user_json
 from api.auth import actor, require_role
-from db.accounts import AccountError, create_token, create_user, revoke_token, update_user
-from db.models import ApiToken, AuditEvent, Batch, Role, User
+from api.errors import get_or_404
+from db.accounts import (
+    ROLES,
+    audit_events,
+    create_token,
+    create_user,
+    list_tokens,
+    list_users,
+    revoke_token,
+    update_user,
+)
+from db.models import ApiToken, Batch, Role, User
 from db.reviews import ALL_ROUTES, STATES
 from model.gate import REASON_TEXT, Route
 
@@ -49,38 +59,36 @@ def _security_headers(response: Response) -> Response:
 
 
 @bp.get("/")
-def index():  # type: ignore[no-untyped-def]
+def index():
     return redirect(url_for("pages.batches"))
 
 
 @bp.get("/batches")
-def batches():  # type: ignore[no-untyped-def]
+def batches():
     return render_template("batches.html")
 
 
 @bp.get("/batches/<batch_id>")
-def batch(batch_id: str):  # type: ignore[no-untyped-def]
+def batch(batch_id: str):
     with context.sessions()() as session:
-        found = session.get(Batch, batch_id)
-    if found is None:
-        return render_template("error.html", status=404, message=f"no batch {batch_id}"), 404
+        found = get_or_404(session, Batch, batch_id)
     return render_template("batch.html", batch=found)
 
 
 @bp.get("/upload")
-def upload():  # type: ignore[no-untyped-def]
+def upload():
     return render_template("upload.html")
 
 
 @bp.get("/single")
-def single():  # type: ignore[no-untyped-def]
+def single():
     # The route reasons in plain words, for the script to show beside a result.
     return render_template("single.html", reasons=REASON_TEXT)
 
 
 @bp.get("/review")
 @require_role(REVIEWER)
-def review():  # type: ignore[no-untyped-def]
+def review():
     with context.sessions()() as session:
         recent = session.execute(
             select(Batch.id, Batch.name).order_by(Batch.created_at.desc()).limit(200)
@@ -97,11 +105,9 @@ def review():  # type: ignore[no-untyped-def]
 
 @bp.get("/review/sample/<batch_id>")
 @require_role(REVIEWER)
-def review_sample(batch_id: str):  # type: ignore[no-untyped-def]
+def review_sample(batch_id: str):
     with context.sessions()() as session:
-        found = session.get(Batch, batch_id)
-    if found is None:
-        return render_template("error.html", status=404, message=f"no batch {batch_id}"), 404
+        found = get_or_404(session, Batch, batch_id)
     return render_template(
         "review.html",
         mode="sample",
@@ -115,71 +121,49 @@ def review_sample(batch_id: str):  # type: ignore[no-untyped-def]
 
 @bp.get("/admin")
 @require_role(ADMIN)
-def admin():  # type: ignore[no-untyped-def]
+def admin():
     with context.sessions()() as session:
-        users = [user_json(u) for u in session.scalars(select(User).order_by(User.name))]
-        tokens = [
-            token_json(t)
-            for t in session.scalars(select(ApiToken).order_by(ApiToken.id.desc()).limit(200))
-        ]
-        events = [
-            event_json(e)
-            for e in session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(200))
-        ]
-    return render_template(
-        "admin.html", users=users, tokens=tokens, events=events, roles=[r.value for r in Role]
-    )
+        users = [user_json(u) for u in list_users(session)]
+        tokens = [token_json(t) for t in list_tokens(session, limit=200)]
+        events = [event_json(e) for e in audit_events(session, limit=200)]
+    return render_template("admin.html", users=users, tokens=tokens, events=events, roles=ROLES)
 
 
 @bp.post("/admin/users")
 @require_role(ADMIN)
-def admin_add_user():  # type: ignore[no-untyped-def]
-    try:
-        with context.sessions().begin() as session:
-            user = create_user(
-                session,
-                request.form.get("name", ""),
-                request.form.get("role", ""),
-                request.form.get("password", ""),
-                actor(),
-            )
-            flash(f"User {user.name} created.")
-    except AccountError as exc:
-        flash(f"Not created: {exc}")
+def admin_add_user():
+    with context.sessions().begin() as session:
+        user = create_user(
+            session,
+            request.form.get("name", ""),
+            request.form.get("role", ""),
+            request.form.get("password", ""),
+            actor(),
+        )
+    flash(f"User {user.name} created.")
     return redirect(url_for("pages.admin"))
 
 
 @bp.post("/admin/users/<int:user_id>")
 @require_role(ADMIN)
-def admin_change_user(user_id: int):  # type: ignore[no-untyped-def]
-    try:
-        with context.sessions().begin() as session:
-            user = session.get(User, user_id)
-            if user is None:
-                raise AccountError(f"no user {user_id}")
-            if user.id == actor().id and request.form.get("active") == "0":
-                raise AccountError("you cannot deactivate yourself")
-            update_user(
-                session,
-                user,
-                actor(),
-                role=request.form.get("role") or None,
-                active={"1": True, "0": False}.get(request.form.get("active", "")),
-            )
-            flash(f"User {user.name} updated.")
-    except AccountError as exc:
-        flash(f"Not changed: {exc}")
+def admin_change_user(user_id: int):
+    with context.sessions().begin() as session:
+        user = update_user(
+            session,
+            get_or_404(session, User, user_id),
+            actor(),
+            role=request.form.get("role") or None,
+            active={"1": True, "0": False}.get(request.form.get("active", "")),
+        )
+    flash(f"User {user.name} updated.")
     return redirect(url_for("pages.admin"))
 
 
 @bp.post("/admin/tokens")
 @require_role(ADMIN)
-def admin_add_token():  # type: ignore[no-untyped-def]
+def admin_add_token():
     with context.sessions().begin() as session:
-        user = session.get(User, request.form.get("user_id", 0, type=int))
-        if user is None:
-            flash("Not created: no such user")
-            return redirect(url_for("pages.admin"))
+        user = get_or_404(session, User, request.form.get("user_id", 0, type=int))
         row, token = create_token(session, user, actor(), request.form.get("label", ""))
         created = token_json(row)
     # The token is shown on this one response and never again (only its hash is kept).
@@ -188,10 +172,9 @@ def admin_add_token():  # type: ignore[no-untyped-def]
 
 @bp.post("/admin/tokens/<int:token_id>/revoke")
 @require_role(ADMIN)
-def admin_revoke_token(token_id: int):  # type: ignore[no-untyped-def]
+def admin_revoke_token(token_id: int):
     with context.sessions().begin() as session:
-        token = session.get(ApiToken, token_id)
-        if token is not None:
-            revoke_token(session, token, actor())
-            flash(f"Token {token.prefix}… revoked.")
+        token = get_or_404(session, ApiToken, token_id, "token")
+        revoke_token(session, token, actor())
+    flash(f"Token {token.prefix}… revoked.")
     return redirect(url_for("pages.admin"))

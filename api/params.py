@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import request
 
 from api.errors import ApiError
+from db.errors import NotFound
 
 # Ids are 64-bit integers in the database; larger numbers can only be "not found".
 MAX_ID = 2**63 - 1
@@ -22,7 +23,7 @@ def reject_out_of_range_ids(endpoint: str | None, values: dict[str, object] | No
     """A URL id too large for the database can only name nothing: 404, not a database error."""
     for name, value in (values or {}).items():
         if isinstance(value, int) and value > id_limit(name):
-            raise ApiError(404, "no such record")
+            raise NotFound("no such record")
 
 
 def int_arg(name: str, default: int, minimum: int = 0, maximum: int = MAX_ID) -> int:

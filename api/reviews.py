@@ -8,13 +8,13 @@ from flask import Blueprint, jsonify, request
 
 from api import context
 from api.auth import actor, require_role
-from api.errors import ApiError
+from api.errors import ApiError, get_or_404
 from api.params import int_arg
+from db.errors import NotFound
 from db.models import Batch, Role
 from db.reviews import (
     ALL_ROUTES,
     QueueFilter,
-    ReviewError,
     history,
     parse_cursor,
     queue_item,
@@ -64,13 +64,12 @@ def _order_arg() -> str:
 
 def _known_batch(batch_id: str) -> None:
     with context.sessions()() as session:
-        if session.get(Batch, batch_id) is None:
-            raise ApiError(404, f"no batch {batch_id}")
+        get_or_404(session, Batch, batch_id)
 
 
 @bp.get("/review/queue")
 @require_role(*REVIEWERS)
-def queue():  # type: ignore[no-untyped-def]
+def queue():
     state = request.args.get("state", "unreviewed")
     threshold = _float_arg("threshold")
     batch_id = request.args.get("batch") or None
@@ -88,35 +87,32 @@ def queue():  # type: ignore[no-untyped-def]
         route=request.args.get("route") or ALL_ROUTES,  # db.reviews checks it
     )
     limit = int_arg("limit", 50, minimum=1, maximum=500)
-    try:
-        with context.sessions()() as session:
-            items, cursor = review_queue(session, f, parse_cursor(request.args.get("after")), limit)
-    except ReviewError as exc:
-        raise ApiError(exc.status, str(exc)) from None
+    with context.sessions()() as session:
+        items, cursor = review_queue(session, f, parse_cursor(request.args.get("after")), limit)
     return jsonify(items=items, next=cursor)
 
 
 @bp.get("/review/items/<int:image_id>")
 @require_role(*REVIEWERS)
-def item(image_id: int):  # type: ignore[no-untyped-def]
+def item(image_id: int):
     with context.sessions()() as session:
         found = queue_item(session, image_id)
         if found is None:
-            raise ApiError(404, f"no scored image {image_id}")
+            raise NotFound(f"no scored image {image_id}")
         found["history"] = history(session, image_id)
     return jsonify(found)
 
 
 @bp.get("/images/<int:image_id>/reviews")
 @require_role(*REVIEWERS)
-def image_history(image_id: int):  # type: ignore[no-untyped-def]
+def image_history(image_id: int):
     with context.sessions()() as session:
         return jsonify(image_id=image_id, reviews=history(session, image_id))
 
 
 @bp.post("/images/<int:image_id>/reviews")
 @require_role(*REVIEWERS)
-def decide(image_id: int):  # type: ignore[no-untyped-def]
+def decide(image_id: int):
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise ApiError(400, "send a JSON object: {decision, comment, expected_seq}")
@@ -127,25 +123,22 @@ def decide(image_id: int):  # type: ignore[no-untyped-def]
     if not isinstance(comment, str):
         raise ApiError(400, "comment must be text")
     reviewer = actor()
-    try:
-        with context.sessions().begin() as session:
-            review = record_decision(
-                session,
-                image_id,
-                str(body.get("decision", "")),
-                reviewer,
-                comment=comment,
-                expected_seq=expected,
-            )
-            row = review_json(review, reviewer.name)
-    except ReviewError as exc:
-        raise ApiError(exc.status, str(exc)) from None
+    with context.sessions().begin() as session:
+        review = record_decision(
+            session,
+            image_id,
+            str(body.get("decision", "")),
+            reviewer,
+            comment=comment,
+            expected_seq=expected,
+        )
+        row = review_json(review, reviewer.name)
     return jsonify(row), 201
 
 
 @bp.get("/batches/<batch_id>/threshold")
 @require_role(*REVIEWERS)
-def explore_threshold(batch_id: str):  # type: ignore[no-untyped-def]
+def explore_threshold(batch_id: str):
     _known_batch(batch_id)
     threshold = _float_arg("t")
     if threshold is None:
@@ -156,7 +149,7 @@ def explore_threshold(batch_id: str):  # type: ignore[no-untyped-def]
 
 @bp.get("/batches/<batch_id>/sample")
 @require_role(*REVIEWERS)
-def qc_sample(batch_id: str):  # type: ignore[no-untyped-def]
+def qc_sample(batch_id: str):
     _known_batch(batch_id)
     n = int_arg("n", 20, minimum=1, maximum=200)
     with context.sessions()() as session:

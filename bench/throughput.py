@@ -31,6 +31,7 @@ import numpy as np
 import requests
 
 from bench.processes import ProcessGroup, free_port, project_env, wait_healthy
+from leukoscreen.imagetypes import has_image_suffix
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,12 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_inputs(folder: str | None, n: int) -> list[tuple[str, bytes]]:
     if folder:
-        files = sorted(
-            p
-            for p in Path(folder).rglob("*")
-            if p.is_file()
-            and p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-        )
+        files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and has_image_suffix(p))
         if not files:
             raise SystemExit(f"no images under {folder}")
         out = []
@@ -170,7 +166,7 @@ def bench_thesis(model_path: Path, inputs: list[tuple[str, bytes]]) -> float:
     app = Flask("thesis")
 
     @app.post("/predict")
-    def predict():  # type: ignore[no-untyped-def]
+    def predict():
         x = preprocess(request.files["file"].read())[None]
         p = float(network.predict(x, verbose=0)[0, 0])
         return jsonify(result="leukemia" if p >= 0.5 else "normal", confidence=p)

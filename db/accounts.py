@@ -11,12 +11,14 @@ from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from db.audit import Actor, record_event
-from db.models import ApiToken, Role, User
+from db.errors import Conflict, Invalid
+from db.models import ApiToken, AuditEvent, Role, User
 
 MIN_PASSWORD_LENGTH = 8
+ROLES = tuple(r.value for r in Role)
 
 
-class AccountError(ValueError):
+class AccountError(Invalid):
     pass
 
 
@@ -32,16 +34,55 @@ def has_users(session: Session) -> bool:
     return bool(session.scalar(select(func.count()).select_from(User)))
 
 
+def list_users(session: Session) -> list[User]:
+    return list(session.scalars(select(User).order_by(User.name)))
+
+
+def list_tokens(session: Session, limit: int | None = None) -> list[ApiToken]:
+    """Newest first."""
+    return list(session.scalars(select(ApiToken).order_by(ApiToken.id.desc()).limit(limit)))
+
+
+def audit_events(session: Session, before_id: int = 0, limit: int = 200) -> list[AuditEvent]:
+    """Newest first; ``before_id`` pages back through older events."""
+    stmt = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+    if before_id:
+        stmt = stmt.where(AuditEvent.id < before_id)
+    return list(session.scalars(stmt))
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise AccountError(f"role must be one of {', '.join(ROLES)}")
+
+
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"a password has at least {MIN_PASSWORD_LENGTH} characters")
+
+
+def _is_active_admin(role: str, active: bool) -> bool:
+    return active and role == Role.ADMIN.value
+
+
+def _refuse_losing_the_last_admin(session: Session, user: User) -> None:
+    others = session.scalar(
+        select(func.count())
+        .select_from(User)
+        .where(User.role == Role.ADMIN.value, User.active.is_(True), User.id != user.id)
+    )
+    if not others:
+        raise Conflict(f"{user.name} is the last active admin; make another admin first")
+
+
 def create_user(
     session: Session, name: str, role: str, password: str, actor: Actor | None = None
 ) -> User:
     name = name.strip()
     if not name or len(name) > 255:
         raise AccountError("a user name is 1 to 255 characters")
-    if role not in {r.value for r in Role}:
-        raise AccountError(f"role must be one of {', '.join(r.value for r in Role)}")
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise AccountError(f"a password has at least {MIN_PASSWORD_LENGTH} characters")
+    _check_role(role)
+    _check_password(password)
     if find_user(session, name) is not None:
         raise AccountError(f"user {name!r} already exists")
     user = User(name=name, role=role, password_hash=generate_password_hash(password), active=True)
@@ -59,18 +100,31 @@ def update_user(
     active: bool | None = None,
     password: str | None = None,
 ) -> User:
-    changes: dict[str, object] = {}
-    if role is not None and role != user.role:
-        if role not in {r.value for r in Role}:
-            raise AccountError(f"role must be one of {', '.join(r.value for r in Role)}")
-        changes["role"] = {"from": user.role, "to": role}
-        user.role = role
-    if active is not None and active != user.active:
-        changes["active"] = {"from": user.active, "to": active}
-        user.active = active
+    """Change role, active flag or password; the JSON API and the admin page both call this.
+
+    Nobody deactivates or changes the role of their own account (an admin would lock
+    themselves out), and the last active admin stays an active admin.
+    """
+    new_role = user.role if role is None else role
+    new_active = user.active if active is None else active
+    _check_role(new_role)
     if password is not None:
-        if len(password) < MIN_PASSWORD_LENGTH:
-            raise AccountError(f"a password has at least {MIN_PASSWORD_LENGTH} characters")
+        _check_password(password)
+    if actor is not None and actor.id == user.id:
+        if not new_active:
+            raise AccountError("you cannot deactivate your own account")
+        if new_role != user.role:
+            raise AccountError("you cannot change the role of your own account")
+    if _is_active_admin(user.role, user.active) and not _is_active_admin(new_role, new_active):
+        _refuse_losing_the_last_admin(session, user)
+    changes: dict[str, object] = {}
+    if new_role != user.role:
+        changes["role"] = {"from": user.role, "to": new_role}
+        user.role = new_role
+    if new_active != user.active:
+        changes["active"] = {"from": user.active, "to": new_active}
+        user.active = new_active
+    if password is not None:
         user.password_hash = generate_password_hash(password)
         changes["password"] = "changed"
     if changes:

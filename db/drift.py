@@ -45,6 +45,7 @@ def psi_bound(n: int) -> float:
 
 
 def _values(rows: list[tuple[float, float | None, dict | None]], name: str) -> np.ndarray:
+    vals: list[float | None]
     if name == "p_leukemia":
         vals = [p for p, _, _ in rows]
     elif name == "domain_distance":

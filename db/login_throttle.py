@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from db.audit import record_event
 from db.models import LoginFailure, utcnow
@@ -29,7 +29,7 @@ def _key(name: str) -> str:
 
 
 def _oldest_in_window(
-    session: Session, column: object, value: str, since: datetime
+    session: Session, column: InstrumentedAttribute[str], value: str, since: datetime
 ) -> tuple[int, datetime | None]:
     count, oldest = session.execute(
         select(func.count(), func.min(LoginFailure.created_at)).where(

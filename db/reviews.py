@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from db.audit import Actor, record_event
+from db.errors import Conflict, Invalid, NotFound
 from db.models import Batch, Decision, Image, ImageState, ModelVersion, Result, Review, User
 from model.gate import REASON_TEXT, Route
 
@@ -25,12 +26,6 @@ LEUKEMIA, NO_LEUKEMIA = "leukemia", "no_leukemia"
 # manual review), or one of those routes alone. Cleared images go to the QC sample instead.
 ALL_ROUTES = "all"
 QUEUE_ROUTES = (ALL_ROUTES, Route.FLAGGED.value, Route.MANUAL_REVIEW.value)
-
-
-class ReviewError(ValueError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def latest_review_condition() -> ColumnElement[bool]:
@@ -70,7 +65,7 @@ class QueueFilter:
     route: str = ALL_ROUTES  # one of QUEUE_ROUTES
 
 
-def _item_select() -> Select[Any]:
+def _item_select() -> Select:
     return (
         select(
             Image.id.label("image_id"),
@@ -136,14 +131,14 @@ def parse_cursor(raw: str | None) -> tuple[float, int] | None:
         p, image_result = raw.split(":", 1)
         return float(p), int(image_result)
     except ValueError:
-        raise ReviewError(400, f"bad cursor {raw!r}") from None
+        raise Invalid(f"bad cursor {raw!r}") from None
 
 
-def queue_statement(f: QueueFilter, after: tuple[float, int] | None, limit: int) -> Select[Any]:
+def queue_statement(f: QueueFilter, after: tuple[float, int] | None, limit: int) -> Select:
     if f.state is not None and f.state not in STATES:
-        raise ReviewError(400, f"state must be one of {', '.join(STATES)}")
+        raise Invalid(f"state must be one of {', '.join(STATES)}")
     if f.route not in QUEUE_ROUTES:
-        raise ReviewError(400, f"route must be one of {', '.join(QUEUE_ROUTES)}")
+        raise Invalid(f"route must be one of {', '.join(QUEUE_ROUTES)}")
     stmt = _item_select()
     manual = Result.route == Route.MANUAL_REVIEW.value
     if f.threshold is None:
@@ -233,25 +228,23 @@ def record_decision(
     comment: str = "",
     expected_seq: int | None = None,
 ) -> Review:
-    """Append a decision. Raises ReviewError 409 when someone decided since ``expected_seq``."""
+    """Append a decision. Raises Conflict when someone decided since ``expected_seq``."""
     if decision not in {d.value for d in Decision}:
-        raise ReviewError(400, f"decision must be one of {', '.join(d.value for d in Decision)}")
+        raise Invalid(f"decision must be one of {', '.join(d.value for d in Decision)}")
     image = session.get(Image, image_id)
     if image is None:
-        raise ReviewError(404, f"no image {image_id}")
+        raise NotFound(f"no image {image_id}")
     result = session.scalar(
         select(Result).where(Result.image_id == image_id).order_by(Result.id.desc()).limit(1)
     )
     if image.state != ImageState.SCORED.value or result is None:
-        raise ReviewError(409, f"image {image_id} has no score to review (state {image.state})")
+        raise Conflict(f"image {image_id} has no score to review (state {image.state})")
     previous = session.scalar(
         select(Review).where(Review.image_id == image_id).order_by(Review.seq.desc()).limit(1)
     )
     seq = previous.seq if previous else 0
     if expected_seq is not None and expected_seq != seq:
-        raise ReviewError(
-            409, f"image {image_id} was reviewed again meanwhile (decision {seq}); reload it"
-        )
+        raise Conflict(f"image {image_id} was reviewed again meanwhile (decision {seq}); reload it")
     review = Review(
         image_id=image_id,
         result_id=result.id,
@@ -267,8 +260,8 @@ def record_decision(
         with session.begin_nested():
             session.flush()
     except IntegrityError:
-        raise ReviewError(
-            409, f"image {image_id} was reviewed by someone else at the same moment; reload it"
+        raise Conflict(
+            f"image {image_id} was reviewed by someone else at the same moment; reload it"
         ) from None
     # Also in the audit trail, so that one list shows every action of every person.
     record_event(

@@ -10,8 +10,10 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+from db.models import Role
 from leukoscreen.config import load_settings
 
 
@@ -74,10 +76,8 @@ def _api(args: argparse.Namespace) -> int:
     return 0  # unreachable: execv replaces this process
 
 
-def _gpu_count() -> int:
-    """Count GPUs without importing TensorFlow in the prefork parent."""
-    if os.environ.get("LEUKOSCREEN_GPU_COUNT"):
-        return int(os.environ["LEUKOSCREEN_GPU_COUNT"])
+def _count_gpus() -> int:
+    """Count GPUs with nvidia-smi, without importing TensorFlow in the prefork parent."""
     smi = shutil.which("nvidia-smi")
     if not smi:
         return 0
@@ -87,7 +87,9 @@ def _gpu_count() -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     from worker.celery_app import app
+    from worker.runtime import use_settings
 
+    settings = load_settings()
     argv = [
         "worker",
         "-Q",
@@ -95,21 +97,23 @@ def _worker(args: argparse.Namespace) -> int:
         "--loglevel",
         args.loglevel,
         "-n",
-        f"{args.queue}-{os.getpid()}@{load_settings().hostname}",
+        f"{args.queue}-{os.getpid()}@{settings.hostname}",
         "--without-gossip",
         "--without-mingle",
     ]
     concurrency = args.concurrency
     if args.queue == "gpu":
-        gpus = _gpu_count()
+        gpus = settings.gpu_count or _count_gpus()
         if gpus == 0:
             print(
                 "no GPU found (nvidia-smi -L); set LEUKOSCREEN_GPU_COUNT to override",
                 file=sys.stderr,
             )
             return 2
-        os.environ["LEUKOSCREEN_GPU_COUNT"] = str(gpus)
+        settings = replace(settings, gpu_count=gpus)
         concurrency = concurrency or gpus
+    # The pool processes are forked from this one: each pins its GPU from these settings.
+    use_settings(settings)
     argv += ["--concurrency", str(concurrency or 1)]
     if args.max_tasks_per_child:
         argv += ["--max-tasks-per-child", str(args.max_tasks_per_child)]
@@ -154,13 +158,13 @@ def _reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sessions():  # type: ignore[no-untyped-def]
+def _sessions():
     from db.session import engine_for, session_factory
 
     return session_factory(engine_for(load_settings().database_url))
 
 
-def _operator():  # type: ignore[no-untyped-def]
+def _operator():
     import getpass
 
     from db.audit import Operator
@@ -255,10 +259,13 @@ def _model_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _delegate(module: str):  # type: ignore[no-untyped-def]
+def _delegate(module: str):
     """Training and evaluation live in model/ and need the 'train' extra."""
 
     def run(args: argparse.Namespace) -> int:
+        if getattr(args, "model", "") is None:
+            # The model the workers load, unless --model names another: model/ reads no settings.
+            args.model = load_settings().model_path
         return importlib.import_module(module).run(args)
 
     return run
@@ -321,7 +328,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("user", help="manage accounts")
     p.add_argument("action", choices=["add"])
     p.add_argument("name")
-    p.add_argument("--role", choices=["uploader", "reviewer", "admin"], required=True)
+    p.add_argument("--role", choices=[r.value for r in Role], required=True)
     p.add_argument("--password", help="default: $LEUKOSCREEN_PASSWORD, else asked for")
     p.set_defaults(func=_user)
 

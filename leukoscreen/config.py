@@ -72,6 +72,9 @@ class Settings:
     # Reverse proxies in front of the API (nginx, a load balancer) whose X-Forwarded-For/
     # -Proto/-Host headers are trusted. 0 ignores those headers: a client could forge them.
     proxy_hops: int = 0
+    # GPUs of a `--queue gpu` worker, one pool process pinned to each; 0 means "count them with
+    # nvidia-smi" (the CLI fills in the count before the pool forks).
+    gpu_count: int = 0
 
     @property
     def uses_filesystem_broker(self) -> bool:
@@ -178,4 +181,5 @@ def load_settings() -> Settings:
         login_window_s=_env_int("LEUKOSCREEN_LOGIN_WINDOW_S", 900),
         strip_metadata=_env_flag("LEUKOSCREEN_STRIP_METADATA"),
         proxy_hops=_env_int("LEUKOSCREEN_PROXY_HOPS", 0),
+        gpu_count=_env_int("LEUKOSCREEN_GPU_COUNT", 0),
     )

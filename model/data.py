@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from leukoscreen.imagetypes import has_image_suffix
 from model.preprocess import preprocess
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 NEGATIVE_FOLDERS = {"benign", "negative", "normal", "hem", "healthy"}
 POSITIVE_FOLDERS = {"early", "pre", "pro", "positive", "malignant", "all", "leukemia"}
 SPLITS = ("train", "val", "test")
@@ -75,7 +75,7 @@ def list_images(data_dir: Path) -> list[tuple[str, int]]:
     for folder in sorted(p for p in data_dir.iterdir() if p.is_dir()):
         label = folder_label(folder.name)
         for path in sorted(folder.rglob("*")):
-            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            if path.is_file() and has_image_suffix(path):
                 found.append((path.relative_to(data_dir).as_posix(), label))
     if not found:
         raise FileNotFoundError(f"no images in class folders under {data_dir}")

@@ -28,7 +28,12 @@ HEADLINE = ("accuracy", "precision", "sensitivity", "specificity", "f1", "auc", 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, default=None, help="default: settings.model_path")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="weights file (`leukoscreen evaluate` defaults to LEUKOSCREEN_MODEL_PATH)",
+    )
     parser.add_argument("--data", type=Path, required=True, help="folder of class folders")
     parser.add_argument("--out", type=Path, default=None, help="report folder")
     parser.add_argument(
@@ -40,14 +45,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/leukoscreen-cache"))
     parser.add_argument("--no-plots", action="store_true")
-
-
-def resolve_model(path: Path | None) -> Path:
-    if path is not None:
-        return path
-    from leukoscreen.config import load_settings
-
-    return load_settings().model_path
 
 
 def select_split(dataset: mdata.Dataset, weights: Path, split: str) -> tuple[mdata.Dataset, str]:
@@ -253,7 +250,10 @@ def _opt(x: float | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    weights = resolve_model(args.model)
+    # Settings are the entry point's business: `leukoscreen evaluate` fills in the default.
+    if args.model is None:
+        raise SystemExit("give --model: the weights file to evaluate")
+    weights = Path(args.model)
     card = read_card(weights)
     raw_card = json.loads(card_path(weights).read_text()) if card_path(weights).is_file() else {}
     block = raw_card.get("data", {}).get("split", {}).get("block", 20)

@@ -199,9 +199,13 @@ def run(args: argparse.Namespace) -> int:
         base = [load_rgb(blobs[source][i]) for i in order]
         base_labels = labels[source][order]
         for kind, make in KINDS.items():
-            made = [(make(im, rng), y) for im, y in zip(base, base_labels, strict=True)]
-            made = [(im, y) for im, y in made if im is not None]
-            sets[part][kind] = ([_png(im) for im, _ in made], np.array([y for _, y in made]))
+            made_blobs, made_labels = [], []
+            for im, y in zip(base, base_labels, strict=True):
+                made = make(im, rng)
+                if made is not None:  # e.g. no cell to cut out of this field
+                    made_blobs.append(_png(made))
+                    made_labels.append(y)
+            sets[part][kind] = (made_blobs, np.array(made_labels))
         if args.other_lab:
             files = sorted(f for f in args.other_lab.iterdir() if f.is_file())
             chosen = files[0::2] if part == "tuning" else files[1::2]
@@ -222,20 +226,20 @@ def run(args: argparse.Namespace) -> int:
             sets[part]["other_lab_square_224"] = (squares, None)
     for part, kinds in sets.items():
         evaluation[part] = {}
-        for kind, (made_blobs, made_labels) in kinds.items():
-            prep = _prepare_all(made_blobs, band)
+        for kind, (kind_blobs, kind_labels) in kinds.items():
+            prep = _prepare_all(kind_blobs, band)
             praw, pfeat = net.run(prep)
             decisions = _decide_all(
                 gate, threshold, prep, gate.calibrate(praw), gate.domain_distance(pfeat)
             )
-            evaluation[part][kind] = mm.route_summary(decisions, made_labels)
+            evaluation[part][kind] = mm.route_summary(decisions, kind_labels)
             print(
                 f"{part:8s} {kind:22s} manual review {evaluation[part][kind]['manual_review']:.3f}",
                 flush=True,
             )
 
     # 4. Calibration report and the card.
-    calibration = {
+    calibration: dict[str, Any] = {
         "method": "Platt scaling on the logit (temperature and bias), fitted on validation",
         "a": ab[0],
         "b": ab[1],

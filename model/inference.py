@@ -72,7 +72,7 @@ def feature_network(network: Any) -> Any:
     if not is_chain(network):
         return None
     x = inputs = keras.Input(shape=network.input_shape[1:], name="gate_image")
-    blocks = []
+    blocks: list[Any] = []
     for layer in network.layers[1:-1]:
         x = layer(x)
         if isinstance(layer, layers.MaxPooling2D):

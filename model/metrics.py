@@ -123,9 +123,9 @@ def group_bootstrap_ci(
 ) -> dict[str, list[float]]:
     """95% percentile intervals for AUC, F1, sensitivity, specificity, resampling whole groups
     (slide blocks) so that correlated images are not counted as independent evidence."""
-    y, p, groups = np.asarray(y), np.asarray(p), np.asarray(groups)
-    names = np.unique(groups)
-    members = [np.flatnonzero(groups == g) for g in names]
+    y, p, group_of = np.asarray(y), np.asarray(p), np.asarray(groups)
+    names = np.unique(group_of)
+    members = [np.flatnonzero(group_of == g) for g in names]
     rng = np.random.default_rng(seed)
     stats: dict[str, list[float]] = {"auc": [], "f1": [], "sensitivity": [], "specificity": []}
     for _ in range(n_boot):

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
 from bench.images import synthetic_smear_jpeg as smear_like_jpeg
@@ -30,6 +30,23 @@ def _reachable(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+SERVICE_FIXTURES = {"postgres_url": "postgres", "redis_url": "redis"}
+# The marks of a test module that runs gunicorn + Celery against PostgreSQL and Redis.
+LIVE_STACK = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.redis, pytest.mark.timeout(600)]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs a server carries its mark, so `-m "not postgres"` leaves it out."""
+    unmarked = [
+        f"{item.nodeid} uses {fixture} without @pytest.mark.{mark}"
+        for item in items
+        for fixture, mark in SERVICE_FIXTURES.items()
+        if fixture in getattr(item, "fixturenames", ()) and item.get_closest_marker(mark) is None
+    ]
+    if unmarked:
+        raise pytest.UsageError("\n".join(unmarked))
 
 
 @pytest.fixture
@@ -54,11 +71,21 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
+def _service(url: str, what: str) -> None:
+    """Skip a test whose service is down; `make test` (the full suite, CI) fails it instead."""
+    parts = make_url(url)
+    if _reachable(parts.host or "127.0.0.1", parts.port or 0):
+        return
+    message = f"{what} is not running at {parts.host}:{parts.port}"
+    if os.environ.get("LEUKOSCREEN_TEST_SERVICES") == "required":
+        pytest.fail(f"{message} (make test starts it with scripts/services.sh)")
+    pytest.skip(message)
+
+
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
-    """A fresh schema in the test database, dropped afterwards."""
-    if not _reachable("127.0.0.1", 5432):
-        pytest.fail("PostgreSQL is not running at 127.0.0.1:5432 (.ci/run starts it)")
+    """A fresh schema in the test database, dropped afterwards (tests using it: mark postgres)."""
+    _service(PG_URL, "PostgreSQL")
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with admin.connect() as conn:
@@ -69,7 +96,7 @@ def postgres_url() -> Iterator[str]:
     admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
     """The same test on both supported databases, schema created by Alembic."""
     from db import migrate
@@ -82,8 +109,8 @@ def db_settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
 
 @pytest.fixture
 def redis_url() -> str:
-    if not _reachable("127.0.0.1", 6379):
-        pytest.fail("Redis is not running at 127.0.0.1:6379 (.ci/run starts it)")
+    """Tests using it: mark redis."""
+    _service(REDIS_URL, "Redis")
     import redis
 
     redis.Redis.from_url(REDIS_URL).flushdb()
@@ -117,6 +144,30 @@ def token_client(app, database_url: str, name: str = "lab", role: str = "uploade
     token = create_account(database_url, name, role)
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
     return client
+
+
+def browser_login(app, database_url: str, name: str, role: str):  # type: ignore[no-untyped-def]
+    """A test client signed in through the login form, as a browser would be."""
+    create_account(database_url, name, role)
+    client = app.test_client()
+    token = csrf_token(client.get("/login").get_data(as_text=True))
+    resp = client.post("/login", data={"username": name, "password": PASSWORD, "csrf_token": token})
+    assert resp.status_code == 302, resp.get_data(as_text=True)
+    return client
+
+
+@pytest.fixture
+def app(db_settings: Settings):  # type: ignore[no-untyped-def]
+    """The API and pages on both databases (``db_settings``), with a filesystem broker."""
+    from api import create_app
+
+    return create_app(db_settings)
+
+
+@pytest.fixture
+def client(app, db_settings: Settings):  # type: ignore[no-untyped-def]
+    """A bearer-token client of the uploader ``lab``."""
+    return token_client(app, db_settings.database_url)
 
 
 @pytest.fixture(scope="session")

@@ -12,29 +12,14 @@ from api import create_app
 from db.models import ApiToken, AuditEvent, User
 from db.session import engine_for, session_factory
 from leukoscreen.cli import main as cli_main
-from tests.conftest import PASSWORD, create_account, csrf_token, token_client
+from tests.conftest import PASSWORD, browser_login, create_account, csrf_token, token_client
 from tests.reviewdata import seed_scored
 
 PUBLIC = {"/healthz", "/login", "/static/<path:filename>"}
 
 
-@pytest.fixture
-def app(db_settings):
-    return create_app(db_settings)
-
-
 def _sessions(settings):
     return session_factory(engine_for(settings.database_url))
-
-
-def browser_login(app, database_url: str, name: str, role: str):  # type: ignore[no-untyped-def]
-    """A test client signed in through the login form, as a browser would be."""
-    create_account(database_url, name, role)
-    client = app.test_client()
-    token = csrf_token(client.get("/login").get_data(as_text=True))
-    resp = client.post("/login", data={"username": name, "password": PASSWORD, "csrf_token": token})
-    assert resp.status_code == 302, resp.get_data(as_text=True)
-    return client
 
 
 def test_every_endpoint_except_healthz_and_login_needs_credentials(app):
@@ -290,3 +275,94 @@ def test_stored_images_need_credentials_and_are_never_publicly_cached(app, db_se
     assert image.status_code == 200 and image.data == make_jpeg(3)
     assert "private" in image.headers["Cache-Control"]
     assert "public" not in image.headers["Cache-Control"]
+
+
+def _user(settings, name: str) -> User:
+    with _sessions(settings)() as s:
+        return s.scalars(select(User).where(User.name == name)).one()
+
+
+def _updates_of(settings, name: str) -> list[dict]:
+    with _sessions(settings)() as s:
+        events = s.scalars(select(AuditEvent).where(AuditEvent.action == "user.update")).all()
+    return [e.details for e in events if e.details.get("name") == name]
+
+
+@pytest.mark.parametrize("api_body", [{"active": False}, {"role": "reviewer"}])
+def test_an_admin_cannot_deactivate_or_demote_their_own_account_in_the_api(
+    app, db_settings, api_body
+):
+    boss = token_client(app, db_settings.database_url, "boss", "admin")
+    # Another active admin: the refusal is about changing oneself, not about the last admin.
+    create_account(db_settings.database_url, "second", "admin")
+    resp = boss.patch(f"/api/v1/users/{_user(db_settings, 'boss').id}", json=api_body)
+    assert resp.status_code == 400 and resp.is_json
+    assert "your own account" in resp.json["error"]
+    after = _user(db_settings, "boss")
+    assert after.active and after.role == "admin"
+    assert _updates_of(db_settings, "boss") == []
+    assert boss.get("/api/v1/users").status_code == 200
+
+
+@pytest.mark.parametrize("form", [{"active": "0"}, {"role": "reviewer"}])
+def test_an_admin_cannot_deactivate_or_demote_their_own_account_on_the_admin_page(
+    app, db_settings, form
+):
+    boss = browser_login(app, db_settings.database_url, "boss", "admin")
+    create_account(db_settings.database_url, "second", "admin")
+    token = csrf_token(boss.get("/admin").get_data(as_text=True))
+    resp = boss.post(
+        f"/admin/users/{_user(db_settings, 'boss').id}",
+        data={**form, "csrf_token": token},
+        headers={"Referer": "http://localhost/admin"},
+    )
+    assert resp.status_code == 302 and resp.headers["Location"] == "/admin"
+    page = boss.get("/admin")
+    assert page.status_code == 200
+    assert "Not done: you cannot" in page.get_data(as_text=True)
+    after = _user(db_settings, "boss")
+    assert after.active and after.role == "admin"
+    assert _updates_of(db_settings, "boss") == []
+
+
+def test_an_admin_may_still_change_another_admin_and_their_own_password(app, db_settings):
+    boss = token_client(app, db_settings.database_url, "boss", "admin")
+    create_account(db_settings.database_url, "second", "admin")
+    second = _user(db_settings, "second").id
+    assert boss.patch(f"/api/v1/users/{second}", json={"role": "reviewer"}).status_code == 200
+    own = boss.patch(f"/api/v1/users/{_user(db_settings, 'boss').id}", json={"password": "n" * 12})
+    assert own.status_code == 200 and own.json["role"] == "admin"
+
+
+@pytest.mark.parametrize("change", [{"active": False}, {"role": "uploader"}])
+def test_the_last_active_admin_is_never_deactivated_or_demoted(db_settings, change):
+    from db.accounts import update_user
+    from db.audit import Operator
+    from db.errors import Conflict
+
+    create_account(db_settings.database_url, "boss", "admin")
+    create_account(db_settings.database_url, "gone", "admin")
+    operator = Operator(name="cli:test")
+    with _sessions(db_settings).begin() as s:
+        # An inactive admin does not count: it cannot sign in.
+        update_user(s, s.scalars(select(User).where(User.name == "gone")).one(), None, active=False)
+    with pytest.raises(Conflict, match="last active admin"), _sessions(db_settings).begin() as s:
+        update_user(s, s.scalars(select(User).where(User.name == "boss")).one(), operator, **change)
+    assert _user(db_settings, "boss").active and _user(db_settings, "boss").role == "admin"
+    create_account(db_settings.database_url, "second", "admin")
+    with _sessions(db_settings).begin() as s:
+        update_user(s, s.scalars(select(User).where(User.name == "boss")).one(), operator, **change)
+
+
+def test_unknown_records_are_an_error_page_on_pages_and_json_in_the_api(app, db_settings):
+    admin = browser_login(app, db_settings.database_url, "boss", "admin")
+    page = admin.get("/batches/no-such-batch")
+    assert page.status_code == 404 and page.mimetype == "text/html"
+    assert "no batch no-such-batch" in page.get_data(as_text=True)
+    api = admin.get("/api/v1/batches/no-such-batch")
+    assert api.status_code == 404 and api.json == {"error": "no batch no-such-batch", "status": 404}
+    # A form posted from elsewhere (no same-site Referer) goes back to the home page.
+    token = csrf_token(admin.get("/admin").get_data(as_text=True))
+    posted = admin.post("/admin/tokens/999/revoke", data={"csrf_token": token})
+    assert posted.status_code == 302 and posted.headers["Location"] == "/"
+    assert "Not done: no token 999" in admin.get("/admin").get_data(as_text=True)

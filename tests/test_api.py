@@ -27,13 +27,6 @@ def _queued_messages(settings) -> list[list[int]]:
     return chunks
 
 
-@pytest.fixture
-def client(db_settings):
-    app = create_app(db_settings)
-    app.config["TESTING"] = True
-    return token_client(app, db_settings.database_url)
-
-
 def _files(*items: tuple[str, bytes]):
     return {"images": [(io.BytesIO(data), name) for name, data in items]}
 

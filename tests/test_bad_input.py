@@ -141,11 +141,6 @@ CASES: list[tuple[str, str, Callable[[bytes], bytes], str, str]] = [
 ]
 
 
-@pytest.fixture
-def client(db_settings):
-    return token_client(create_app(db_settings), db_settings.database_url)
-
-
 def _post(client, files: list[tuple[str, bytes]], field: str = "images"):
     return client.post(
         "/api/v1/batches",

@@ -6,7 +6,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
+
+# It starts gunicorn and Celery workers against Redis.
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
 
 def test_bench_reports_every_figure_in_its_json(model_path, tmp_path, redis_url):

@@ -17,9 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.processes import ProcessGroup as Service
-from bench.processes import free_port as _free_port
-from bench.processes import project_env, wait_healthy
+from bench.processes import ProcessGroup, free_port, project_env, wait_healthy
 from db import migrate
 from model.gate import REASON_TEXT, RouteReason, gate_path
 from tests.conftest import PASSWORD, REPO, create_account, smear_like_jpeg
@@ -58,8 +56,8 @@ def _serve(tmp_path: Path, model: Path) -> Iterator[tuple[str, str, Path]]:
     create_account(database_url, "boss", "admin")
     logs = tmp_path / "logs"
     logs.mkdir()
-    svc = Service(env, logs)
-    port = _free_port()
+    svc = ProcessGroup(env, logs)
+    port = free_port()
     svc.start("api", "--port", str(port), "--workers", "2", name="api")
     svc.start("worker", "--concurrency", "1", name="worker")
     base = f"http://127.0.0.1:{port}"

@@ -13,9 +13,7 @@ import pytest
 import requests
 from sqlalchemy import create_engine, func, select
 
-from bench.processes import ProcessGroup as Service
-from bench.processes import free_port as _free_port
-from bench.processes import project_env, wait_healthy
+from bench.processes import ProcessGroup, free_port, project_env, wait_healthy
 from db import migrate
 from db.models import Image, Result
 from tests.conftest import REPO, create_account, smear_like_jpeg
@@ -23,8 +21,13 @@ from tests.conftest import REPO, create_account, smear_like_jpeg
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
-@pytest.fixture(params=["postgres+redis", "sqlite+filesystem"])
-def service(request, tmp_path, model_path) -> Iterator[tuple[Service, str, str]]:
+@pytest.fixture(
+    params=[
+        pytest.param("postgres+redis", marks=[pytest.mark.postgres, pytest.mark.redis]),
+        "sqlite+filesystem",
+    ]
+)
+def service(request, tmp_path, model_path) -> Iterator[tuple[ProcessGroup, str, str]]:
     env = project_env()
     if request.param == "postgres+redis":
         database_url = request.getfixturevalue("postgres_url")
@@ -45,8 +48,8 @@ def service(request, tmp_path, model_path) -> Iterator[tuple[Service, str, str]]
     env["LEUKOSCREEN_TOKEN"] = create_account(database_url, "lab", "uploader")
     logs = tmp_path / "logs"
     logs.mkdir()
-    svc = Service(env, logs)
-    port = _free_port()
+    svc = ProcessGroup(env, logs)
+    port = free_port()
     svc.start("api", "--port", str(port), "--workers", "2", name="api")
     base = f"http://127.0.0.1:{port}"
     if not wait_healthy(base):
@@ -59,7 +62,7 @@ def service(request, tmp_path, model_path) -> Iterator[tuple[Service, str, str]]
         print(svc.logs()[-6000:])
 
 
-def _auth(svc: Service) -> dict[str, str]:
+def _auth(svc: ProcessGroup) -> dict[str, str]:
     return {"Authorization": f"Bearer {svc.env['LEUKOSCREEN_TOKEN']}"}
 
 

@@ -21,14 +21,12 @@ import requests
 from sqlalchemy import create_engine, func, select
 
 from bench.images import synthetic_smear_jpeg
-from bench.processes import ProcessGroup as Service
-from bench.processes import free_port as _free_port
-from bench.processes import project_env, wait_healthy
+from bench.processes import ProcessGroup, free_port, project_env, wait_healthy
 from db import migrate
 from db.models import Image, Result
-from tests.conftest import REDIS_URL, REPO, create_account
+from tests.conftest import LIVE_STACK, REDIS_URL, REPO, create_account
 
-pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.faults, *LIVE_STACK]
 
 PG_CLUSTER = [
     "pg_ctlcluster",
@@ -61,7 +59,7 @@ def figures(database_url: str) -> dict[str, int]:
     }
 
 
-def wait_until(predicate, timeout: float, what: str, svc: Service | None = None) -> None:
+def wait_until(predicate, timeout: float, what: str, svc: ProcessGroup | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -110,8 +108,8 @@ def stack(tmp_path, model_path, postgres_url, redis_url):
     HEADERS["Authorization"] = f"Bearer {create_account(postgres_url, 'lab', 'uploader')}"
     logs = tmp_path / "logs"
     logs.mkdir()
-    svc = Service(env, logs)
-    port = _free_port()
+    svc = ProcessGroup(env, logs)
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
 
     def start_api() -> None:

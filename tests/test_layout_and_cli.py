@@ -129,3 +129,102 @@ def test_submit_without_a_token_explains_how_to_get_one(tmp_path, monkeypatch, c
 def test_cli_offers_account_and_token_commands(command):
     args = build_parser(command.split()[0]).parse_args(command.split())
     assert callable(args.func)
+
+
+def test_the_image_holds_every_package_the_cli_imports():
+    """`leukoscreen bench` runs inside the image: every packaged folder is copied into it."""
+    copied = {
+        line.split()[1]
+        for line in (REPO / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ") and len(line.split()) == 3
+    }
+    packages = {"api", "worker", "model", "db", "migrations", "leukoscreen", "bench"}
+    assert packages <= copied, packages - copied
+
+
+LAYERS = ("api", "worker", "model", "db", "bench")
+ENTRY_POINTS = {"leukoscreen.cli", "leukoscreen.serve", "leukoscreen.submit"}
+BASE = ("leukoscreen/config.py", "leukoscreen/storage.py", "leukoscreen/imagetypes.py")
+
+
+def _imports(path) -> set[str]:  # type: ignore[no-untyped-def]
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def _modules(*folders: str):  # type: ignore[no-untyped-def]
+    return [p for folder in folders for p in sorted((REPO / folder).rglob("*.py"))]
+
+
+def test_entry_points_sit_above_everything_they_call():
+    """api/ worker/ model/ db/ bench/ never import the CLI, serve or submit; the shared base
+    (settings, storage, image types) imports none of the layers above it."""
+    upward = {
+        f"{p.relative_to(REPO)} imports {name}"
+        for p in _modules(*LAYERS, "migrations")
+        for name in _imports(p)
+        if name in ENTRY_POINTS
+    }
+    upward |= {
+        f"{path} imports {name}"
+        for path in BASE
+        for name in _imports(REPO / path)
+        if name.split(".")[0] in LAYERS or name in ENTRY_POINTS
+    }
+    assert not upward, sorted(upward)
+
+
+def _environment_reads(path) -> int:  # type: ignore[no-untyped-def]
+    """How often a module reads os.environ / os.getenv (setting a variable for a library,
+    like CUDA_VISIBLE_DEVICES for TensorFlow, is not a read)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    written = {
+        id(target.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Subscript)
+    }
+    return sum(
+        1
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr in ("environ", "getenv")
+        and id(node) not in written
+    )
+
+
+def test_settings_are_read_only_in_the_settings_module():
+    """No layer reads the environment itself; db/ and model/ are handed their settings."""
+    readers = {str(p.relative_to(REPO)) for p in _modules(*LAYERS[:4]) if _environment_reads(p)}
+    readers |= {
+        f"{p.relative_to(REPO)} imports the settings"
+        for p in _modules("model", "db")
+        if "leukoscreen.config" in _imports(p)
+    }
+    assert not readers, sorted(readers)
+
+
+def test_leukoscreen_evaluate_defaults_to_the_configured_model(monkeypatch, tmp_path):
+    """The entry point reads the settings; model/evaluate.py is handed the path."""
+    import model.evaluate
+
+    weights = tmp_path / "chosen.keras"
+    monkeypatch.setenv("LEUKOSCREEN_MODEL_PATH", str(weights))
+    with pytest.raises(SystemExit, match="give --model"):
+        model.evaluate.main(["--data", str(tmp_path)])
+    seen = []
+    monkeypatch.setattr(model.evaluate, "run", lambda args: seen.append(args.model) or 0)
+    args = build_parser("evaluate").parse_args(["evaluate", "--data", str(tmp_path)])
+    assert args.func(args) == 0
+    assert seen == [weights]

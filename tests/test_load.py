@@ -18,14 +18,12 @@ import requests
 from sqlalchemy import create_engine, func, select
 
 from bench.images import synthetic_smear_jpeg
-from bench.processes import ProcessGroup as Service
-from bench.processes import free_port as _free_port
-from bench.processes import project_env, wait_healthy
+from bench.processes import ProcessGroup, free_port, project_env, wait_healthy
 from db import migrate
 from db.models import Image, Result
-from tests.conftest import PASSWORD, create_account, csrf_token
+from tests.conftest import LIVE_STACK, PASSWORD, create_account, csrf_token
 
-pytestmark = [pytest.mark.load, pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.load, *LIVE_STACK]
 
 UPLOADERS = int(os.environ.get("LEUKOSCREEN_LOAD_UPLOADERS", "20"))
 IMAGES_EACH = int(os.environ.get("LEUKOSCREEN_LOAD_IMAGES_EACH", "100"))
@@ -48,8 +46,8 @@ def load_stack(tmp_path, model_path, postgres_url, redis_url):  # type: ignore[n
     tokens = [create_account(postgres_url, f"lab{i:02d}", "uploader") for i in range(UPLOADERS)]
     logs = tmp_path / "logs"
     logs.mkdir()
-    svc = Service(env, logs)
-    port = _free_port()
+    svc = ProcessGroup(env, logs)
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     svc.start("api", "--port", str(port), "--workers", "4", name="api")
     svc.start("worker", "--concurrency", "1", name="worker")

@@ -11,9 +11,7 @@ import sys
 import pytest
 
 from api import create_app
-from bench.processes import ProcessGroup as Service
-from bench.processes import free_port as _free_port
-from bench.processes import project_env, wait_healthy
+from bench.processes import ProcessGroup, free_port, project_env, wait_healthy
 from db import migrate
 from tests.conftest import create_account, token_client
 
@@ -38,6 +36,8 @@ def test_every_route_is_described_and_every_description_is_a_route(db_settings):
 
 
 @pytest.mark.e2e
+@pytest.mark.postgres
+@pytest.mark.redis
 @pytest.mark.timeout(600)
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     tmp_path, postgres_url, redis_url
@@ -50,8 +50,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     migrate.upgrade(postgres_url)
     token = create_account(postgres_url, "schemathesis", "admin")
     (tmp_path / "logs").mkdir()
-    svc = Service(env, tmp_path / "logs")
-    port = _free_port()
+    svc = ProcessGroup(env, tmp_path / "logs")
+    port = free_port()
     svc.start("api", "--port", str(port), "--workers", "2", name="api")
     base = f"http://127.0.0.1:{port}"
     try:
@@ -90,3 +90,30 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     print(done.stdout[-3000:])
     assert done.returncode == 0, done.stdout[-6000:] + svc.logs()
     assert "500" not in re.findall(r"\[(\d{3})\]", done.stdout)
+
+
+def test_the_enums_of_the_spec_and_the_cli_are_the_models():
+    from api.openapi import BATCH, RESULT_ROW, spec
+    from db.models import BatchState, Decision, ImageState, Role
+    from leukoscreen.cli import build_parser
+
+    def body(path: str, method: str) -> dict:
+        op = spec()["paths"][path][method]
+        return op["requestBody"]["content"]["application/json"]["schema"]["properties"]
+
+    def query(path: str, name: str) -> list[str]:
+        params = spec()["paths"][path]["get"]["parameters"]
+        return next(p["schema"]["enum"] for p in params if p["name"] == name)
+
+    assert body("/api/v1/images/{image_id}/reviews", "post")["decision"]["enum"] == list(Decision)
+    assert body("/api/v1/users", "post")["role"]["enum"] == list(Role)
+    assert body("/api/v1/users/{user_id}", "patch")["role"]["enum"] == list(Role)
+    assert query("/api/v1/review/queue", "state") == ["unreviewed", *Decision, "all"]
+    assert BATCH["properties"]["state"]["enum"] == list(BatchState)
+    assert list(BATCH["properties"]["counts"]["properties"]) == list(ImageState)
+    assert RESULT_ROW["properties"]["state"]["enum"] == list(ImageState)
+    for role in Role:
+        args = build_parser("user").parse_args(["user", "add", "x", "--role", role.value])
+        assert args.role == role
+    with pytest.raises(SystemExit):
+        build_parser("user").parse_args(["user", "add", "x", "--role", "superuser"])

@@ -9,17 +9,11 @@ import json
 import pytest
 from sqlalchemy import delete, select, text, update
 
-from api import create_app
 from db.audit import AppendOnlyError
 from db.models import Result, Review
 from db.session import engine_for, session_factory
-from tests.conftest import token_client
+from tests.conftest import browser_login, token_client
 from tests.reviewdata import seed_scored
-
-
-@pytest.fixture
-def app(db_settings):
-    return create_app(db_settings)
 
 
 @pytest.fixture
@@ -210,8 +204,6 @@ def test_export_shows_each_images_current_decision_and_reviewer(app, db_settings
 
 
 def test_file_names_batch_names_and_comments_are_escaped_in_pages(app, db_settings):
-    from tests.test_access import browser_login
-
     evil = '<script>alert("x")</script>.jpg'
     batch, ids = seed_scored(
         db_settings.database_url, [0.9], name="<b>batch</b><script>1</script>", file_names=[evil]

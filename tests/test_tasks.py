@@ -55,3 +55,28 @@ def test_scoring_task_is_configured_for_at_least_once_delivery():
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1
     assert tasks.score_images.max_retries == tasks.MAX_RETRIES
+
+
+def test_gpu_count_reaches_the_pool_processes_through_the_settings(settings, monkeypatch):
+    """`leukoscreen worker --queue gpu` counts the cards once; each forked child pins one."""
+    import os
+    from types import SimpleNamespace
+
+    from leukoscreen import cli
+    from worker import celery_app, runtime
+
+    for name in ("LEUKOSCREEN_GPU_COUNT", "CUDA_VISIBLE_DEVICES", "TF_FORCE_GPU_ALLOW_GROWTH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LEUKOSCREEN_VAR_DIR", str(settings.var_dir))
+    monkeypatch.setattr(runtime, "_settings", None)
+    monkeypatch.setattr(cli, "_count_gpus", lambda: 3)
+    started: list[list[str]] = []
+    monkeypatch.setattr(celery_app.app, "worker_main", started.append)
+    assert cli.main(["worker", "--queue", "gpu"]) == 0
+    assert started[0][started[0].index("--concurrency") + 1] == "3"
+    assert runtime.worker_settings().gpu_count == 3
+    assert "LEUKOSCREEN_GPU_COUNT" not in os.environ
+    # What a forked pool process does first: pool process 4 of 3 cards gets card 1.
+    monkeypatch.setattr(tasks, "current_process", lambda: SimpleNamespace(index=4))
+    tasks._pin_gpu()
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"

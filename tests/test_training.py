@@ -181,6 +181,7 @@ def parse(module, argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["lenet_lld", "lenet_lld_bn"])
 def test_train_and_evaluate_smoke(tmp_path, arch):
     from model import evaluate, train

@@ -75,13 +75,28 @@ def configure_tensorflow(threads: int = 0) -> None:
             log.warning("could not enable memory growth: %s", exc)
 
 
+_settings: Settings | None = None
 _runtime: WorkerRuntime | None = None
+
+
+def use_settings(settings: Settings) -> None:
+    """Settings for this worker and the pool processes it forks (``leukoscreen worker``)."""
+    global _settings
+    _settings = settings
+    reset_runtime()
+
+
+def worker_settings() -> Settings:
+    global _settings
+    if _settings is None:
+        _settings = load_settings()
+    return _settings
 
 
 def runtime() -> WorkerRuntime:
     global _runtime
     if _runtime is None:
-        _runtime = WorkerRuntime(load_settings())
+        _runtime = WorkerRuntime(worker_settings())
     return _runtime
 
 

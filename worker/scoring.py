@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from sqlalchemy import insert, select, update
@@ -72,6 +72,7 @@ def register_model_version(sessions: sessionmaker[Session], model: Scorer) -> in
 
 def _insert_ignoring_duplicates(session: Session, rows: list[dict]) -> None:
     dialect = session.get_bind().dialect.name
+    stmt: Any
     if dialect == "postgresql":
         stmt = postgresql.insert(Result).on_conflict_do_nothing(
             index_elements=["image_id", "model_version_id"]
@@ -106,7 +107,8 @@ def claim(
                 )
             )
         )
-        claimed, exhausted = [], []
+        claimed: list[Any] = []
+        exhausted: list[Any] = []
         for r in rows:
             if r.id in done:
                 continue

@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from worker.celery_app import RECONCILE_TASK, SCORE_TASK, app
 from worker.reconcile import reconcile as reconcile_images
-from worker.runtime import reset_runtime, runtime
+from worker.runtime import reset_runtime, runtime, worker_settings
 from worker.scoring import fail_chunk, score_chunk
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ MAX_RETRIES = 5
 def _pin_gpu(**_: object) -> None:
     """One process per GPU: child i sees only GPU i, before TensorFlow is ever imported."""
     reset_runtime()
-    gpus = int(os.environ.get("LEUKOSCREEN_GPU_COUNT", "0") or 0)
+    gpus = worker_settings().gpu_count
     if gpus > 0:
         index = (current_process().index or 0) % gpus
         os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
@@ -34,7 +34,7 @@ def _pin_gpu(**_: object) -> None:
 
 
 @app.task(name=SCORE_TASK, bind=True, max_retries=MAX_RETRIES, acks_late=True)
-def score_images(self, image_ids: list[int]) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def score_images(self, image_ids: list[int]) -> dict[str, int]:
     rt = runtime()
     try:
         outcome = score_chunk(
