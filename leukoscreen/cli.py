@@ -38,10 +38,11 @@ def _redacted(url: str) -> str:
 
 def _refuse_insecure() -> int:
     """Exit status 2 with the reason when production settings are unsafe, else 0."""
-    from leukoscreen.config import InsecureConfiguration, check_secret_key, load_settings
+    from leukoscreen.config import InsecureConfiguration, load_settings, resolve_secret_key
 
     try:
-        check_secret_key(load_settings())
+        # Also generates the var folder's key on first start, before any child process.
+        resolve_secret_key(load_settings())
     except InsecureConfiguration as exc:
         print(f"leukoscreen: refusing to start: {exc}", file=sys.stderr)
         return 2
