@@ -76,6 +76,10 @@ class Settings:
     login_window_s: int = 900
     # Store originals without EXIF/XMP/ICC comments and PNG/TIFF text (names, dates, devices).
     strip_metadata: bool = False
+    # Uncompressed bytes one zip archive may hold, and one request may unpack in all (plain
+    # files and archive entries together), counted as they are read.
+    max_archive_bytes: int = 1024 * 1024 * 1024
+    max_unpacked_bytes: int = 2 * 1024 * 1024 * 1024
     # Reverse proxies in front of the API (nginx, a load balancer) whose X-Forwarded-For/
     # -Proto/-Host headers are trusted. 0 ignores those headers: a client could forge them.
     proxy_hops: int = 0
@@ -231,4 +235,6 @@ def load_settings() -> Settings:
         login_window_s=_env_int("LEUKOSCREEN_LOGIN_WINDOW_S", 900),
         strip_metadata=_env_flag("LEUKOSCREEN_STRIP_METADATA"),
         proxy_hops=_env_int("LEUKOSCREEN_PROXY_HOPS", 0),
+        max_archive_bytes=_env_int("LEUKOSCREEN_MAX_ARCHIVE_BYTES", 1024 * 1024 * 1024),
+        max_unpacked_bytes=_env_int("LEUKOSCREEN_MAX_UNPACKED_BYTES", 2 * 1024 * 1024 * 1024),
     )
