@@ -10,7 +10,7 @@ from sqlalchemy import select
 from api import context
 from api.auth import actor, require_role
 from api.errors import ApiError
-from api.params import int_arg
+from api.params import int_arg, json_object, text_field
 from db.accounts import AccountError, create_token, create_user, revoke_token, update_user
 from db.models import ApiToken, AuditEvent, Role, User
 
@@ -52,10 +52,7 @@ def event_json(event: AuditEvent) -> dict[str, Any]:
 
 
 def _body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, "send a JSON object")
-    return body
+    return json_object("send a JSON object")
 
 
 @bp.get("/users")
@@ -75,9 +72,9 @@ def add_user():  # type: ignore[no-untyped-def]
         with context.sessions().begin() as session:
             user = create_user(
                 session,
-                str(body.get("name", "")),
-                str(body.get("role", "")),
-                str(body.get("password", "")),
+                text_field(body, "name", "") or "",
+                text_field(body, "role", "") or "",
+                text_field(body, "password", "") or "",
                 actor(),
             )
             row = user_json(user)
@@ -102,9 +99,9 @@ def change_user(user_id: int):  # type: ignore[no-untyped-def]
                 session,
                 user,
                 actor(),
-                role=body.get("role"),
+                role=text_field(body, "role"),
                 active=active,
-                password=body.get("password"),
+                password=text_field(body, "password"),
             )
             row = user_json(user)
     except AccountError as exc:
@@ -128,7 +125,7 @@ def add_token(user_id: int):  # type: ignore[no-untyped-def]
         user = session.get(User, user_id)
         if user is None:
             raise ApiError(404, f"no user {user_id}")
-        row, token = create_token(session, user, actor(), str(body.get("label", "")))
+        row, token = create_token(session, user, actor(), text_field(body, "label", "") or "")
         out = token_json(row) | {"token": token}
     return jsonify(out), 201
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import mimetypes
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from db.reviews import decision_counts
 from worker.dispatch import enqueue_images
 
 bp = Blueprint("batches", __name__, url_prefix="/api/v1")
+log = logging.getLogger(__name__)
 
 MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "TIFF": "image/tiff"}
 
@@ -74,6 +76,33 @@ def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
                 ).all()
             )
     intake = Intake(settings, context.store(), known)
+    try:
+        return _check_and_record(intake, uploads, batch, name)
+    except BaseException:
+        _remove_unrecorded(intake.created)
+        raise
+
+
+def _remove_unrecorded(keys: list[str]) -> None:
+    """Delete the originals a failed request stored, unless some image row records them."""
+    if not keys:
+        return
+    try:
+        with context.sessions()() as session:
+            recorded = set(
+                session.scalars(select(Image.storage_key).where(Image.storage_key.in_(keys)))
+            )
+    except Exception:  # the database is down: keep the files rather than guess
+        log.exception("cannot check which stored files a failed upload left")
+        return
+    for key in set(keys) - recorded:
+        context.store().remove(key)
+
+
+def _check_and_record(
+    intake: Intake, uploads: list[tuple[str, Any]], batch: Batch | None, name: str | None
+) -> tuple[Response, int]:
+    settings, sessions = context.settings(), context.sessions()
     for filename, stream in uploads:
         intake.add_upload(filename, stream)
     report = intake.report
@@ -100,7 +129,8 @@ def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
             session.add(batch)
         else:
             batch = session.merge(batch)
-            batch.state = BatchState.SCORING.value
+            if accepted:  # a part of only rejected or duplicate files leaves the state alone
+                batch.state = BatchState.SCORING.value
         images: list[tuple[FileOutcome, Image | None]] = []
         for o in report.outcomes:
             if o.status == "duplicate":

@@ -139,6 +139,8 @@ class Intake:
         self.store = store
         self.seen = dict(known)  # sha256 -> first file name with those bytes in this batch
         self.report = IntakeReport()
+        # Originals this request added to the store: removed again if it fails unrecorded.
+        self.created: list[str] = []
         # Bytes this request may still unpack (plain files and archive entries, as read).
         self.unpacked_left = settings.max_unpacked_bytes
 
@@ -224,7 +226,10 @@ class Intake:
                 outcome.status, outcome.reason = "rejected", f"metadata cannot be removed: {exc}"
                 self.report.outcomes.append(outcome)
                 return
+        stored_before = self.store.exists(staged.sha256)
         outcome.storage_key = self.store.commit(staged)
+        if not stored_before:
+            self.created.append(outcome.storage_key)
         # Duplicates are found by the received bytes, not by a stripped copy's.
         self.seen[outcome.sha256] = name
         self.report.outcomes.append(outcome)

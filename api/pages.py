@@ -13,6 +13,7 @@ from sqlalchemy import select
 from api import context
 from api.accounts import event_json, token_json, user_json
 from api.auth import actor, require_role
+from api.params import MAX_SMALL_ID
 from db.accounts import AccountError, create_token, create_user, revoke_token, update_user
 from db.models import ApiToken, AuditEvent, Batch, Role, User
 from db.reviews import STATES
@@ -157,7 +158,9 @@ def admin_change_user(user_id: int):  # type: ignore[no-untyped-def]
 @require_role(ADMIN)
 def admin_add_token():  # type: ignore[no-untyped-def]
     with context.sessions().begin() as session:
-        user = session.get(User, request.form.get("user_id", 0, type=int))
+        user_id = request.form.get("user_id", 0, type=int)
+        # An id past 32 bits names nobody (and would overflow the database's integer).
+        user = session.get(User, user_id) if 0 < user_id <= MAX_SMALL_ID else None
         if user is None:
             flash("Not created: no such user")
             return redirect(url_for("pages.admin"))

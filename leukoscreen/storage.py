@@ -80,6 +80,10 @@ class ContentStore:
                         out.write(chunk)
                     except OSError as exc:
                         raise StorageUnavailable(exc) from exc
+                try:  # the last buffered bytes: a full disk can refuse them here too
+                    out.flush()
+                except OSError as exc:
+                    raise StorageUnavailable(exc) from exc
         except BaseException:
             Path(name).unlink(missing_ok=True)
             raise
@@ -115,6 +119,10 @@ class ContentStore:
 
     def discard(self, staged: Staged) -> None:
         staged.path.unlink(missing_ok=True)
+
+    def remove(self, key: str) -> None:
+        """Delete a stored original that no database row records (an upload that failed)."""
+        self.path_for(key).unlink(missing_ok=True)
 
     def read(self, key: str) -> bytes:
         return self.path_for(key).read_bytes()
