@@ -6,7 +6,7 @@ import hashlib
 import secrets
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -72,10 +72,21 @@ def update_user(
         if len(password) < MIN_PASSWORD_LENGTH:
             raise AccountError(f"a password has at least {MIN_PASSWORD_LENGTH} characters")
         user.password_hash = generate_password_hash(password)
+        user.session_version += 1  # whoever knew the old password is signed out
         changes["password"] = "changed"
     if changes:
         record_event(session, actor, "user.update", f"user:{user.id}", name=user.name, **changes)
     return user
+
+
+def end_sessions(session: Session, user_id: int) -> None:
+    """Invalidate every session cookie issued to the user so far (all browsers)."""
+    session.execute(
+        update(User)
+        .where(User.id == user_id)
+        .values(session_version=User.session_version + 1)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def check_password(session: Session, name: str, password: str) -> User | None:
