@@ -13,8 +13,9 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, send_file, stream_with_context, url_for
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
-from api import context
+from api import context, idempotency
 from api.auth import actor
 from api.errors import ApiError
 from api.intake import FileOutcome, Intake
@@ -62,7 +63,18 @@ def _uploads() -> list[tuple[str, Any]]:
     return [(f.filename or "unnamed", f.stream) for f in files]
 
 
+def _answer(body: dict[str, Any], replayed: bool = False) -> tuple[Response, int]:
+    response = jsonify(body)
+    response.headers["Location"] = url_for("batches.get_batch", batch_id=body["batch_id"])
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response, 202
+
+
 def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
+    key = idempotency.request_key()
+    if key is not None and (first := idempotency.first_answer(key)) is not None:
+        return _answer(first, replayed=True)
     uploads = _uploads()
     settings, sessions = context.settings(), context.sessions()
     known: dict[str, str] = {}
@@ -77,7 +89,14 @@ def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
             )
     intake = Intake(settings, context.store(), known)
     try:
-        return _check_and_record(intake, uploads, batch, name)
+        return _check_and_record(intake, uploads, batch, name, key)
+    except IntegrityError:
+        # A copy of this request with the same key committed first: answer as it did.
+        _remove_unrecorded(intake.created)
+        first = idempotency.first_answer(key) if key is not None else None
+        if first is None:
+            raise
+        return _answer(first, replayed=True)
     except BaseException:
         _remove_unrecorded(intake.created)
         raise
@@ -100,7 +119,11 @@ def _remove_unrecorded(keys: list[str]) -> None:
 
 
 def _check_and_record(
-    intake: Intake, uploads: list[tuple[str, Any]], batch: Batch | None, name: str | None
+    intake: Intake,
+    uploads: list[tuple[str, Any]],
+    batch: Batch | None,
+    name: str | None,
+    key: str | None,
 ) -> tuple[Response, int]:
     settings, sessions = context.settings(), context.sessions()
     for filename, stream in uploads:
@@ -166,28 +189,29 @@ def _check_and_record(
             rejected=report.count("rejected"),
             duplicate=report.count("duplicate"),
         )
-        rows = [_outcome_json(o, img.id if img else None) for o, img in images]
         queued_ids = [img.id for o, img in images if img is not None and o.status == "accepted"]
+        body: dict[str, Any] = {
+            "batch_id": batch_id,
+            "accepted": len(accepted),
+            "rejected": report.count("rejected"),
+            "duplicate": report.count("duplicate"),
+            "enqueued": 0,
+            "files": [_outcome_json(o, img.id if img else None) for o, img in images],
+        }
+        remembered = idempotency.remember(session, key, body) if key is not None else None
 
     # Enqueue only after the commit: a worker must find the rows it is told about.
     enqueued = enqueue_images(
         context.celery(), sessions, queued_ids, settings.chunk_size, settings.default_queue
     )
-    body = {
-        "batch_id": batch_id,
-        "accepted": len(accepted),
-        "rejected": report.count("rejected"),
-        "duplicate": report.count("duplicate"),
-        "enqueued": enqueued,
-        "files": rows,
-    }
+    body["enqueued"] = enqueued
     if enqueued < len(queued_ids):
         body["note"] = (
             "broker unavailable: images are stored and will be queued automatically when it is back"
         )
-    response = jsonify(body)
-    response.headers["Location"] = url_for("batches.get_batch", batch_id=batch_id)
-    return response, 202
+    if remembered is not None:
+        idempotency.complete(remembered, body)
+    return _answer(body)
 
 
 @bp.post("/batches")
