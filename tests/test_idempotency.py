@@ -18,14 +18,10 @@ from tests.conftest import token_client
 
 
 @pytest.fixture
-def app(db_settings):
+def client(db_settings):
+    """An uploader's token client; the app is ``client.application``."""
     migrate.upgrade(db_settings.database_url)
-    return create_app(db_settings)
-
-
-@pytest.fixture
-def client(app, db_settings):
-    return token_client(app, db_settings.database_url)
+    return token_client(create_app(db_settings), db_settings.database_url)
 
 
 def _counts(database_url: str) -> tuple[int, int]:
@@ -67,9 +63,9 @@ def test_a_retried_part_is_added_once(client, db_settings, make_jpeg):
     assert _counts(db_settings.database_url) == (1, 3)
 
 
-def test_a_key_is_per_user_and_per_request(app, client, db_settings, make_jpeg):
+def test_a_key_is_per_user_and_per_request(client, db_settings, make_jpeg):
     first = _post(client, "/api/v1/batches", "k", [make_jpeg(1)])
-    someone_else = token_client(app, db_settings.database_url, "other-lab", "uploader")
+    someone_else = token_client(client.application, db_settings.database_url, "other-lab")
     assert (
         _post(someone_else, "/api/v1/batches", "k", [make_jpeg(1)]).json["batch_id"]
         != first.json["batch_id"]
