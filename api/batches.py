@@ -73,9 +73,10 @@ def _answer(body: dict[str, Any], replayed: bool = False) -> tuple[Response, int
 
 def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
     key = idempotency.request_key()
-    if key is not None and (first := idempotency.first_answer(key)) is not None:
-        return _answer(first, replayed=True)
     uploads = _uploads()
+    sent = idempotency.fingerprint(uploads)
+    if key is not None and (first := idempotency.first_answer(key, sent)) is not None:
+        return _answer(first, replayed=True)
     settings, sessions = context.settings(), context.sessions()
     known: dict[str, str] = {}
     if batch is not None:
@@ -89,11 +90,11 @@ def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
             )
     intake = Intake(settings, context.store(), known)
     try:
-        return _check_and_record(intake, uploads, batch, name, key)
+        return _check_and_record(intake, uploads, batch, name, key, sent)
     except IntegrityError:
         # A copy of this request with the same key committed first: answer as it did.
         _remove_unrecorded(intake.created)
-        first = idempotency.first_answer(key) if key is not None else None
+        first = idempotency.first_answer(key, sent) if key is not None else None
         if first is None:
             raise
         return _answer(first, replayed=True)
@@ -124,6 +125,7 @@ def _check_and_record(
     batch: Batch | None,
     name: str | None,
     key: str | None,
+    sent: str,
 ) -> tuple[Response, int]:
     settings, sessions = context.settings(), context.sessions()
     for filename, stream in uploads:
@@ -198,7 +200,7 @@ def _check_and_record(
             "enqueued": 0,
             "files": [_outcome_json(o, img.id if img else None) for o, img in images],
         }
-        remembered = idempotency.remember(session, key, body) if key is not None else None
+        remembered = idempotency.remember(session, key, sent, body) if key is not None else None
 
     # Enqueue only after the commit: a worker must find the rows it is told about.
     enqueued = enqueue_images(

@@ -8,8 +8,10 @@ kept for ``TTL``; the row is written in the same transaction as the batch and it
 
 from __future__ import annotations
 
+import hashlib
+import os
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, BinaryIO
 
 from flask import request
 from sqlalchemy import delete, select, update
@@ -36,12 +38,26 @@ def request_key() -> str | None:
     return key
 
 
-def _target() -> str:
-    return f"{request.method} {request.path}"[:255]
+def fingerprint(uploads: list[tuple[str, BinaryIO]]) -> str:
+    """What a request sent, cheaply: each file's name and size, in order."""
+    digest = hashlib.sha256()
+    for name, stream in uploads:
+        stream.seek(0, os.SEEK_END)
+        digest.update(f"{name}\0{stream.tell()}\0".encode())
+        stream.seek(0)
+    return digest.hexdigest()[:32]
 
 
-def first_answer(key: str) -> dict[str, Any] | None:
-    """The stored answer of the first request with this key, if it is still kept."""
+def _target(fingerprint: str) -> str:
+    return f"{fingerprint} {request.method} {request.path}"[:255]
+
+
+def first_answer(key: str, fingerprint: str) -> dict[str, Any] | None:
+    """The stored answer of the first request with this key, if it is still kept.
+
+    ``fingerprint`` summarises what was sent (file names and sizes): a key sent again with
+    other files or to another URL is a client's mistake, answered 409, not a replay.
+    """
     with context.sessions()() as session:
         row = session.scalar(
             select(IdempotencyKey).where(
@@ -52,12 +68,16 @@ def first_answer(key: str) -> dict[str, Any] | None:
         )
     if row is None:
         return None
-    if row.request != _target():
-        raise ApiError(409, f"this {HEADER} was already used for {row.request}: use a new key")
+    if row.request != _target(fingerprint):
+        raise ApiError(
+            409,
+            f"this {HEADER} was already used for a different request (other files or another "
+            "URL): use a new key",
+        )
     return dict(row.body)
 
 
-def remember(session: Session, key: str, body: dict[str, Any]) -> int:
+def remember(session: Session, key: str, fingerprint: str, body: dict[str, Any]) -> int:
     """Store the answer with the request's own transaction; returns the row id.
 
     A copy of the request racing this one fails here (unique user and key) and rolls back.
@@ -70,7 +90,9 @@ def remember(session: Session, key: str, body: dict[str, Any]) -> int:
             IdempotencyKey.created_at < datetime.now(UTC) - TTL,
         )
     )
-    row = IdempotencyKey(user_id=user_id, key=key, request=_target(), status=202, body=body)
+    row = IdempotencyKey(
+        user_id=user_id, key=key, request=_target(fingerprint), status=202, body=body
+    )
     session.add(row)
     session.flush()
     return row.id

@@ -72,6 +72,12 @@ def test_a_key_is_per_user_and_per_request(client, db_settings, make_jpeg):
     )
     elsewhere = _post(client, f"/api/v1/batches/{first.json['batch_id']}/images", "k", [b"x"])
     assert elsewhere.status_code == 409 and "Idempotency-Key" in elsewhere.json["error"]
+    other_files = _post(client, "/api/v1/batches", "k", [make_jpeg(2), make_jpeg(3)])
+    assert other_files.status_code == 409
+    empty = client.post(
+        "/api/v1/batches", content_type="multipart/form-data", headers={"Idempotency-Key": "k"}
+    )
+    assert empty.status_code == 400
     assert _post(client, "/api/v1/batches", "\x01bad", [make_jpeg(1)]).status_code == 400
 
 
@@ -81,9 +87,9 @@ def test_two_racing_copies_record_one_batch(client, db_settings, make_jpeg, monk
     real = idempotency.first_answer
     calls: list[str] = []
 
-    def lookup_misses_once(key: str):  # type: ignore[no-untyped-def]
+    def lookup_misses_once(key: str, sent: str):  # type: ignore[no-untyped-def]
         calls.append(key)
-        return None if len(calls) == 1 else real(key)
+        return None if len(calls) == 1 else real(key, sent)
 
     monkeypatch.setattr(idempotency, "first_answer", lookup_misses_once)
     again = _post(client, "/api/v1/batches", "race", [make_jpeg(1)])
