@@ -280,7 +280,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=_api)
 
     p = sub.add_parser("worker", help="run a scoring worker")
-    p.add_argument("--queue", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument(
+        "--queue",
+        choices=["cpu", "gpu", "reconcile"],
+        default="cpu",
+        help="reconcile: only the reconciler's runs (no model loaded); a backlog cannot delay them",
+    )
     p.add_argument(
         "--concurrency",
         type=int,
