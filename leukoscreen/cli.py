@@ -67,6 +67,15 @@ def _api(args: argparse.Namespace) -> int:
             f"{args.host}:{args.port}",
             "--workers",
             str(args.workers),
+            # Threads, not one request per process: a slow client (headers or body trickling
+            # in) holds one thread, not a whole worker, and a connection that has sent nothing
+            # waits in the worker's poller without a thread. See docs/reliability.md.
+            "--worker-class",
+            "gthread",
+            "--threads",
+            str(args.threads),
+            "--keep-alive",
+            "5",
             "--timeout",
             "600",
             "api.wsgi:app",
@@ -276,6 +285,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=2)
+    # At most the database pool's 15 connections (5 + 10 overflow), so no thread waits for one.
+    p.add_argument("--threads", type=int, default=12, help="threads per worker (gthread)")
     p.add_argument("--dev", action="store_true", help="Flask's own server, one process")
     p.set_defaults(func=_api)
 
