@@ -8,14 +8,14 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api.params import reject_out_of_range_ids
 from db.session import engine_for, session_factory
-from leukoscreen.config import Settings, check_secret_key, load_settings
+from leukoscreen.config import Settings, load_settings, resolve_secret_key
 from leukoscreen.storage import ContentStore
 
 
 def create_app(settings: Settings | None = None, celery: Celery | None = None) -> Flask:
     settings = settings or load_settings()
     # Before anything else: gunicorn workers and `serve` must not come up with a forgeable key.
-    check_secret_key(settings)
+    settings = resolve_secret_key(settings)
     app = Flask(__name__)
     app.url_value_preprocessor(reject_out_of_range_ids)
     app.config.update(

@@ -9,7 +9,7 @@ from flask import Blueprint, jsonify, request
 from api import context
 from api.auth import actor, require_role
 from api.errors import ApiError, get_or_404
-from api.params import int_arg
+from api.params import int_arg, json_object, text_field
 from db import accounts as domain
 from db.accounts import create_token, create_user, revoke_token, update_user
 from db.models import ApiToken, AuditEvent, Role, User
@@ -52,10 +52,7 @@ def event_json(event: AuditEvent) -> dict[str, Any]:
 
 
 def _body() -> dict[str, Any]:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, "send a JSON object")
-    return body
+    return json_object("send a JSON object")
 
 
 @bp.get("/users")
@@ -72,9 +69,9 @@ def add_user():
     with context.sessions().begin() as session:
         user = create_user(
             session,
-            str(body.get("name", "")),
-            str(body.get("role", "")),
-            str(body.get("password", "")),
+            text_field(body, "name", "") or "",
+            text_field(body, "role", "") or "",
+            text_field(body, "password", "") or "",
             actor(),
         )
         row = user_json(user)
@@ -93,9 +90,9 @@ def change_user(user_id: int):
             session,
             get_or_404(session, User, user_id),
             actor(),
-            role=body.get("role"),
+            role=text_field(body, "role"),
             active=active,
-            password=body.get("password"),
+            password=text_field(body, "password"),
         )
         row = user_json(user)
     return jsonify(row)
@@ -114,7 +111,7 @@ def add_token(user_id: int):
     body = _body() if request.content_length else {}
     with context.sessions().begin() as session:
         user = get_or_404(session, User, user_id)
-        row, token = create_token(session, user, actor(), str(body.get("label", "")))
+        row, token = create_token(session, user, actor(), text_field(body, "label", "") or "")
         out = token_json(row) | {"token": token}
     return jsonify(out), 201
 

@@ -24,12 +24,13 @@ from flask import (
     request,
     url_for,
 )
+from flask import session as cookie_session
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 from flask_wtf.csrf import CSRFProtect
 
 from api import context
 from api.errors import ApiError
-from db.accounts import check_password, user_for_token
+from db.accounts import check_password, end_sessions, user_for_token
 from db.audit import record_event
 from db.login_throttle import clear_failures, lockout, record_failure
 from db.models import Role, User
@@ -39,6 +40,8 @@ login_manager = LoginManager()
 csrf = CSRFProtect()
 
 PUBLIC_ENDPOINTS = {"health.healthz", "auth.login", "static"}
+# The user's session_version at sign-in, kept in the signed session cookie.
+SESSION_VERSION = "_sv"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -52,6 +55,7 @@ class Principal(UserMixin):
     name: str
     role: str
     via_token: bool = False
+    session_version: int = 0
 
     def get_id(self) -> str:
         return str(self.id)
@@ -61,15 +65,28 @@ class Principal(UserMixin):
 
 
 def _principal(user: User, via_token: bool = False) -> Principal:
-    return Principal(id=user.id, name=user.name, role=user.role, via_token=via_token)
+    return Principal(
+        id=user.id,
+        name=user.name,
+        role=user.role,
+        via_token=via_token,
+        session_version=user.session_version,
+    )
 
 
 @login_manager.user_loader
 def _load_user(user_id: str) -> Principal | None:
     with context.sessions()() as session:
         user = session.get(User, int(user_id))
-        # Checked on every request: deactivating a user ends their sessions at once.
-        return _principal(user) if user is not None and user.active else None
+        # Checked on every request: deactivating a user ends their sessions at once, and so
+        # does signing out or a password change (they increment session_version).
+        if (
+            user is None
+            or not user.active
+            or cookie_session.get(SESSION_VERSION) != user.session_version
+        ):
+            return None
+        return _principal(user)
 
 
 def is_api_request() -> bool:
@@ -179,6 +196,7 @@ def login():
             return _locked_out_page(locked.retry_after_s)
         if user is not None:
             login_user(principal)
+            cookie_session[SESSION_VERSION] = principal.session_version
             return redirect(_safe_next(request.args.get("next")))
         flash("Unknown user name or wrong password.")
         return render_template("login.html"), 401
@@ -187,6 +205,12 @@ def login():
 
 @bp.post("/logout")
 def logout():
+    principal = actor()
+    if not principal.via_token:
+        # A copy of the cookie (another tab, a stolen one) must not outlive the sign-out.
+        with context.sessions().begin() as session:
+            end_sessions(session, principal.id)
+            record_event(session, principal, "user.logout", f"user:{principal.id}")
     logout_user()
     return redirect(url_for("auth.login"))
 

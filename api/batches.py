@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import mimetypes
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -12,8 +13,9 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, send_file, stream_with_context, url_for
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
-from api import context
+from api import context, idempotency
 from api.auth import actor
 from api.errors import ApiError, get_or_404
 from api.intake import FileOutcome, Intake
@@ -28,6 +30,7 @@ from leukoscreen.imagetypes import MIME_TYPES
 from worker.dispatch import enqueue_images
 
 bp = Blueprint("batches", __name__, url_prefix="/api/v1")
+log = logging.getLogger(__name__)
 
 
 def _text(value: str, limit: int = 255) -> str:
@@ -61,8 +64,20 @@ def _uploads() -> list[tuple[str, Any]]:
     return [(f.filename or "unnamed", f.stream) for f in files]
 
 
+def _answer(body: dict[str, Any], replayed: bool = False) -> tuple[Response, int]:
+    response = jsonify(body)
+    response.headers["Location"] = url_for("batches.get_batch", batch_id=body["batch_id"])
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response, 202
+
+
 def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
+    key = idempotency.request_key()
     uploads = _uploads()
+    sent = idempotency.fingerprint(uploads)
+    if key is not None and (first := idempotency.first_answer(key, sent)) is not None:
+        return _answer(first, replayed=True)
     settings, sessions = context.settings(), context.sessions()
     known: dict[str, str] = {}
     if batch is not None:
@@ -75,6 +90,45 @@ def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
                 ).all()
             )
     intake = Intake(settings, context.store(), known)
+    try:
+        return _check_and_record(intake, uploads, batch, name, key, sent)
+    except IntegrityError:
+        # A copy of this request with the same key committed first: answer as it did.
+        _remove_unrecorded(intake.created)
+        first = idempotency.first_answer(key, sent) if key is not None else None
+        if first is None:
+            raise
+        return _answer(first, replayed=True)
+    except BaseException:
+        _remove_unrecorded(intake.created)
+        raise
+
+
+def _remove_unrecorded(keys: list[str]) -> None:
+    """Delete the originals a failed request stored, unless some image row records them."""
+    if not keys:
+        return
+    try:
+        with context.sessions()() as session:
+            recorded = set(
+                session.scalars(select(Image.storage_key).where(Image.storage_key.in_(keys)))
+            )
+    except Exception:  # the database is down: keep the files rather than guess
+        log.exception("cannot check which stored files a failed upload left")
+        return
+    for key in set(keys) - recorded:
+        context.store().remove(key)
+
+
+def _check_and_record(
+    intake: Intake,
+    uploads: list[tuple[str, Any]],
+    batch: Batch | None,
+    name: str | None,
+    key: str | None,
+    sent: str,
+) -> tuple[Response, int]:
+    settings, sessions = context.settings(), context.sessions()
     for filename, stream in uploads:
         intake.add_upload(filename, stream)
     report = intake.report
@@ -101,8 +155,9 @@ def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
             session.add(batch)
         else:
             batch = session.merge(batch)
-            batch.state = BatchState.SCORING.value
-            batch.drift = None  # judged again once the new images are scored
+            if accepted:  # a part of only rejected or duplicate files leaves the state alone
+                batch.state = BatchState.SCORING.value
+                batch.drift = None  # judged again once the new images are scored
         images: list[tuple[FileOutcome, Image | None]] = []
         for o in report.outcomes:
             if o.status == "duplicate":
@@ -138,28 +193,29 @@ def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
             rejected=report.count("rejected"),
             duplicate=report.count("duplicate"),
         )
-        rows = [_outcome_json(o, img.id if img else None) for o, img in images]
         queued_ids = [img.id for o, img in images if img is not None and o.status == "accepted"]
+        body: dict[str, Any] = {
+            "batch_id": batch_id,
+            "accepted": len(accepted),
+            "rejected": report.count("rejected"),
+            "duplicate": report.count("duplicate"),
+            "enqueued": 0,
+            "files": [_outcome_json(o, img.id if img else None) for o, img in images],
+        }
+        remembered = idempotency.remember(session, key, sent, body) if key is not None else None
 
     # Enqueue only after the commit: a worker must find the rows it is told about.
     enqueued = enqueue_images(
         context.celery(), sessions, queued_ids, settings.chunk_size, settings.default_queue
     )
-    body = {
-        "batch_id": batch_id,
-        "accepted": len(accepted),
-        "rejected": report.count("rejected"),
-        "duplicate": report.count("duplicate"),
-        "enqueued": enqueued,
-        "files": rows,
-    }
+    body["enqueued"] = enqueued
     if enqueued < len(queued_ids):
         body["note"] = (
             "broker unavailable: images are stored and will be queued automatically when it is back"
         )
-    response = jsonify(body)
-    response.headers["Location"] = url_for("batches.get_batch", batch_id=batch_id)
-    return response, 202
+    if remembered is not None:
+        idempotency.complete(remembered, body)
+    return _answer(body)
 
 
 @bp.post("/batches")

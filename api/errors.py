@@ -7,6 +7,7 @@ status here, so views raise them (or let them through) instead of catching and r
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -99,6 +100,14 @@ def register(app: Flask) -> None:
         status = 507 if exc.full else 503
         log.error("storage error: %s", exc)
         return jsonify(error=str(exc), status=status), status
+
+    @app.errorhandler(OSError)
+    def _os_error(exc: OSError):
+        # Werkzeug spools uploaded parts to temporary files while parsing the form (before
+        # any view runs): a full disk is the same 507 as a full image store.
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return _storage_down(StorageUnavailable(exc))
+        return _unexpected(exc)
 
     @app.errorhandler(DataError)
     def _bad_value(exc: DataError):

@@ -7,11 +7,12 @@ originals to the content store, and returns what happened to every file.
 from __future__ import annotations
 
 import io
+import struct
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
@@ -21,6 +22,7 @@ from leukoscreen.imagetypes import canonical_format, describe_formats
 from leukoscreen.storage import ContentStore, Staged, TooLarge
 
 ZIP_MAGIC = b"PK\x03\x04"
+LOCAL_HEADER_BYTES = 30
 # Entries that archiving tools add beside the user's files, not files the user chose.
 ARCHIVE_NOISE = ("__MACOSX/", ".DS_Store", "Thumbs.db")
 
@@ -93,6 +95,41 @@ def _unsafe_zip_path(name: str) -> str | None:
     return None
 
 
+def zip_layout_problem(archive: zipfile.ZipFile, fh: BinaryIO) -> str | None:
+    """Why an archive's entries cannot be trusted to be read once each, or None.
+
+    A zip bomb can point many central-directory entries at one compressed stream (or at
+    overlapping ones), so that a small archive inflates to any size while each entry still
+    looks reasonable. Entries must follow each other in the central directory's order, each
+    starting after the previous one's data ends, and all before the central directory.
+    """
+    previous_end, previous_name = 0, ""
+    for info in archive.infolist():
+        start = info.header_offset
+        if start < previous_end:
+            return (
+                f"archive entries overlap or are out of order ({info.filename!r} starts inside "
+                f"the data of {previous_name!r}): archive refused (zip bomb guard)"
+            )
+        fh.seek(start)
+        header = fh.read(LOCAL_HEADER_BYTES)
+        if len(header) < LOCAL_HEADER_BYTES or header[:4] != ZIP_MAGIC:
+            return f"archive entry {info.filename!r} has no local header: archive refused"
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        previous_end = start + LOCAL_HEADER_BYTES + name_len + extra_len + info.compress_size
+        previous_name = info.filename
+        if previous_end > archive.start_dir:
+            return (
+                f"archive entry {info.filename!r} runs into the central directory: "
+                "archive refused (zip bomb guard)"
+            )
+    return None
+
+
+class BudgetSpent(Exception):
+    """The request's (or archive's) allowance of uncompressed bytes is used up."""
+
+
 class Intake:
     """Stages, checks and stores one request's files, remembering duplicates within a batch."""
 
@@ -101,8 +138,39 @@ class Intake:
         self.store = store
         self.seen = dict(known)  # sha256 -> first file name with those bytes in this batch
         self.report = IntakeReport()
+        # Originals this request added to the store: removed again if it fails unrecorded.
+        self.created: list[str] = []
+        # Bytes this request may still unpack (plain files and archive entries, as read).
+        self.unpacked_left = settings.max_unpacked_bytes
+
+    def _request_spent(self) -> str:
+        return (
+            f"the request's limit of {self.settings.max_unpacked_bytes} uncompressed bytes is "
+            "used up: not read"
+        )
+
+    def _stage_entry(self, stream: IO[bytes], archive_left: int) -> Staged:
+        """Stage an archive entry, reading no more than the file, request and archive limits.
+
+        Raises TooLarge when the file alone is over its limit, BudgetSpent when the request
+        or archive allowance runs out first; either way reading stops within one chunk.
+        """
+        budget = min(self.unpacked_left, archive_left)
+        try:
+            staged = self.store.stage(stream, min(self.settings.max_file_bytes, budget))
+        except TooLarge:
+            if budget >= self.settings.max_file_bytes:
+                raise
+            if budget == self.unpacked_left:
+                self.unpacked_left = 0
+            raise BudgetSpent from None
+        self.unpacked_left -= staged.size
+        return staged
 
     def add_upload(self, name: str, stream: BinaryIO) -> None:
+        if self.unpacked_left <= 0:
+            self._reject(name, self._request_spent())
+            return
         try:
             staged = self.store.stage(stream, self.settings.max_file_bytes)
         except TooLarge as exc:
@@ -114,6 +182,12 @@ class Intake:
             finally:
                 self.store.discard(staged)
             return
+        if staged.size > self.unpacked_left:
+            self.store.discard(staged)
+            self.unpacked_left = 0
+            self._reject(name, self._request_spent(), staged.size)
+            return
+        self.unpacked_left -= staged.size
         self._add_staged(name, staged)
 
     def _is_zip(self, staged: Staged) -> bool:
@@ -153,7 +227,10 @@ class Intake:
                 outcome.status, outcome.reason = "rejected", f"metadata cannot be removed: {exc}"
                 self.report.outcomes.append(outcome)
                 return
+        stored_before = self.store.exists(staged.sha256)
         outcome.storage_key = self.store.commit(staged)
+        if not stored_before:
+            self.created.append(outcome.storage_key)
         self.seen[received] = name
         self.report.outcomes.append(outcome)
 
@@ -180,31 +257,59 @@ class Intake:
         except (zipfile.BadZipFile, OSError) as exc:
             self._reject(name, f"not a readable zip archive: {exc}", staged.size)
             return
-        with archive:
-            entries = [i for i in archive.infolist() if not i.is_dir()]
+        with archive, open(staged.path, "rb") as raw:
+            infos = archive.infolist()
+            entries = [i for i in infos if not i.is_dir()]
+            declared = sum(i.file_size for i in infos)
+            limit = self.settings.max_archive_bytes
             if len(entries) > self.settings.max_zip_entries:
-                self._reject(
-                    name,
+                reason: str | None = (
                     f"archive has {len(entries)} files, over the limit of "
-                    f"{self.settings.max_zip_entries}",
-                    staged.size,
+                    f"{self.settings.max_zip_entries}"
                 )
+            elif declared > limit:
+                reason = (
+                    f"archive holds {declared} uncompressed bytes, over the limit of {limit} "
+                    "per archive"
+                )
+            else:
+                reason = zip_layout_problem(archive, raw)
+            if reason:
+                self._reject(name, reason, staged.size)
                 return
-            for info, reason in self._zip_entries(entries):
-                entry_name = f"{name}/{info.filename}"
-                if reason:
-                    self._reject(entry_name, reason, info.file_size)
-                    continue
-                try:
-                    with archive.open(info) as member:
-                        entry = self.store.stage(member, self.settings.max_file_bytes)
-                except TooLarge as exc:
-                    self._reject(entry_name, str(exc), info.file_size)
-                    continue
-                except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
-                    self._reject(entry_name, f"archive entry cannot be read: {exc}")
-                    continue
-                self._add_staged(entry_name, entry)
+            self._add_zip_entries(name, archive, entries, limit)
+
+    def _add_zip_entries(
+        self, name: str, archive: zipfile.ZipFile, entries: list[zipfile.ZipInfo], limit: int
+    ) -> None:
+        archive_left = limit
+        spent: str | None = None
+        for info, reason in self._zip_entries(entries):
+            entry_name = f"{name}/{info.filename}"
+            if spent or reason:
+                self._reject(entry_name, spent or reason or "", info.file_size)
+                continue
+            before = self.unpacked_left
+            try:
+                with archive.open(info) as member:
+                    entry = self._stage_entry(member, archive_left)
+            except TooLarge as exc:
+                self._reject(entry_name, str(exc), info.file_size)
+                continue
+            except BudgetSpent:
+                # Stop reading this archive at once; the rest of it is answered unread.
+                spent = (
+                    self._request_spent()
+                    if self.unpacked_left <= 0
+                    else f"the archive's limit of {limit} uncompressed bytes is used up: not read"
+                )
+                self._reject(entry_name, spent, info.file_size)
+                continue
+            except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
+                self._reject(entry_name, f"archive entry cannot be read: {exc}")
+                continue
+            archive_left -= before - self.unpacked_left
+            self._add_staged(entry_name, entry)
 
     def _zip_entries(
         self, entries: list[zipfile.ZipInfo]

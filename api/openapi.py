@@ -49,6 +49,12 @@ INTAKE = {
         "files": {"type": "array", "items": FILE_ROW},
     },
 }
+# A retry with the same key (per user, kept 24 h) is answered with the first answer.
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
 UNUSABLE = {
     "type": "object",
     "required": ["error", "status", "files"],
@@ -381,7 +387,7 @@ def spec() -> dict[str, Any]:
     intake_responses = {
         "202": _json(INTAKE, "batch accepted; scoring queued"),
         "422": _json(UNUSABLE, "no usable image; nothing recorded"),
-        **_errors(400, 413, 503, 507),
+        **_errors(400, 409, 413, 503, 507),
     }
     return {
         "openapi": "3.0.3",
@@ -430,6 +436,7 @@ def spec() -> dict[str, Any]:
                 },
                 "post": {
                     "summary": "upload a new batch",
+                    "parameters": [IDEMPOTENCY_KEY],
                     "requestBody": UPLOAD_BODY,
                     "responses": intake_responses,
                 },
@@ -444,7 +451,7 @@ def spec() -> dict[str, Any]:
             "/api/v1/batches/{batch_id}/images": {
                 "post": {
                     "summary": "add files to a batch",
-                    "parameters": [BATCH_ID],
+                    "parameters": [BATCH_ID, IDEMPOTENCY_KEY],
                     "requestBody": UPLOAD_BODY,
                     "responses": {**intake_responses, **_errors(404)},
                 }

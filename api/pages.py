@@ -14,6 +14,7 @@ from api import context
 from api.accounts import event_json, token_json, user_json
 from api.auth import actor, require_role
 from api.errors import get_or_404
+from api.params import MAX_SMALL_ID
 from db.accounts import (
     ROLES,
     audit_events,
@@ -163,7 +164,9 @@ def admin_change_user(user_id: int):
 @require_role(ADMIN)
 def admin_add_token():
     with context.sessions().begin() as session:
-        user = get_or_404(session, User, request.form.get("user_id", 0, type=int))
+        user_id = request.form.get("user_id", 0, type=int)
+        # An id past 32 bits names nobody (and would overflow the database's integer).
+        user = get_or_404(session, User, user_id if 0 < user_id <= MAX_SMALL_ID else 0)
         row, token = create_token(session, user, actor(), request.form.get("label", ""))
         created = token_json(row)
     # The token is shown on this one response and never again (only its hash is kept).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import request
 
 from api.errors import ApiError
@@ -36,4 +38,26 @@ def int_arg(name: str, default: int, minimum: int = 0, maximum: int = MAX_ID) ->
         raise ApiError(400, f"query parameter {name!r} must be an integer") from None
     if not minimum <= value <= maximum:
         raise ApiError(400, f"query parameter {name!r} must be between {minimum} and {maximum}")
+    return value
+
+
+def json_object(hint: str) -> dict[str, Any]:
+    """The request's JSON object, or 400 with ``hint`` (never a 500 for any body)."""
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        # json.loads recurses once per nesting level: a deep enough body exhausts the stack.
+        raise ApiError(400, "JSON nested too deeply; " + hint) from None
+    if not isinstance(body, dict):
+        raise ApiError(400, hint)
+    return body
+
+
+def text_field(body: dict[str, Any], name: str, default: str | None = None) -> str | None:
+    """A JSON field that must be text when given: a list, number or object is a 400."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise ApiError(400, f"{name} must be text, not {type(value).__name__}")
     return value

@@ -9,7 +9,7 @@ from flask import Blueprint, jsonify, request
 from api import context
 from api.auth import actor, require_role
 from api.errors import ApiError, get_or_404
-from api.params import int_arg
+from api.params import int_arg, json_object, text_field
 from db.errors import NotFound
 from db.models import Batch, Role
 from db.reviews import (
@@ -49,10 +49,12 @@ def _date_arg(name: str, end_of_day: bool = False) -> datetime | None:
         return None
     try:
         value = datetime.fromisoformat(raw)
+        # "until 25 November" from a date picker means up to the end of that day.
+        return value + timedelta(days=1) if end_of_day and len(raw) == 10 else value
     except ValueError:
         raise ApiError(400, f"{name} must be an ISO date (YYYY-MM-DD), not {raw!r}") from None
-    # "until 25 November" from a date picker means up to the end of that day.
-    return value + timedelta(days=1) if end_of_day and len(raw) == 10 else value
+    except OverflowError:  # until=9999-12-31: the day after is past datetime's range
+        raise ApiError(400, f"{name} is out of range: {raw!r}") from None
 
 
 def _order_arg() -> str:
@@ -113,11 +115,9 @@ def image_history(image_id: int):
 @bp.post("/images/<int:image_id>/reviews")
 @require_role(*REVIEWERS)
 def decide(image_id: int):
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, "send a JSON object: {decision, comment, expected_seq}")
+    body = json_object("send a JSON object: {decision, comment, expected_seq}")
     expected = body.get("expected_seq")
-    if expected is not None and not isinstance(expected, int):
+    if expected is not None and (not isinstance(expected, int) or isinstance(expected, bool)):
         raise ApiError(400, "expected_seq must be an integer")
     comment = body.get("comment") or ""
     if not isinstance(comment, str):
@@ -127,7 +127,7 @@ def decide(image_id: int):
         review = record_decision(
             session,
             image_id,
-            str(body.get("decision", "")),
+            text_field(body, "decision", "") or "",
             reviewer,
             comment=comment,
             expected_seq=expected,

@@ -184,6 +184,9 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Copied into the session cookie at sign-in and compared on every request: signing out
+    # or changing the password increments it, which ends every existing session of the user.
+    session_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ApiToken(Base):
@@ -258,3 +261,26 @@ class LoginFailure(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     user_name: Mapped[str] = mapped_column(String(255))
     client_ip: Mapped[str] = mapped_column(String(64))
+
+
+class IdempotencyKey(Base):
+    """The first answer to an upload sent with an ``Idempotency-Key``, replayed to its retries.
+
+    Unique per user and key, so that two copies of one request racing each other record one
+    batch: the second insert fails and that request answers with the first one's body.
+    """
+
+    __tablename__ = "idempotency_key"
+    __table_args__ = (
+        UniqueConstraint("user_id", "key", name="uq_idempotency_user_key"),
+        Index("ix_idempotency_created", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    key: Mapped[str] = mapped_column(String(255))
+    # Method and path the key was first sent with: reusing it elsewhere is a client bug.
+    request: Mapped[str] = mapped_column(String(255))
+    status: Mapped[int] = mapped_column(Integer)
+    body: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

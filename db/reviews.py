@@ -7,6 +7,7 @@ what page 1 costs, whatever the number of results.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -129,9 +130,13 @@ def parse_cursor(raw: str | None) -> tuple[float, int] | None:
         return None
     try:
         p, image_result = raw.split(":", 1)
-        return float(p), int(image_result)
+        score, last_id = float(p), int(image_result)
     except ValueError:
         raise Invalid(f"bad cursor {raw!r}") from None
+    # nan compares false with everything and would silently end the walk; ids are 64-bit.
+    if not (math.isfinite(score) and 0.0 <= score <= 1.0 and 0 <= last_id < 2**63):
+        raise Invalid(f"bad cursor {raw!r}: a score in [0, 1] and an id")
+    return score, last_id
 
 
 def queue_statement(f: QueueFilter, after: tuple[float, int] | None, limit: int) -> Select:

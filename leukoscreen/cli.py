@@ -40,10 +40,11 @@ def _redacted(url: str) -> str:
 
 def _refuse_insecure() -> int:
     """Exit status 2 with the reason when production settings are unsafe, else 0."""
-    from leukoscreen.config import InsecureConfiguration, check_secret_key, load_settings
+    from leukoscreen.config import InsecureConfiguration, load_settings, resolve_secret_key
 
     try:
-        check_secret_key(load_settings())
+        # Also generates the var folder's key on first start, before any child process.
+        resolve_secret_key(load_settings())
     except InsecureConfiguration as exc:
         print(f"leukoscreen: refusing to start: {exc}", file=sys.stderr)
         return 2
@@ -68,6 +69,15 @@ def _api(args: argparse.Namespace) -> int:
             f"{args.host}:{args.port}",
             "--workers",
             str(args.workers),
+            # Threads, not one request per process: a slow client (headers or body trickling
+            # in) holds one thread, not a whole worker, and a connection that has sent nothing
+            # waits in the worker's poller without a thread. See docs/reliability.md.
+            "--worker-class",
+            "gthread",
+            "--threads",
+            str(args.threads),
+            "--keep-alive",
+            "5",
             "--timeout",
             "600",
             "api.wsgi:app",
@@ -285,11 +295,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=2)
+    # At most the database pool's 15 connections (5 + 10 overflow), so no thread waits for one.
+    p.add_argument("--threads", type=int, default=12, help="threads per worker (gthread)")
     p.add_argument("--dev", action="store_true", help="Flask's own server, one process")
     p.set_defaults(func=_api)
 
     p = sub.add_parser("worker", help="run a scoring worker")
-    p.add_argument("--queue", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument(
+        "--queue",
+        choices=["cpu", "gpu", "reconcile"],
+        default="cpu",
+        help="reconcile: only the reconciler's runs (no model loaded); a backlog cannot delay them",
+    )
     p.add_argument(
         "--concurrency",
         type=int,

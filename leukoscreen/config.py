@@ -7,9 +7,12 @@ an SQLite database and Celery's filesystem transport under ``./var``. Production
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import socket
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 PACKAGED_MODEL = Path(__file__).resolve().parent.parent / "model" / "weights" / "lenet_lld.keras"
@@ -32,8 +35,11 @@ def _broker_url() -> str:
     return "filesystem://"
 
 
-# Published in this repository: fine for development, refused in production.
+# Published in this repository: anyone can sign a session cookie with it, so it is refused
+# everywhere but in tests (LEUKOSCREEN_ENV=test).
 DEV_SECRET_KEY = "dev-only-insecure-key"
+# With no LEUKOSCREEN_SECRET_KEY, the key generated on first start, in the var folder (0600).
+SECRET_KEY_FILE = "secret_key"
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,8 @@ class Settings:
     default_queue: str
     tf_threads: int
     hostname: str
-    secret_key: str = DEV_SECRET_KEY
+    # Empty: generated on first start and kept in var_dir/secret_key (see resolve_secret_key).
+    secret_key: str = ""
     # `leukoscreen serve` creates a first admin with this password when no user exists.
     admin_password: str | None = None
     # Browsers send the session cookie only over HTTPS when set (behind a TLS proxy).
@@ -69,6 +76,10 @@ class Settings:
     login_window_s: int = 900
     # Store originals without EXIF/XMP/ICC comments and PNG/TIFF text (names, dates, devices).
     strip_metadata: bool = False
+    # Uncompressed bytes one zip archive may hold, and one request may unpack in all (plain
+    # files and archive entries together), counted as they are read.
+    max_archive_bytes: int = 1024 * 1024 * 1024
+    max_unpacked_bytes: int = 2 * 1024 * 1024 * 1024
     # Reverse proxies in front of the API (nginx, a load balancer) whose X-Forwarded-For/
     # -Proto/-Host headers are trusted. 0 ignores those headers: a client could forge them.
     proxy_hops: int = 0
@@ -111,7 +122,7 @@ class Settings:
 
 
 MIN_SECRET_KEY_CHARS = 32
-ENVIRONMENTS = ("development", "production")
+ENVIRONMENTS = ("development", "production", "test")
 
 
 class InsecureConfiguration(RuntimeError):
@@ -123,25 +134,71 @@ def _env_flag(name: str) -> bool:
 
 
 def check_secret_key(settings: Settings) -> None:
-    """Refuse a default, empty or short secret key in production.
+    """Refuse a known or weak secret key.
 
-    Anyone who knows the key can forge a session cookie for any user, and the default is
-    published in this repository.
+    Anyone who knows the key can forge a session cookie for any user. The development key is
+    published in this repository: only LEUKOSCREEN_ENV=test may use it. Production needs a key
+    of its own; elsewhere an unset key is generated once in the var folder.
     """
     if settings.env not in ENVIRONMENTS:
         raise InsecureConfiguration(
             f"LEUKOSCREEN_ENV must be one of {', '.join(ENVIRONMENTS)}, not {settings.env!r}"
         )
-    if settings.env != "production":
-        return
     key = settings.secret_key or ""
-    if key == DEV_SECRET_KEY or len(key.strip()) < MIN_SECRET_KEY_CHARS:
+    if key == DEV_SECRET_KEY and settings.env != "test":
+        raise InsecureConfiguration(
+            "LEUKOSCREEN_SECRET_KEY is the development key published in LeukoScreen's source: "
+            "anyone could forge sign-in sessions. Unset it (a random key is then generated in "
+            f"the var folder) or set a random value of at least {MIN_SECRET_KEY_CHARS} "
+            "characters."
+        )
+    if settings.env == "production" and len(key.strip()) < MIN_SECRET_KEY_CHARS:
         raise InsecureConfiguration(
             "LEUKOSCREEN_ENV=production needs LEUKOSCREEN_SECRET_KEY set to a random value of at "
             f"least {MIN_SECRET_KEY_CHARS} characters (the default development key, an empty or "
             "a short key lets anyone forge sign-in sessions). Generate one with: "
             "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
         )
+
+
+def resolve_secret_key(settings: Settings) -> Settings:
+    """Settings with the key to sign sessions: the configured one, else the var folder's.
+
+    With no key configured (development, embedded mode), a random key is generated on first
+    start into ``var_dir/secret_key`` with owner-only permissions and read back by every
+    process that starts later, so sessions survive restarts and every gunicorn worker agrees.
+    """
+    check_secret_key(settings)
+    if settings.secret_key:
+        return settings
+    path = settings.var_dir / SECRET_KEY_FILE
+    if not path.exists():
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+        # Written whole to a private temporary file, then linked into place: a process
+        # starting at the same moment sees no key or the whole key, never half of one, and
+        # link() keeps the first key if two processes generate one at once.
+        fd, tmp = tempfile.mkstemp(prefix=".secret_key-", dir=settings.var_dir)  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(48))
+                fh.flush()
+                os.fsync(fh.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+    if path.stat().st_mode & 0o077:
+        raise InsecureConfiguration(
+            f"{path} can be read by other users: make it owner-only (chmod 600) or delete it "
+            "to generate a new key (signing everyone out)"
+        )
+    key = path.read_text().strip()
+    if len(key) < MIN_SECRET_KEY_CHARS:
+        raise InsecureConfiguration(
+            f"{path} holds a key shorter than {MIN_SECRET_KEY_CHARS} characters; delete it to "
+            "generate a new one"
+        )
+    return replace(settings, secret_key=key)
 
 
 def load_settings() -> Settings:
@@ -172,8 +229,8 @@ def load_settings() -> Settings:
         default_queue=_env_str("LEUKOSCREEN_QUEUE", "cpu"),
         tf_threads=_env_int("LEUKOSCREEN_TF_THREADS", 0),
         hostname=_env_str("LEUKOSCREEN_WORKER_HOSTNAME", socket.gethostname()),
-        # Unset or empty means the development key, which production refuses.
-        secret_key=_env_str("LEUKOSCREEN_SECRET_KEY", DEV_SECRET_KEY),
+        # Unset or empty: generated in the var folder (production refuses to start without one).
+        secret_key=_env_str("LEUKOSCREEN_SECRET_KEY", ""),
         admin_password=os.environ.get("LEUKOSCREEN_ADMIN_PASSWORD") or None,
         secure_cookies=_env_flag("LEUKOSCREEN_SECURE_COOKIES"),
         env=_env_str("LEUKOSCREEN_ENV", "development").strip().lower(),
@@ -182,4 +239,6 @@ def load_settings() -> Settings:
         strip_metadata=_env_flag("LEUKOSCREEN_STRIP_METADATA"),
         proxy_hops=_env_int("LEUKOSCREEN_PROXY_HOPS", 0),
         gpu_count=_env_int("LEUKOSCREEN_GPU_COUNT", 0),
+        max_archive_bytes=_env_int("LEUKOSCREEN_MAX_ARCHIVE_BYTES", 1024 * 1024 * 1024),
+        max_unpacked_bytes=_env_int("LEUKOSCREEN_MAX_UNPACKED_BYTES", 2 * 1024 * 1024 * 1024),
     )

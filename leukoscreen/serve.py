@@ -43,7 +43,9 @@ def run_serve(args: argparse.Namespace) -> int:
     password = ensure_first_admin(settings)
     cli = [sys.executable, "-m", "leukoscreen.cli"]
     children = [
-        subprocess.Popen([*cli, "worker", "--beat"]),
+        subprocess.Popen([*cli, "worker"]),
+        # The schedule and its own consumer: a scoring backlog never delays a reconcile run.
+        subprocess.Popen([*cli, "worker", "--queue", "reconcile", "--beat"]),
         subprocess.Popen([*cli, "api", "--host", args.host, "--port", str(args.port)]),
     ]
     print(

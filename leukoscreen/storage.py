@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -80,6 +82,10 @@ class ContentStore:
                         out.write(chunk)
                     except OSError as exc:
                         raise StorageUnavailable(exc) from exc
+                try:  # the last buffered bytes: a full disk can refuse them here too
+                    out.flush()
+                except OSError as exc:
+                    raise StorageUnavailable(exc) from exc
         except BaseException:
             Path(name).unlink(missing_ok=True)
             raise
@@ -115,6 +121,25 @@ class ContentStore:
 
     def discard(self, staged: Staged) -> None:
         staged.path.unlink(missing_ok=True)
+
+    def remove(self, key: str) -> None:
+        """Delete a stored original that no database row records (an upload that failed)."""
+        self.path_for(key).unlink(missing_ok=True)
+
+    def check_writable(self, min_free_bytes: int) -> None:
+        """Raise StorageUnavailable unless a file can be written here and space is left.
+
+        For /healthz: a full or read-only volume must show before an upload fails on it.
+        """
+        self.discard(self.stage(io.BytesIO(b"\0" * 4096), 4096))
+        try:
+            free = shutil.disk_usage(self.root).free
+        except OSError as exc:
+            raise StorageUnavailable(exc) from exc
+        if free < min_free_bytes:
+            raise StorageUnavailable(
+                OSError(errno.ENOSPC, f"{free} bytes free, under the {min_free_bytes} needed")
+            )
 
     def read(self, key: str) -> bytes:
         return self.path_for(key).read_bytes()

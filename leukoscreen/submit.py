@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import uuid
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,13 @@ class SubmitError(RuntimeError):
     pass
 
 
+# A connection error leaves the client not knowing whether the part was recorded: it is sent
+# again with the same Idempotency-Key, and the API answers a recorded part with its first
+# answer instead of recording it twice.
+RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0)
+RETRY_STATUSES = (502, 503, 504)
+
+
 def upload_part(
     http: requests.Session,
     base: str,
@@ -59,19 +67,37 @@ def upload_part(
     part: list[tuple[Path, str]],
     name: str | None,
     submitted_by: str,
+    key: str | None = None,
+    delays: tuple[float, ...] = RETRY_DELAYS_S,
 ) -> dict[str, Any]:
     url = (
         f"{base}/api/v1/batches" if batch_id is None else f"{base}/api/v1/batches/{batch_id}/images"
     )
-    with ExitStack() as stack:
-        files = [
-            ("images", (label, stack.enter_context(open(path, "rb")), "application/octet-stream"))
-            for path, label in part
-        ]
-        data = {"submitted_by": submitted_by}
-        if name and batch_id is None:
-            data["name"] = name
-        response = http.post(url, files=files, data=data, timeout=600)
+    headers = {"Idempotency-Key": key or str(uuid.uuid4())}
+    data = {"submitted_by": submitted_by}
+    if name and batch_id is None:
+        data["name"] = name
+    for attempt in range(len(delays) + 1):
+        try:
+            with ExitStack() as stack:  # reopened for every attempt: a retry resends it all
+                files = [
+                    (
+                        "images",
+                        (label, stack.enter_context(open(path, "rb")), "application/octet-stream"),
+                    )
+                    for path, label in part
+                ]
+                response = http.post(url, files=files, data=data, headers=headers, timeout=600)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            if attempt == len(delays):
+                raise SubmitError(f"upload failed after {attempt + 1} attempts: {exc}") from exc
+            print(f"upload interrupted ({exc}); retrying with the same key", file=sys.stderr)
+            time.sleep(delays[attempt])
+            continue
+        if response.status_code in RETRY_STATUSES and attempt < len(delays):
+            time.sleep(delays[attempt])
+            continue
+        break
     if response.status_code in (202, 422):
         return response.json()
     raise SubmitError(f"upload refused: HTTP {response.status_code}: {response.text[:500]}")

@@ -203,7 +203,7 @@ def test_unknown_ids_are_json_404(client, path):
 def test_healthz_reports_database_and_broker(client):
     resp = client.get("/healthz")
     assert resp.status_code == 200
-    assert resp.json == {"status": "ok", "database": "ok", "broker": "ok"}
+    assert resp.json == {"status": "ok", "database": "ok", "broker": "ok", "storage": "ok"}
 
 
 def test_healthz_is_503_naming_the_broker_when_it_is_down(db_settings):

@@ -154,7 +154,11 @@ def _request(app, clients, tokens, role: str, method: str, rule: str, ids: Ids):
         if "json" in body:
             return client.open(path, method=method, headers={"X-CSRFToken": client.csrf}, **body)
         body.setdefault("data", {})["csrf_token"] = client.csrf
-    return client.open(path, method=method, **body)
+    resp = client.open(path, method=method, **body)
+    if rule == "/logout" and role != "anonymous":
+        # Signing out ends every session of the user, the shared page client's included.
+        clients[role] = _session(app, role)
+    return resp
 
 
 def _check(resp, expected: int | str, cell: str) -> None:  # type: ignore[no-untyped-def]

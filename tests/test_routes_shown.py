@@ -17,8 +17,8 @@ from tests import test_reviews
 from tests.conftest import token_client
 from tests.reviewdata import seed_scored
 
-# The review tests' fixtures: the app on each database, and a reviewer's token client.
-app, reviewer = test_reviews.app, test_reviews.reviewer
+# The review tests' reviewer token client (the app on each database is conftest's ``app``).
+reviewer = test_reviews.reviewer
 UNDER, EMPTY = RouteReason.UNDEREXPOSED.value, RouteReason.EMPTY_FIELD.value
 
 

@@ -107,11 +107,16 @@ def test_production_refuses_the_default_an_empty_or_a_short_secret_key(settings)
             create_app(replace(settings, env="production", secret_key=key))
 
 
-def test_production_starts_with_a_long_secret_key_and_development_with_the_default(settings):
+def test_production_starts_with_a_long_secret_key_and_only_tests_with_the_published_one(settings):
     migrate.upgrade(settings.database_url)
     app = create_app(replace(settings, env="production", secret_key=STRONG_KEY))
     assert app.config["SECRET_KEY"] == STRONG_KEY
-    assert create_app(replace(settings, env="development")).config["SECRET_KEY"] == DEV_SECRET_KEY
+    assert create_app(replace(settings, env="test", secret_key=DEV_SECRET_KEY)).config[
+        "SECRET_KEY"
+    ] == (DEV_SECRET_KEY)
+    for env in ("development", "production"):
+        with pytest.raises(InsecureConfiguration, match="development key published"):
+            create_app(replace(settings, env=env, secret_key=DEV_SECRET_KEY))
     with pytest.raises(InsecureConfiguration, match="LEUKOSCREEN_ENV"):
         create_app(replace(settings, env="prod"))
 
@@ -120,7 +125,7 @@ def test_environment_settings_are_read_from_the_environment(monkeypatch):
     monkeypatch.setenv("LEUKOSCREEN_ENV", "Production")
     monkeypatch.setenv("LEUKOSCREEN_SECRET_KEY", "")
     loaded = load_settings()
-    assert loaded.env == "production" and loaded.secret_key == DEV_SECRET_KEY
+    assert loaded.env == "production" and loaded.secret_key == ""
     monkeypatch.delenv("LEUKOSCREEN_ENV")
     assert load_settings().env == "development"
 

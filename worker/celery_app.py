@@ -9,7 +9,11 @@ from leukoscreen.config import Settings, load_settings
 
 SCORE_TASK = "worker.tasks.score_images"
 RECONCILE_TASK = "worker.tasks.reconcile"
-QUEUES = ("cpu", "gpu")
+# The reconciler has a queue of its own: behind a scoring backlog on cpu/gpu its runs would
+# wait (and expire) exactly when it is needed. `serve`, compose's `reconciler` and
+# `leukoscreen worker --queue reconcile` consume it.
+RECONCILE_QUEUE = "reconcile"
+QUEUES = ("cpu", "gpu", RECONCILE_QUEUE)
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
@@ -33,6 +37,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
         # published through a named exchange were silently dropped until workers restarted.
         task_queues=[Queue(name, Exchange(""), routing_key=name) for name in QUEUES],
         task_default_queue=settings.default_queue,
+        task_routes={RECONCILE_TASK: {"queue": RECONCILE_QUEUE}},
         broker_transport_options=settings.broker_transport_options,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
@@ -41,7 +46,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
             "reconcile-stale-images": {
                 "task": RECONCILE_TASK,
                 "schedule": float(settings.reconcile_every_s),
-                "options": {"queue": settings.default_queue, "expires": settings.reconcile_every_s},
+                "options": {"queue": RECONCILE_QUEUE, "expires": settings.reconcile_every_s},
             }
         },
         timezone="UTC",
