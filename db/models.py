@@ -151,7 +151,8 @@ class Result(Base):
     # walks these); a cleared image is the only one the model answers for alone.
     flagged: Mapped[bool] = mapped_column(Boolean)
     threshold: Mapped[float] = mapped_column(Float)
-    route: Mapped[str] = mapped_column(String(16))  # model.gate.Route
+    # model.gate.Route; the database's default sends a row written without one to a person.
+    route: Mapped[str] = mapped_column(String(16), server_default="manual_review")
     route_reason: Mapped[str | None] = mapped_column(String(32))  # model.gate.RouteReason
     # The scores behind the route: domain distance and the quality measures.
     domain_distance: Mapped[float | None] = mapped_column(Float)

@@ -21,18 +21,19 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("result", schema=None) as batch_op:
-        # Results scored before the gate existed keep the verdict they were given; the
-        # server default only fills them in and is then dropped.
+        # The server default stays: a row written without a route goes to a person, never
+        # silently cleared (and changing it later would make SQLite rebuild the table, which
+        # its reviews' foreign keys forbid). Results from before the gate keep their verdict.
         batch_op.add_column(
-            sa.Column("route", sa.String(length=16), nullable=False, server_default="cleared")
+            sa.Column(
+                "route", sa.String(length=16), nullable=False, server_default="manual_review"
+            )
         )
         batch_op.add_column(sa.Column("route_reason", sa.String(length=32), nullable=True))
         batch_op.add_column(sa.Column("domain_distance", sa.Float(), nullable=True))
         batch_op.add_column(sa.Column("quality", sa.JSON(), nullable=True))
-    op.execute("UPDATE result SET route = 'flagged' WHERE flagged")
-    with op.batch_alter_table("result", schema=None) as batch_op:
-        batch_op.alter_column("route", server_default=None)
         batch_op.create_index("ix_result_batch_route", ["batch_id", "route"], unique=False)
+    op.execute("UPDATE result SET route = CASE WHEN flagged THEN 'flagged' ELSE 'cleared' END")
     with op.batch_alter_table("batch", schema=None) as batch_op:
         batch_op.add_column(sa.Column("drift", sa.JSON(), nullable=True))
     with op.batch_alter_table("model_version", schema=None) as batch_op:
@@ -40,11 +41,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("model_version", schema=None) as batch_op:
+    # Plain ALTER TABLE ... DROP COLUMN (SQLite >= 3.35 has it): recreating a parent table in
+    # batch mode would trip the foreign keys of its existing child rows.
+    with op.batch_alter_table("model_version", schema=None, recreate="never") as batch_op:
         batch_op.drop_column("gate")
-    with op.batch_alter_table("batch", schema=None) as batch_op:
+    with op.batch_alter_table("batch", schema=None, recreate="never") as batch_op:
         batch_op.drop_column("drift")
-    with op.batch_alter_table("result", schema=None) as batch_op:
+    with op.batch_alter_table("result", schema=None, recreate="never") as batch_op:
         batch_op.drop_index("ix_result_batch_route")
         batch_op.drop_column("quality")
         batch_op.drop_column("domain_distance")

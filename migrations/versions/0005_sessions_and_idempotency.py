@@ -49,5 +49,7 @@ def downgrade() -> None:
     with op.batch_alter_table("idempotency_key", schema=None) as batch_op:
         batch_op.drop_index("ix_idempotency_created")
     op.drop_table("idempotency_key")
-    with op.batch_alter_table("user_account", schema=None) as batch_op:
+    # Plain ALTER TABLE ... DROP COLUMN: rebuilding user_account in batch mode would trip the
+    # foreign keys of its reviews and tokens on SQLite.
+    with op.batch_alter_table("user_account", schema=None, recreate="never") as batch_op:
         batch_op.drop_column("session_version")
