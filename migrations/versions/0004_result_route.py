@@ -25,9 +25,7 @@ def upgrade() -> None:
         # silently cleared (and changing it later would make SQLite rebuild the table, which
         # its reviews' foreign keys forbid). Results from before the gate keep their verdict.
         batch_op.add_column(
-            sa.Column(
-                "route", sa.String(length=16), nullable=False, server_default="manual_review"
-            )
+            sa.Column("route", sa.String(length=16), nullable=False, server_default="manual_review")
         )
         batch_op.add_column(sa.Column("route_reason", sa.String(length=32), nullable=True))
         batch_op.add_column(sa.Column("domain_distance", sa.Float(), nullable=True))
