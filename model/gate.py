@@ -272,7 +272,7 @@ def fit_limits(
     Each limit is the training split's ``quantile`` (or ``1 - quantile``) widened by
     ``margin`` of its 1-99% range, and by at least ``fraction_floor`` for a share of pixels
     (a measure that is 0 on every training image must not route an image for one pixel); a
-    low limit is never widened below half the quantile, so that it can still fail.
+    low limit is never widened below a tenth of the quantile, so that it can still fail.
     Size is a policy, not a fit: an image may be down to half the training resolution and a
     quarter more oblong than the most oblong training image.
     """
@@ -291,9 +291,10 @@ def fit_limits(
         if name.endswith("_fraction"):
             widen = max(widen, fraction_floor)
         if side == "low":
-            # Never below half the training quantile: a limit at or under zero could not fail.
+            # Never below a tenth of the training quantile: a limit at or under zero could
+            # not fail, and one much closer to the quantile routes sparse but real fields.
             low = np.quantile(col, quantile)
-            limits.setdefault(name, {})[side] = float(max(low - widen, low / 2))
+            limits.setdefault(name, {})[side] = float(max(low - widen, low / 10))
         else:
             limits.setdefault(name, {})[side] = float(np.quantile(col, 1 - quantile) + widen)
     return limits

@@ -166,7 +166,7 @@ def gate_section(card: dict) -> list[str]:
         "",
         "**Quality limits**, fitted on the training split (0.1st/99.9th percentile widened by "
         "10% of the 1-99% range, by at least 0.02 for shares of pixels, a low limit never "
-        "below half its quantile; size is a policy: "
+        "below a tenth of its quantile; size is a policy: "
         "down to half the training resolution, at most 0.25 more oblong than the training "
         f"images). Stain hue band (8-bit HSV hue of stained pixels, 99% of the training "
         f"mass): {gate['hue_band'][0]}-{gate['hue_band'][1]}.",
