@@ -96,14 +96,19 @@ def _count_gpus() -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from worker.celery_app import app
+    from worker.celery_app import RECONCILE_QUEUE, app
     from worker.runtime import use_settings
 
     settings = load_settings()
+    queues = [args.queue]
+    if args.beat and args.queue != RECONCILE_QUEUE:
+        # The host that schedules the reconciler also runs it: its own queue still keeps a
+        # scoring backlog from delaying a run by more than the chunk in progress.
+        queues.append(RECONCILE_QUEUE)
     argv = [
         "worker",
         "-Q",
-        args.queue,
+        ",".join(queues),
         "--loglevel",
         args.loglevel,
         "-n",

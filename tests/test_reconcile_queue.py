@@ -63,3 +63,16 @@ def test_compose_has_a_reconcile_consumer():
     consumers = [n for n, c in commands.items() if c.argv[-2:] == ["--queue", RECONCILE_QUEUE]]
     assert consumers == ["reconciler"]
     assert commands["beat"].argv == ["leukoscreen", "beat"]
+
+
+def test_a_worker_with_the_schedule_also_runs_the_reconciler(monkeypatch):
+    from leukoscreen.cli import main
+    from worker.celery_app import app
+
+    argvs: list[list[str]] = []
+    monkeypatch.setattr(app, "worker_main", lambda argv: argvs.append(argv))
+    assert main(["worker", "--beat"]) == 0
+    assert main(["worker"]) == 0
+    with_beat, plain = (argv[argv.index("-Q") + 1] for argv in argvs)
+    assert with_beat.split(",") == ["cpu", RECONCILE_QUEUE]
+    assert plain == "cpu"
