@@ -20,6 +20,7 @@ import enum
 import hashlib
 import json
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -108,11 +109,20 @@ class Gate:
     def domain_distance(self, features: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distance of each row to the nearer training class."""
         x = np.log(np.maximum(np.asarray(features, np.float64), 0.0) + FEATURE_OFFSET)
-        dists = []
-        for mean in self.class_means:
-            d = x - mean
-            dists.append(np.einsum("ij,jk,ik->i", d, self.precision, d))
+        # One matrix product in whitened space (precision = L L^T, so the distance is
+        # |xL - mL|^2): a three-operand einsum looped naively and cost more than a tenth of
+        # the network's own time per batch.
+        whitened = x @ self._whitening
+        dists = [np.sum((whitened - m) ** 2, axis=1) for m in self._whitened_means]
         return np.min(dists, axis=0)
+
+    @cached_property
+    def _whitening(self) -> np.ndarray:
+        return np.linalg.cholesky(self.precision)
+
+    @cached_property
+    def _whitened_means(self) -> np.ndarray:
+        return self.class_means @ self._whitening
 
     def quality_failures(self, measures: dict[str, float]) -> list[tuple[str, RouteReason]]:
         failed = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -190,7 +191,7 @@ def test_model_version_changes_with_the_threshold_and_the_gate():
     gate = permissive_gate(3)
     base = model_version("a" * 64, {"threshold": 0.5, "output": "p_leukemia"}, gate)
     other_threshold = model_version("a" * 64, {"threshold": 0.4, "output": "p_leukemia"}, gate)
-    tighter = Gate(**{**gate.__dict__, "domain_threshold": 3.0})
+    tighter = replace(gate, domain_threshold=3.0)
     other_gate = model_version("a" * 64, {"threshold": 0.5, "output": "p_leukemia"}, tighter)
     assert len({base, other_threshold, other_gate}) == 3
     assert model_version("a" * 64, {}, None) == "a" * 64
