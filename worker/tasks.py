@@ -10,10 +10,11 @@ from billiard import current_process
 from celery.signals import worker_process_init
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from db.lifecycle import fail_unfinished
 from worker.celery_app import RECONCILE_TASK, SCORE_TASK, app
 from worker.reconcile import reconcile as reconcile_images
 from worker.runtime import reset_runtime, runtime, worker_settings
-from worker.scoring import fail_chunk, score_chunk
+from worker.scoring import score_chunk
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def score_images(self, image_ids: list[int]) -> dict[str, int]:
         if self.request.retries >= self.max_retries:
             log.error("chunk failed after %d retries: %s", self.request.retries, exc)
             try:
-                fail_chunk(rt.sessions, image_ids, f"gave up after retries: {exc}")
+                fail_unfinished(rt.sessions, image_ids, f"gave up after retries: {exc}")
             except TRANSIENT:
                 log.error("could not record the failure; the reconciler will retry the chunk")
             raise
