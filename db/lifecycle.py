@@ -9,7 +9,7 @@ so every transition is written here and nowhere else (``tests/test_lifecycle.py`
     scoring      → scored                     ``claim`` (result already there), ``mark_scored``
     scoring      → failed                     ``claim`` (attempts used up), ``mark_failed``,
                                               ``fail_unfinished``, ``requeue_stale``
-    scoring      → queued    (worker lost)    ``requeue_stale``
+    scoring      → queued    (worker lost)    ``requeue_stale``, ``release`` (split to retry)
 
 A batch is ``complete`` once none of its images is pending (``complete_batches``, which every
 transition that can finish an image calls in the same transaction), and goes back to
@@ -129,6 +129,30 @@ def mark_enqueued(sessions: sessionmaker[Session], image_ids: Sequence[int]) -> 
                 .values(enqueued_at=now)
                 .execution_options(synchronize_session=False)
             )
+
+
+def pending_attempts(sessions: sessionmaker[Session], image_ids: Sequence[int]) -> dict[int, int]:
+    """Attempts so far of the images among ``image_ids`` still to be scored."""
+    with sessions() as session:
+        rows = session.execute(
+            select(Image.id, Image.attempts).where(
+                Image.id.in_(image_ids), Image.state.in_(PENDING)
+            )
+        ).all()
+    return {r.id: r.attempts for r in rows}
+
+
+def release(sessions: sessionmaker[Session], image_ids: Sequence[int]) -> None:
+    """Put pending images back to ``queued`` with no message out (``enqueued_at`` cleared):
+    the caller is about to send them again in other groups, and until it has, nobody is
+    scoring them (the reconciler sends them if that send fails)."""
+    with sessions.begin() as session:
+        session.execute(
+            update(Image)
+            .where(Image.id.in_(image_ids), Image.state.in_(PENDING))
+            .values(state=ImageState.QUEUED.value, updated_at=datetime.now(UTC), enqueued_at=None)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def claim(

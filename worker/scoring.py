@@ -72,6 +72,42 @@ def register_model_version(sessions: sessionmaker[Session], model: Scorer) -> in
             )  # type: ignore[return-value]
 
 
+def retry_group_size(attempts: int, chunk_size: int, max_attempts: int) -> int:
+    """How many images may share a task once one of them has ``attempts`` claims behind it.
+
+    An image claimed without a result killed (or hung) the worker holding it, or one of its
+    neighbours did. Each loss halves the group, so a poison image is cornered in a few rounds;
+    from its last attempt but one every image goes alone, so an innocent neighbour always has
+    a try without the poison before its attempts run out, and only the poison ends ``failed``.
+    """
+    if attempts <= 0:
+        return chunk_size
+    if attempts >= max_attempts - 1:
+        return 1
+    return max(1, chunk_size >> attempts)
+
+
+def split_for_retry(
+    sessions: sessionmaker[Session], image_ids: Sequence[int], chunk_size: int, max_attempts: int
+) -> list[list[int]]:
+    """Groups to send again instead of scoring this chunk now, or [] to score it.
+
+    A chunk redelivered after its worker died (``task_reject_on_worker_lost``) or sent again
+    by the reconciler holds images with attempts behind them: when it is larger than
+    ``retry_group_size`` allows, its pending images are released to ``queued`` and returned
+    in groups of that size, for the caller to enqueue.
+    """
+    attempts = lifecycle.pending_attempts(sessions, image_ids)
+    if not attempts:
+        return []
+    size = retry_group_size(max(attempts.values()), chunk_size, max_attempts)
+    if len(attempts) <= size:
+        return []
+    pending = sorted(attempts)
+    lifecycle.release(sessions, pending)
+    return [pending[i : i + size] for i in range(0, len(pending), size)]
+
+
 def _load(store: ContentStore, key: str | None, gate: Gate | None) -> Prepared:
     if key is None:
         raise ValueError("image has no stored original")
