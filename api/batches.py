@@ -20,10 +20,10 @@ from api.auth import actor
 from api.errors import ApiError, get_or_404
 from api.intake import FileOutcome, Intake
 from api.params import int_arg
-from db import drift
+from db import drift, lifecycle
 from db.audit import record_event
 from db.errors import NotFound
-from db.models import Batch, BatchState, Image, ImageState
+from db.models import Batch, Image, ImageState
 from db.progress import RESULT_COLUMNS, batch_progress, iter_batch_results
 from db.reviews import decision_counts
 from leukoscreen.imagetypes import MIME_TYPES
@@ -156,15 +156,17 @@ def _check_and_record(
         else:
             batch = session.merge(batch)
             if accepted:  # a part of only rejected or duplicate files leaves the state alone
-                batch.state = BatchState.SCORING.value
-                batch.drift = None  # judged again once the new images are scored
+                lifecycle.reopen_batch(batch)
         images: list[tuple[FileOutcome, Image | None]] = []
         for o in report.outcomes:
             if o.status == "duplicate":
                 images.append((o, None))
                 continue
-            image = Image(
-                batch=batch,
+            image = lifecycle.admit(
+                session,
+                batch,
+                accepted=o.status == "accepted",
+                now=now,
                 sha256=o.sha256 or "",
                 # PostgreSQL text cannot hold NUL; keep the rest of the name as sent.
                 original_name=_text(o.name, 1024),
@@ -173,14 +175,8 @@ def _check_and_record(
                 width=o.width,
                 height=o.height,
                 format=o.format,
-                state=ImageState.QUEUED.value
-                if o.status == "accepted"
-                else ImageState.REJECTED.value,
                 error=o.reason,
-                created_at=now,
-                updated_at=now,
             )
-            session.add(image)
             images.append((o, image))
         session.flush()
         batch_id = batch.id

@@ -121,13 +121,14 @@ def without_gate(model_path: Path, folder: Path) -> Path:
     """A copy of the weights whose card has no gate: the same network, nothing gated."""
     import shutil
 
-    from model.card import card_path
+    from model.card import read_card_data, write_card
 
     copy = folder / model_path.name
     shutil.copy(model_path, copy)
-    card = json.loads(card_path(model_path).read_text()) if card_path(model_path).is_file() else {}
-    card.pop("gate", None)
-    card_path(copy).write_text(json.dumps(card))
+    card = read_card_data(model_path)
+    if card is not None:  # without a card the copy has none either: no gate
+        card.pop("gate", None)
+        write_card(copy, card)
     return copy
 
 

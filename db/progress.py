@@ -7,15 +7,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.drift import check_completed
-from db.models import Batch, BatchState, Image, ImageState, ModelVersion, Result, Review, User
+from db.lifecycle import PENDING
+from db.models import Image, ImageState, ModelVersion, Result, Review, User
 from db.reviews import latest_review_condition
 from model.gate import Route
-
-PENDING = (ImageState.QUEUED.value, ImageState.SCORING.value)
 
 
 @dataclass(frozen=True)
@@ -84,22 +82,6 @@ def batch_progress(session: Session, batch_id: str) -> Progress:
         routes={route: int(n) for route, n, _ in by_route},
         first_scored_at=min(firsts) if firsts else None,
     )
-
-
-def mark_complete_batches(session: Session, batch_ids: set[str]) -> None:
-    """Set a batch complete once none of its images is waiting or being scored."""
-    if not batch_ids:
-        return
-    waiting = (
-        select(Image.id).where(and_(Image.batch_id == Batch.id, Image.state.in_(PENDING))).exists()
-    )
-    session.execute(
-        update(Batch)
-        .where(Batch.id.in_(batch_ids), ~waiting)
-        .values(state=BatchState.COMPLETE.value)
-        .execution_options(synchronize_session=False)
-    )
-    check_completed(session, batch_ids)
 
 
 RESULT_COLUMNS = (

@@ -249,7 +249,7 @@ def _model_init(args: argparse.Namespace) -> int:
     import keras
 
     from model.architecture import build_lenet_lld
-    from model.card import card_path
+    from model.card import P_LEUKEMIA, CardData, write_card
     from model.gate import permissive_gate, write_statistics
     from model.inference import feature_network
 
@@ -258,10 +258,10 @@ def _model_init(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     network = build_lenet_lld()
     network.save(out)
-    card = {
+    card: CardData = {
         "name": f"lenet_lld-untrained-seed{args.seed}",
         "threshold": args.threshold,
-        "output": "p_leukemia",
+        "output": P_LEUKEMIA,
         "metrics": {},
         "warning": "random weights for plumbing tests only; not a screening model",
     }
@@ -269,7 +269,7 @@ def _model_init(args: argparse.Namespace) -> int:
         dim = int(feature_network(network).outputs[1].shape[-1])
         card["gate"] = write_statistics(out, permissive_gate(dim)).describe()
         card["gate_warning"] = "permissive gate: every image is judged by the network"
-    card_path(out).write_text(json.dumps(card, indent=2))
+    write_card(out, card)
     print(f"wrote untrained LeNet-LLD to {out}")
     return 0
 

@@ -1,7 +1,10 @@
-"""The metadata that travels with a weights file: its card, threshold and output meaning.
+"""The model card: the one definition of ``X.json``, the facts that travel with ``X.keras``.
 
-A weights file ``X.keras`` is described by ``X.json`` beside it. Reading it needs no
-TensorFlow, so the API can show model facts without loading the network.
+A weights file ``X.keras`` is described by ``X.json`` beside it. ``CardData`` lists every
+field; ``write_card`` is the only writer (training, ``fit-gate``, ``model-init``) and
+``read_card_data`` / ``read_card`` the only readers (inference, evaluation, the gate and the
+Markdown renderer ``model/card_markdown.py``). Reading it needs no TensorFlow, so the API can
+show model facts without loading the network.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 
@@ -19,8 +22,38 @@ P_LEUKEMIA = "p_leukemia"
 P_NORMAL = "p_normal"
 
 
+class CardData(TypedDict):
+    """``X.json``, field by field. The first four are what scoring needs; the rest document
+    how the weights were made (``model.train``) and what the gate was fitted on
+    (``model.fit_gate``). ``model-init`` writes only the first four (and the gate fields when
+    asked for a permissive gate), with a warning."""
+
+    name: str
+    threshold: float  # on the calibrated scale once a gate with calibration is fitted
+    output: str  # P_LEUKEMIA, or P_NORMAL for a network trained the other way round
+    metrics: dict[str, Any]  # test split at ``threshold`` (``model.train.summarise``)
+    architecture: NotRequired[str]
+    params: NotRequired[int]
+    operating_point: NotRequired[str]  # how the threshold was chosen
+    validation: NotRequired[dict[str, Any]]
+    colour_baseline: NotRequired[dict[str, Any]]
+    # Training writes the weights' SHA-256; fit-gate replaces it with the model version
+    # (``model.gate.model_version``: weights, threshold and gate together).
+    sha256: NotRequired[str]
+    data: NotRequired[dict[str, Any]]  # source, split file and sizes
+    training: NotRequired[dict[str, Any]]  # command, epochs, optimizer, augmentation
+    intended_use: NotRequired[str]
+    gate: NotRequired[dict[str, Any]]  # ``Gate.describe()``: read by ``model.gate.read_gate``
+    calibration: NotRequired[dict[str, Any]]
+    gate_evaluation: NotRequired[dict[str, Any]]
+    warning: NotRequired[str]
+    gate_warning: NotRequired[str]
+
+
 @dataclass(frozen=True)
 class ModelCard:
+    """What scoring needs from the card (``read_card``)."""
+
     name: str
     threshold: float
     output: str = P_LEUKEMIA
@@ -36,11 +69,33 @@ def history_path(weights: Path) -> Path:
     return weights.with_suffix(".history.json")
 
 
-def read_card(weights: Path) -> ModelCard:
+def write_card(weights: Path, card: CardData) -> Path:
+    """Write ``X.json`` beside ``weights``; returns its path.
+
+    One space of indent and a final newline: the format of the shipped cards, so that a card
+    read and written again is byte for byte the same (``tests/test_card.py``).
+    """
+    path = card_path(weights)
+    path.write_text(json.dumps(card, indent=1) + "\n")
+    return path
+
+
+def read_card_data(weights: Path) -> CardData | None:
+    """Every field of ``X.json``, or None when the weights have no card."""
     path = card_path(weights)
     if not path.is_file():
+        return None
+    data: CardData = json.loads(path.read_text())
+    return data
+
+
+def read_card(weights: Path) -> ModelCard:
+    """The fields scoring needs; a network without a card gets its file name and a 0.5
+    threshold."""
+    data = read_card_data(weights)
+    if data is None:
         return ModelCard(name=weights.stem, threshold=DEFAULT_THRESHOLD)
-    data = json.loads(path.read_text())
+    path = card_path(weights)
     output = data.get("output", P_LEUKEMIA)
     if output not in (P_LEUKEMIA, P_NORMAL):
         raise ValueError(f"{path}: output must be {P_LEUKEMIA!r} or {P_NORMAL!r}, not {output!r}")

@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image as PILImage
 
 from model import data as mdata
 from model import metrics as mm
-from model.card import card_path, file_sha256, history_path, read_card
+from model.card import file_sha256, history_path, read_card, read_card_data
 from model.gate import Decision, route_image
 from model.inference import LoadedModel, Scores, load_model
 from model.quality import measure
@@ -255,7 +256,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("give --model: the weights file to evaluate")
     weights = Path(args.model)
     card = read_card(weights)
-    raw_card = json.loads(card_path(weights).read_text()) if card_path(weights).is_file() else {}
+    # A network without a card is evaluated all the same, with the defaults below.
+    raw_card: dict[str, Any] = dict(read_card_data(weights) or {})
     block = raw_card.get("data", {}).get("split", {}).get("block", 20)
     dataset = mdata.load_dataset(args.data, block=block, cache_dir=args.cache_dir)
     subset, split_name = select_split(dataset, weights, args.split)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from PIL import Image
 
 from model import data as mdata
 from model import metrics as mm
-from model.card import card_path, file_sha256
+from model.card import card_path, file_sha256, read_card_data, write_card
 from model.corruptions import KINDS
 from model.gate import (
     Gate,
@@ -137,7 +136,9 @@ def _plot_reliability(path: Path, curves: dict[str, list[dict[str, float]]]) -> 
 
 def run(args: argparse.Namespace) -> int:
     weights = args.model
-    card = json.loads(card_path(weights).read_text())
+    card = read_card_data(weights)
+    if card is None:
+        raise SystemExit(f"{card_path(weights)} not found: fit-gate completes the training card")
     split = mdata.read_split(mdata.split_path(weights))["splits"]
     net = Network(weights, args.batch_size)
     rng = np.random.default_rng(args.seed)
@@ -275,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
     card["calibration"] = calibration
     card["gate_evaluation"] = evaluation
     card["sha256"] = model_version(file_sha256(weights), card, gate)
-    card_path(weights).write_text(json.dumps(card, indent=1) + "\n")
+    write_card(weights, card)
     t = evaluation["test"]
     print(
         f"threshold {threshold:.4f}; domain threshold {domain_threshold:.2f}; test: "

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from model.card import CardData
 from model.quality import MEASURES
 
 
@@ -193,9 +194,9 @@ def gate_path(weights: Path) -> Path:
     return weights.with_suffix(".gate.npz")
 
 
-def read_gate(weights: Path, card: dict[str, Any]) -> Gate | None:
+def read_gate(weights: Path, card: CardData | None) -> Gate | None:
     """The gate described in a card (``X.json``'s ``gate``) with its statistics file."""
-    spec = card.get("gate")
+    spec = card.get("gate") if card is not None else None
     stats = gate_path(weights)
     if not spec or not stats.is_file():
         return None
@@ -241,9 +242,9 @@ def permissive_gate(feature_dim: int) -> Gate:
     )
 
 
-def model_version(weights_sha256: str, card: dict[str, Any], gate: Gate | None) -> str:
+def model_version(weights_sha256: str, card: CardData | None, gate: Gate | None) -> str:
     """One id for everything that decides a result: weights, threshold, output, gate."""
-    if gate is None:
+    if gate is None or card is None:
         return weights_sha256
     digest = hashlib.sha256(weights_sha256.encode())
     decided = {

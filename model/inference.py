@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from model.card import ModelCard, card_path, file_sha256, read_card, to_p_leukemia
+from model.card import ModelCard, file_sha256, read_card, read_card_data, to_p_leukemia
 from model.gate import Gate, model_version, read_gate
 
 
@@ -93,7 +92,7 @@ def load_model(path: Path, batch_size: int = 32) -> LoadedModel:
     from model.folding import fold_batch_norm
 
     network = fold_batch_norm(keras.saving.load_model(path, compile=False))
-    raw_card = json.loads(card_path(path).read_text()) if card_path(path).is_file() else {}
+    raw_card = read_card_data(path)
     gate = read_gate(path, raw_card)
     with_features = feature_network(network) if gate is not None else None
     spec = tf.TensorSpec((batch_size, *network.input_shape[1:]), tf.float32)

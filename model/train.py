@@ -20,7 +20,7 @@ import numpy as np
 
 from model import data as mdata
 from model import metrics as mm
-from model.card import P_LEUKEMIA, card_path, history_path
+from model.card import P_LEUKEMIA, CardData, card_path, history_path, write_card
 from model.evaluate import score
 from model.inference import load_model
 
@@ -319,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
     threshold = mm.choose_threshold(parts["val"].labels, p_val, args.target_sensitivity)
     p_test = score(loaded, parts["test"].images)
     test_groups = [r.group for r in parts["test"].records]
-    card = {
+    card: CardData = {
         "name": args.arch,
         "architecture": args.arch,
         "params": int(model.count_params()),
@@ -359,7 +359,7 @@ def run(args: argparse.Namespace) -> int:
         },
         "intended_use": INTENDED_USE,
     }
-    card_path(out).write_text(json.dumps(card, indent=1) + "\n")
+    write_card(out, card)
     print(json.dumps({k: card["metrics"][k] for k in ("auc", "sensitivity", "specificity")}))
     print(f"threshold {threshold:.4f}; wrote {out} and {card_path(out).name}", flush=True)
     if args.no_gate:

@@ -198,16 +198,16 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def gated_model_path(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The untrained network with a gate that routes dark images (mean grey level below 0.3)
     to manual review as ``underexposed``: the manual-review route, end to end."""
-    import json
     import shutil
 
-    from model.card import card_path
+    from model.card import read_card_data, write_card
     from model.gate import gate_path
 
     out = tmp_path_factory.mktemp("gated") / "lenet_lld_gated.keras"
     shutil.copy(model_path, out)
     shutil.copy(gate_path(model_path), gate_path(out))
-    card = json.loads(card_path(model_path).read_text())
+    card = read_card_data(model_path)
+    assert card is not None and "gate" in card
     card["gate"]["limits"] = {"brightness": {"low": 0.3}}
-    card_path(out).write_text(json.dumps(card))
+    write_card(out, card)
     return out

@@ -7,8 +7,8 @@ import pytest
 from sqlalchemy import select
 
 from db import drift
+from db.lifecycle import complete_batches
 from db.models import AuditEvent, Batch, Image, ImageState, ModelVersion, Result
-from db.progress import mark_complete_batches
 from db.session import engine_for, session_factory
 
 DECILES = [round(0.1 * k, 1) for k in range(1, 10)]
@@ -63,7 +63,7 @@ def _seed(settings, n: int, shift: float, seed: int = 0) -> str:
 def _complete(settings, batch_id: str) -> tuple[dict, list[AuditEvent]]:
     sessions = session_factory(engine_for(settings.database_url))
     with sessions.begin() as s:
-        mark_complete_batches(s, {batch_id})
+        complete_batches(s, {batch_id})
     with sessions() as s:
         batch = s.get(Batch, batch_id)
         assert batch is not None and batch.state == "complete"

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
+from db.lifecycle import claim, fail_unfinished
 from db.models import Batch, Image, ModelVersion, Result
 from db.session import engine_for, session_factory
 from leukoscreen.storage import ContentStore
 from model.card import ModelCard
 from model.gate import Gate, permissive_gate
 from model.inference import Scores
-from worker.scoring import claim, fail_chunk, register_model_version, score_chunk
+from worker.scoring import register_model_version, score_chunk
 
 
 @dataclass
@@ -138,7 +139,7 @@ def test_fail_chunk_records_the_error_on_unfinished_images_only(db_settings, mak
     scorer = FakeScorer()
     version = register_model_version(sessions, scorer)
     score_chunk(sessions, store, scorer, version, ids[:1], max_attempts=3)
-    fail_chunk(sessions, ids, "database kept failing")
+    fail_unfinished(sessions, ids, "database kept failing")
     with sessions() as s:
         assert s.get(Image, ids[0]).state == "scored"
         assert s.get(Image, ids[1]).state == "failed"

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 from celery import Celery
-from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Image
+from db.lifecycle import mark_enqueued
 from worker.celery_app import SCORE_TASK
 
 log = logging.getLogger(__name__)
@@ -46,13 +44,5 @@ def enqueue_images(
             exc,
         )
     if sent:
-        now = datetime.now(UTC)
-        with sessions.begin() as session:
-            for part in chunked(sent, 500):
-                session.execute(
-                    update(Image)
-                    .where(Image.id.in_(part))
-                    .values(enqueued_at=now)
-                    .execution_options(synchronize_session=False)
-                )
+        mark_enqueued(sessions, sent)
     return len(sent)

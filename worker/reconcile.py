@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from celery import Celery
-from sqlalchemy import and_, false, or_, select, update
+from sqlalchemy import and_, false, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.lifecycle import requeue_stale
 from db.models import Image, ImageState
-from db.progress import mark_complete_batches
 from leukoscreen.config import Settings
 from worker.dispatch import enqueue_images
 
@@ -33,36 +33,10 @@ def reconcile(
     report = ReconcileReport()
     now = datetime.now(UTC)
     stale = now - timedelta(seconds=settings.stale_after_s)
-    with sessions.begin() as session:
-        # A chunk stuck in "scoring" means its worker died (or is hung) mid-chunk.
-        stuck = session.execute(
-            select(Image.id, Image.attempts, Image.batch_id)
-            .where(Image.state == ImageState.SCORING.value, Image.updated_at < stale)
-            .limit(limit)
-        ).all()
-        retry = [r.id for r in stuck if r.attempts < settings.max_attempts]
-        exhausted = [r.id for r in stuck if r.attempts >= settings.max_attempts]
-        if retry:
-            session.execute(
-                update(Image)
-                .where(Image.id.in_(retry), Image.state == ImageState.SCORING.value)
-                .values(state=ImageState.QUEUED.value, updated_at=now, enqueued_at=None)
-                .execution_options(synchronize_session=False)
-            )
-        if exhausted:
-            session.execute(
-                update(Image)
-                .where(Image.id.in_(exhausted), Image.state == ImageState.SCORING.value)
-                .values(
-                    state=ImageState.FAILED.value,
-                    updated_at=now,
-                    error=f"gave up after {settings.max_attempts} attempts (worker lost each time)",
-                )
-                .execution_options(synchronize_session=False)
-            )
-            mark_complete_batches(session, {r.batch_id for r in stuck})
-        report.requeued_from_scoring, report.failed_exhausted = len(retry), len(exhausted)
-
+    # A chunk stuck in "scoring" means its worker died (or is hung) mid-chunk.
+    stuck = requeue_stale(sessions, stale, settings.max_attempts, limit)
+    report.requeued_from_scoring, report.failed_exhausted = len(stuck.requeued), len(stuck.failed)
+    with sessions() as session:
         waiting = session.scalars(
             select(Image.id)
             .where(
@@ -73,7 +47,7 @@ def reconcile(
                         Image.enqueued_at.is_(None), Image.created_at < now - NEVER_ENQUEUED_GRACE
                     ),
                     # Just released from a dead worker above.
-                    Image.id.in_(retry) if retry else false(),
+                    Image.id.in_(stuck.requeued) if stuck.requeued else false(),
                 ),
             )
             .order_by(Image.id)

@@ -1,8 +1,10 @@
 """Scoring one chunk of images: claim in SQL, preprocess, one batched model call, store results.
 
-Idempotent by construction: only images still ``queued``/``scoring`` are claimed, results are
-inserted with ON CONFLICT DO NOTHING on (image, model version), and an image that already has
-a result for this model is simply marked scored. A re-delivered or duplicated task is harmless.
+Idempotent by construction (the state changes are ``db/lifecycle.py``'s): only images still
+``queued``/``scoring`` are claimed, results are inserted with ON CONFLICT DO NOTHING on (image,
+model version), and an image that already has a result for this model is simply marked scored.
+A re-delivered or duplicated task is harmless. This module decides each image's result (the
+route comes from ``model.gate.route_image``); the lifecycle stores it.
 """
 
 from __future__ import annotations
@@ -12,16 +14,16 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
-from sqlalchemy import insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.models import Image, ImageState, ModelVersion, Result
-from db.progress import PENDING, mark_complete_batches
+from db import lifecycle
+from db.lifecycle import Claimed, Failure, NewResult
+from db.models import ModelVersion
 from leukoscreen.storage import ContentStore
 from model.card import ModelCard
 from model.gate import Gate, Route, route_image
@@ -70,77 +72,40 @@ def register_model_version(sessions: sessionmaker[Session], model: Scorer) -> in
             )  # type: ignore[return-value]
 
 
-def _insert_ignoring_duplicates(session: Session, rows: list[dict]) -> None:
-    dialect = session.get_bind().dialect.name
-    stmt: Any
-    if dialect == "postgresql":
-        stmt = postgresql.insert(Result).on_conflict_do_nothing(
-            index_elements=["image_id", "model_version_id"]
-        )
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(Result).on_conflict_do_nothing(
-            index_elements=["image_id", "model_version_id"]
-        )
-    else:  # the unique constraint still guarantees one result; other databases just fail loudly
-        stmt = insert(Result)
-    session.execute(stmt, rows)
+def retry_group_size(attempts: int, chunk_size: int, max_attempts: int) -> int:
+    """How many images may share a task once one of them has ``attempts`` claims behind it.
+
+    An image claimed without a result killed (or hung) the worker holding it, or one of its
+    neighbours did. Each loss halves the group, so a poison image is cornered in a few rounds;
+    from its last attempt but one every image goes alone, so an innocent neighbour always has
+    a try without the poison before its attempts run out, and only the poison ends ``failed``.
+    """
+    if attempts <= 0:
+        return chunk_size
+    if attempts >= max_attempts - 1:
+        return 1
+    return max(1, chunk_size >> attempts)
 
 
-def claim(
-    sessions: sessionmaker[Session], image_ids: Sequence[int], version_id: int, max_attempts: int
-) -> list[tuple[int, str, str]]:
-    """Move the chunk's pending images to ``scoring``; returns (id, storage key, batch id)."""
-    now = datetime.now(UTC)
-    with sessions.begin() as session:
-        rows = session.execute(
-            select(Image.id, Image.storage_key, Image.batch_id, Image.attempts).where(
-                Image.id.in_(image_ids), Image.state.in_(PENDING)
-            )
-        ).all()
-        if not rows:
-            return []
-        done = set(
-            session.scalars(
-                select(Result.image_id).where(
-                    Result.image_id.in_([r.id for r in rows]),
-                    Result.model_version_id == version_id,
-                )
-            )
-        )
-        claimed: list[Any] = []
-        exhausted: list[Any] = []
-        for r in rows:
-            if r.id in done:
-                continue
-            (exhausted if r.attempts >= max_attempts else claimed).append(r)
-        if done:
-            session.execute(
-                update(Image)
-                .where(Image.id.in_(done))
-                .values(state=ImageState.SCORED.value, updated_at=now)
-                .execution_options(synchronize_session=False)
-            )
-        if exhausted:
-            session.execute(
-                update(Image)
-                .where(Image.id.in_([r.id for r in exhausted]))
-                .values(
-                    state=ImageState.FAILED.value,
-                    updated_at=now,
-                    error=f"gave up after {max_attempts} attempts (worker lost each time)",
-                )
-                .execution_options(synchronize_session=False)
-            )
-        if claimed:
-            session.execute(
-                update(Image)
-                .where(Image.id.in_([r.id for r in claimed]))
-                .values(state=ImageState.SCORING.value, attempts=Image.attempts + 1, updated_at=now)
-                .execution_options(synchronize_session=False)
-            )
-        if done or exhausted:
-            mark_complete_batches(session, {r.batch_id for r in rows})
-    return [(r.id, r.storage_key, r.batch_id) for r in claimed]
+def split_for_retry(
+    sessions: sessionmaker[Session], image_ids: Sequence[int], chunk_size: int, max_attempts: int
+) -> list[list[int]]:
+    """Groups to send again instead of scoring this chunk now, or [] to score it.
+
+    A chunk redelivered after its worker died (``task_reject_on_worker_lost``) or sent again
+    by the reconciler holds images with attempts behind them: when it is larger than
+    ``retry_group_size`` allows, its pending images are released to ``queued`` and returned
+    in groups of that size, for the caller to enqueue.
+    """
+    attempts = lifecycle.pending_attempts(sessions, image_ids)
+    if not attempts:
+        return []
+    size = retry_group_size(max(attempts.values()), chunk_size, max_attempts)
+    if len(attempts) <= size:
+        return []
+    pending = sorted(attempts)
+    lifecycle.release(sessions, pending)
+    return [pending[i : i + size] for i in range(0, len(pending), size)]
 
 
 def _load(store: ContentStore, key: str | None, gate: Gate | None) -> Prepared:
@@ -167,15 +132,15 @@ def score_chunk(
     worker_name: str | None = None,
 ) -> ChunkOutcome:
     outcome = ChunkOutcome()
-    claimed = claim(sessions, image_ids, version_id, max_attempts)
+    claimed = lifecycle.claim(sessions, image_ids, version_id, max_attempts)
     outcome.skipped = len(image_ids) - len(claimed)
     if not claimed:
         return outcome
 
     # Decoding is per image: one unreadable file fails alone, the rest go on to the model.
-    def load_one(item: tuple[int, str, str]) -> Prepared | Exception:
+    def load_one(item: Claimed) -> Prepared | Exception:
         try:
-            return _load(store, item[1], model.gate)
+            return _load(store, item.storage_key, model.gate)
         except Exception as exc:  # any decode or storage error is that image's own failure
             return exc
 
@@ -186,7 +151,7 @@ def score_chunk(
         if isinstance(prep, Prepared)
     ]
     bad = [
-        (item, err)
+        Failure(item.image_id, item.batch_id, f"{type(err).__name__}: {err}")
         for item, err in zip(claimed, loaded, strict=True)
         if not isinstance(err, Prepared)
     ]
@@ -194,64 +159,29 @@ def score_chunk(
     scores = model.assess(np.stack([prep.pixels for _, prep in good])) if good else None
     now = datetime.now(UTC)
     threshold = model.card.threshold
-    rows = []
+    results = []
     for i, (item, prep) in enumerate(good):
         assert scores is not None
         p, distance = float(scores.p_leukemia[i]), float(scores.domain_distance[i])
         decision = route_image(model.gate, threshold, p, prep.quality, distance, prep.original_mode)
-        rows.append(
-            {
-                "image_id": item[0],
-                "batch_id": item[2],
-                "model_version_id": version_id,
-                "p_leukemia": p,
-                "flagged": decision.route != Route.CLEARED,
-                "threshold": threshold,
-                "route": decision.route.value,
-                "route_reason": decision.reason.value if decision.reason else None,
-                "domain_distance": distance if np.isfinite(distance) else None,
-                "quality": {**_finite(prep.quality), "failed": list(decision.failed)},
-                "scored_at": now,
-                "worker": worker_name,
-            }
+        results.append(
+            NewResult(
+                image_id=item.image_id,
+                batch_id=item.batch_id,
+                model_version_id=version_id,
+                p_leukemia=p,
+                flagged=decision.route != Route.CLEARED,
+                threshold=threshold,
+                route=decision.route.value,
+                route_reason=decision.reason.value if decision.reason else None,
+                domain_distance=distance if np.isfinite(distance) else None,
+                quality={**_finite(prep.quality), "failed": list(decision.failed)},
+                scored_at=now,
+                worker=worker_name,
+            )
         )
-    with sessions.begin() as session:
-        if good:
-            _insert_ignoring_duplicates(session, rows)
-            session.execute(
-                update(Image)
-                .where(Image.id.in_([item[0] for item, _ in good]))
-                .values(state=ImageState.SCORED.value, error=None, updated_at=now)
-                .execution_options(synchronize_session=False)
-            )
-        for item, err in bad:
-            session.execute(
-                update(Image)
-                .where(Image.id == item[0])
-                .values(
-                    state=ImageState.FAILED.value,
-                    error=f"{type(err).__name__}: {err}"[:2000],
-                    updated_at=now,
-                )
-                .execution_options(synchronize_session=False)
-            )
-        mark_complete_batches(session, {item[2] for item in claimed})
+    lifecycle.finish(sessions, results, bad, {item.batch_id for item in claimed})
     outcome.scored, outcome.failed = len(good), len(bad)
     if bad:
-        log.warning("chunk: %d images failed to load: %s", len(bad), [i[0] for i, _ in bad])
+        log.warning("chunk: %d images failed to load: %s", len(bad), [f.image_id for f in bad])
     return outcome
-
-
-def fail_chunk(sessions: sessionmaker[Session], image_ids: Sequence[int], error: str) -> None:
-    """After the last retry: the chunk's unfinished images get the error, not silence."""
-    with sessions.begin() as session:
-        batch_ids = set(
-            session.scalars(select(Image.batch_id).where(Image.id.in_(image_ids)).distinct())
-        )
-        session.execute(
-            update(Image)
-            .where(Image.id.in_(image_ids), Image.state.in_(PENDING))
-            .values(state=ImageState.FAILED.value, error=error[:2000], updated_at=datetime.now(UTC))
-            .execution_options(synchronize_session=False)
-        )
-        mark_complete_batches(session, batch_ids)

@@ -10,10 +10,12 @@ from billiard import current_process
 from celery.signals import worker_process_init
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from db.lifecycle import fail_unfinished
 from worker.celery_app import RECONCILE_TASK, SCORE_TASK, app
+from worker.dispatch import enqueue_images
 from worker.reconcile import reconcile as reconcile_images
 from worker.runtime import reset_runtime, runtime, worker_settings
-from worker.scoring import fail_chunk, score_chunk
+from worker.scoring import score_chunk, split_for_retry
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,23 @@ def _pin_gpu(**_: object) -> None:
 def score_images(self, image_ids: list[int]) -> dict[str, int]:
     rt = runtime()
     try:
+        # Poison isolation: a chunk that has lost a worker is sent again in smaller groups.
+        groups = split_for_retry(
+            rt.sessions, image_ids, rt.settings.chunk_size, rt.settings.max_attempts
+        )
+        if groups:
+            # Back to the queue it came from (a GPU worker's chunk stays on the GPU queue).
+            queue = (self.request.delivery_info or {}).get("routing_key")
+            ids = [image_id for group in groups for image_id in group]
+            enqueue_images(
+                app, rt.sessions, ids, len(groups[0]), queue or rt.settings.default_queue
+            )
+            log.warning(
+                "chunk of %d split into %d groups to isolate a poison image",
+                len(image_ids),
+                len(groups),
+            )
+            return {"split": len(groups)}
         outcome = score_chunk(
             rt.sessions,
             rt.store,
@@ -51,7 +70,7 @@ def score_images(self, image_ids: list[int]) -> dict[str, int]:
         if self.request.retries >= self.max_retries:
             log.error("chunk failed after %d retries: %s", self.request.retries, exc)
             try:
-                fail_chunk(rt.sessions, image_ids, f"gave up after retries: {exc}")
+                fail_unfinished(rt.sessions, image_ids, f"gave up after retries: {exc}")
             except TRANSIENT:
                 log.error("could not record the failure; the reconciler will retry the chunk")
             raise

@@ -1,6 +1,6 @@
-"""Render the Markdown model card from the JSON cards written by ``model.train``.
+"""Render the Markdown model card (``X.md``) from the JSON cards (``model/card.py``).
 
-    python -m model.model_card --out model/weights/lenet_lld.md \
+    python -m model.card_markdown --out model/weights/lenet_lld.md \
         model/weights/lenet_lld.keras model/weights/lenet_lld_thesis.keras
 
 The first weights file is the shipped default; the others are listed beside it.
@@ -9,10 +9,9 @@ The first weights file is the shipped default; the others are listed beside it.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from model.card import card_path
+from model.card import CardData, card_path, read_card_data
 
 GOAL = {"sensitivity": 0.99, "specificity": 0.95, "auc": 0.99}
 
@@ -46,8 +45,15 @@ def goal_met(m: dict) -> bool:
     )
 
 
+def _card(weights: Path) -> CardData:
+    card = read_card_data(weights)
+    if card is None:
+        raise SystemExit(f"{card_path(weights)} not found: train the network first")
+    return card
+
+
 def render(weights: list[Path]) -> str:
-    cards = [(w, json.loads(card_path(w).read_text())) for w in weights]
+    cards = [(w, _card(w)) for w in weights]
     main_w, main = cards[0]
     d, t = main["data"], main["training"]
     lines = [
@@ -152,7 +158,7 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1%}"
 
 
-def gate_section(card: dict) -> list[str]:
+def gate_section(card: CardData) -> list[str]:
     """The gate: its limits, calibration, and how it routed real and made-up images."""
     gate = card.get("gate")
     if not gate or "gate_evaluation" not in card:
@@ -233,7 +239,7 @@ def _opt(x: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model.model_card", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m model.card_markdown", description=__doc__)
     parser.add_argument("weights", type=Path, nargs="+")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--append", type=Path, help="hand-written Markdown appended at the end")
