@@ -113,17 +113,17 @@ class Gate:
         # One matrix product in whitened space (precision = L L^T, so the distance is
         # |xL - mL|^2): a three-operand einsum looped naively and cost more than a tenth of
         # the network's own time per batch.
-        whitened = x @ self._whitening
-        dists = [np.sum((whitened - m) ** 2, axis=1) for m in self._whitened_means]
+        whitened = x @ self.whitening
+        dists = [np.sum((whitened - m) ** 2, axis=1) for m in self.whitened_means]
         return np.min(dists, axis=0)
 
     @cached_property
-    def _whitening(self) -> np.ndarray:
+    def whitening(self) -> np.ndarray:
         return np.linalg.cholesky(self.precision)
 
     @cached_property
-    def _whitened_means(self) -> np.ndarray:
-        return self.class_means @ self._whitening
+    def whitened_means(self) -> np.ndarray:
+        return self.class_means @ self.whitening
 
     def quality_failures(self, measures: dict[str, float]) -> list[tuple[str, RouteReason]]:
         failed = []

@@ -259,3 +259,18 @@ def test_the_shipped_gate_refers_other_labs_smears_and_keeps_its_own(shipped):
         shipped, [(SHARED_DATA / "taleqani-all" / r["file"]).read_bytes() for r in split]
     )
     assert sum(d.route == Route.MANUAL_REVIEW for d in own) <= 0.03 * len(own)
+
+
+def test_the_workers_graph_computes_the_gates_domain_distance(shipped):
+    import keras
+
+    from model.folding import fold_batch_norm
+    from model.inference import feature_network
+
+    images = np.stack(
+        [prepare(_png(_smear(seed)), shipped.gate.hue_band).pixels for seed in range(5)]
+    )
+    in_graph = shipped.assess(images).domain_distance
+    network = feature_network(fold_batch_norm(keras.saving.load_model(SHIPPED, compile=False)))
+    _, features = network.predict(images, verbose=0)
+    np.testing.assert_allclose(in_graph, shipped.gate.domain_distance(features), rtol=1e-3)
