@@ -46,7 +46,7 @@ from model.gate import (
     route_image,
     write_statistics,
 )
-from model.preprocess import Prepared, load_rgb, prepare
+from model.preprocess import Prepared, decode, load_rgb, prepare, prepare_decoded
 from model.quality import MEASURES, hue_histogram
 from model.train import summarise
 
@@ -146,16 +146,11 @@ def run(args: argparse.Namespace) -> int:
     # 1. Training split: everything the gate measures against.
     blobs = {name: [(args.data / r["file"]).read_bytes() for r in split[name]] for name in split}
     labels = {name: np.array([r["label"] for r in split[name]]) for name in split}
-    train_decoded = [load_rgb(b) for b in blobs["train"]]
-    band = fit_hue_band(
-        np.stack(
-            [
-                hue_histogram(im.resize((256, 256), Image.Resampling.BILINEAR))
-                for im in train_decoded
-            ]
-        )
-    )
-    prepared = {name: _prepare_all(blobs[name], band) for name in split}
+    # Decoded once: the stain hue band comes from the training images, and every measure
+    # after it needs that band.
+    decoded = {name: [decode(b) for b in blobs[name]] for name in split}
+    band = fit_hue_band(np.stack([hue_histogram(d.image) for d in decoded["train"]]))
+    prepared = {name: [prepare_decoded(d, band) for d in decoded[name]] for name in split}
     raw, feats = {}, {}
     for name in split:
         raw[name], feats[name] = net.run(prepared[name])

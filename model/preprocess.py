@@ -95,7 +95,17 @@ def prepare(
     ``with_quality=False`` skips the measures, for a network without a gate (whose images all
     go to a person anyway).
     """
-    decoded = decode(data, target_size)
+    return prepare_decoded(decode(data, target_size), hue_band, target_size, with_quality)
+
+
+def prepare_decoded(
+    decoded: Decoded,
+    hue_band: tuple[int, int] | None,
+    target_size: tuple[int, int] = TARGET_SIZE,
+    with_quality: bool = True,
+) -> Prepared:
+    """``prepare`` for an image already decoded (fitting the gate needs the decoded training
+    images once for the stain hue band, then for everything else)."""
     return Prepared(
         to_model_input(decoded.image, target_size),
         measure(decoded.image, decoded.original_size, hue_band) if with_quality else {},
