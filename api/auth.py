@@ -27,13 +27,15 @@ from flask import (
 from flask import session as cookie_session
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 from flask_wtf.csrf import CSRFProtect
+from sqlalchemy.orm import Session
 
 from api import context
 from api.errors import ApiError
-from db.accounts import check_password, end_sessions, user_for_token
+from db.accounts import check_password, end_sessions, find_user, user_for_token
 from db.audit import record_event
 from db.login_throttle import clear_failures, lockout, record_failure
 from db.models import Role, User
+from db.tenancy import Scope, scope_of
 
 bp = Blueprint("auth", __name__)
 login_manager = LoginManager()
@@ -54,8 +56,15 @@ class Principal(UserMixin):
     id: int
     name: str
     role: str
+    # Which laboratories this request may see (``db.tenancy``), read with the user.
+    scope: Scope
     via_token: bool = False
     session_version: int = 0
+
+    @property
+    def laboratory_id(self) -> int:
+        """The home laboratory: audit events of this principal are filed there."""
+        return self.scope.home
 
     def get_id(self) -> str:
         return str(self.id)
@@ -64,11 +73,12 @@ class Principal(UserMixin):
         return self.role == Role.ADMIN.value or self.role in roles
 
 
-def _principal(user: User, via_token: bool = False) -> Principal:
+def _principal(session: Session, user: User, via_token: bool = False) -> Principal:
     return Principal(
         id=user.id,
         name=user.name,
         role=user.role,
+        scope=scope_of(session, user),
         via_token=via_token,
         session_version=user.session_version,
     )
@@ -86,7 +96,7 @@ def _load_user(user_id: str) -> Principal | None:
             or cookie_session.get(SESSION_VERSION) != user.session_version
         ):
             return None
-        return _principal(user)
+        return _principal(session, user)
 
 
 def is_api_request() -> bool:
@@ -108,10 +118,11 @@ def _authenticate() -> Any:
         token = _bearer_token()
         with context.sessions()() as session:
             user = user_for_token(session, token)
-        if user is None:
+            principal = _principal(session, user, True) if user is not None else None
+        if principal is None:
             raise ApiError(401, "invalid or revoked API token")
         # Flask-Login's request-scoped user, without writing a session cookie for API calls.
-        current_app.login_manager._update_request_context_with_user(_principal(user, True))  # type: ignore[attr-defined]
+        current_app.login_manager._update_request_context_with_user(principal)  # type: ignore[attr-defined]
         return None
     public = request.endpoint in PUBLIC_ENDPOINTS
     if not public and not current_user.is_authenticated:
@@ -123,14 +134,12 @@ def _authenticate() -> Any:
     return None
 
 
-def require_role(*roles: str) -> Callable[[F], F]:
-    """Admins may do everything; others need one of ``roles`` (403 otherwise)."""
-
+def _require(allowed: Callable[[Principal], bool], needs: str) -> Callable[[F], F]:
     def decorate(view: F) -> F:
         @wraps(view)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            if not current_user.has_role(*roles):
-                message = f"needs role {' or '.join(roles)}; you are {current_user.role}"
+            if not allowed(current_user):
+                message = f"needs {needs}; you are {current_user.role}"
                 if is_api_request():
                     raise ApiError(403, message)
                 abort(403, message)
@@ -139,6 +148,21 @@ def require_role(*roles: str) -> Callable[[F], F]:
         return wrapped  # type: ignore[return-value]
 
     return decorate
+
+
+def require_role(*roles: str) -> Callable[[F], F]:
+    """Admins may do everything; others need one of ``roles`` (403 otherwise)."""
+    return _require(lambda p: p.has_role(*roles), f"role {' or '.join(roles)}")
+
+
+def require_global_admin() -> Callable[[F], F]:
+    """Only an admin whose scope is every laboratory (laboratories themselves)."""
+    return _require(lambda p: p.role == Role.ADMIN.value and p.scope.is_global, "a global admin")
+
+
+def scope() -> Scope:
+    """The laboratories this request may see: pass it to every query of ``db/``."""
+    return actor().scope
 
 
 def actor() -> Principal:
@@ -178,20 +202,31 @@ def login():
             # Checked before the password: a locked-out name stays locked even when the
             # guess is right, otherwise the lock-out would still confirm a correct guess.
             locked = lockout(session, name, client, *limits)
+            # Attempts on a real account are filed under its laboratory, for its admins.
+            named = find_user(session, name)
+            lab = named.laboratory_id if named is not None else None
             if locked is not None:
                 record_event(
-                    session, None, "user.login_refused", "", name=name[:255], client_ip=client
+                    session,
+                    None,
+                    "user.login_refused",
+                    "",
+                    laboratory_id=lab,
+                    name=name[:255],
+                    client_ip=client,
                 )
                 user = None
             else:
                 user = check_password(session, name, request.form.get("password", ""))
                 if user is not None:
-                    clear_failures(session, name)
+                    clear_failures(session, name, client)
                     record_event(session, user, "user.login", f"user:{user.id}")
-                    principal = _principal(user)
+                    principal = _principal(session, user)
                 else:
-                    record_event(session, None, "user.login_failed", "", name=name[:255])
-                    locked = record_failure(session, name, client, *limits)
+                    record_event(
+                        session, None, "user.login_failed", "", laboratory_id=lab, name=name[:255]
+                    )
+                    locked = record_failure(session, name, client, *limits, laboratory_id=lab)
         if locked is not None:
             return _locked_out_page(locked.retry_after_s)
         if user is not None:

@@ -16,8 +16,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from api import context, idempotency
-from api.auth import actor
-from api.errors import ApiError, get_or_404
+from api.auth import actor, scope
+from api.errors import ApiError
 from api.intake import FileOutcome, Intake
 from api.params import int_arg
 from db import drift, lifecycle
@@ -26,6 +26,7 @@ from db.errors import NotFound
 from db.models import Batch, Image, ImageState
 from db.progress import RESULT_COLUMNS, batch_progress, iter_batch_results
 from db.reviews import decision_counts
+from db.tenancy import batch_or_404, image_or_404, scoped
 from leukoscreen.imagetypes import MIME_TYPES
 from worker.dispatch import enqueue_images
 
@@ -36,12 +37,6 @@ log = logging.getLogger(__name__)
 def _text(value: str, limit: int = 255) -> str:
     """Form text as sent, minus the NUL characters PostgreSQL cannot store."""
     return value.replace("\x00", "\ufffd")[:limit]
-
-
-def _submitter() -> str:
-    return _text(
-        request.form.get("submitted_by") or request.headers.get("X-Submitted-By") or actor().name
-    )
 
 
 def _outcome_json(o: FileOutcome, image_id: int | None) -> dict[str, Any]:
@@ -147,9 +142,11 @@ def _check_and_record(
     now = datetime.now(UTC)
     with sessions.begin() as session:
         if batch is None:
+            # Who submits is who signed in: no form field or header can name someone else.
             batch = Batch(
                 name=_text(name or f"batch {now:%Y-%m-%d %H:%M:%S}"),
-                submitted_by=_submitter(),
+                submitted_by=actor().name,
+                laboratory_id=scope().home,
                 created_at=now,
             )
             session.add(batch)
@@ -185,6 +182,7 @@ def _check_and_record(
             actor(),
             "batch.upload",
             f"batch:{batch_id}",
+            laboratory_id=batch.laboratory_id,
             accepted=len(accepted),
             rejected=report.count("rejected"),
             duplicate=report.count("duplicate"),
@@ -221,7 +219,7 @@ def create_batch():
 
 def _load_batch(batch_id: str) -> Batch:
     with context.sessions()() as session:
-        return get_or_404(session, Batch, batch_id)
+        return batch_or_404(session, scope(), batch_id)
 
 
 @bp.post("/batches/<batch_id>/images")
@@ -252,7 +250,7 @@ def list_batches():
     limit = int_arg("limit", 50, minimum=1, maximum=500)
     with context.sessions()() as session:
         batches = session.scalars(
-            select(Batch).order_by(Batch.created_at.desc()).limit(limit)
+            scoped(select(Batch), scope()).order_by(Batch.created_at.desc()).limit(limit)
         ).all()
     return jsonify(batches=[_batch_json(b) for b in batches])
 
@@ -316,7 +314,7 @@ def batch_results(batch_id: str):
 @bp.get("/images/<int:image_id>")
 def get_image(image_id: int):
     with context.sessions()() as session:
-        image = get_or_404(session, Image, image_id)
+        image = image_or_404(session, scope(), image_id)
         if image.storage_key is None:
             raise NotFound(f"image {image_id} was rejected and not stored: {image.error}")
     path = context.store().path_for(image.storage_key)

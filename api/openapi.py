@@ -82,7 +82,10 @@ BATCH = {
     "properties": {
         "id": {"type": "string"},
         "name": {"type": "string"},
-        "submitted_by": {"type": "string"},
+        "submitted_by": {
+            "type": "string",
+            "description": "the signed-in user or token owner that created the batch",
+        },
         "created_at": {"type": "string", "format": "date-time"},
         "state": {"type": "string", "enum": [s.value for s in BatchState]},
         "counts": STATE_COUNTS,
@@ -221,7 +224,6 @@ UPLOAD_BODY = {
                     },
                     # Multipart text fields are text whatever they look like: no type to violate.
                     "name": {"description": "batch name (text)"},
-                    "submitted_by": {"description": "who submits (text)"},
                 },
             }
         }
@@ -308,9 +310,26 @@ def review_and_account_paths() -> dict[str, Any]:
                 "responses": {"200": _json(OBJECT, "sample"), **_errors(400, 404, 503)},
             }
         },
+        "/api/v1/laboratories": {
+            "get": {
+                "summary": "laboratories the caller administers (admin; a global admin: all)",
+                "responses": {"200": _json(OBJECT, "laboratories"), **_errors(503)},
+            },
+            "post": {
+                "summary": "create a laboratory (global admin)",
+                "requestBody": _json_body(
+                    {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {"name": {"type": "string"}},
+                    }
+                ),
+                "responses": {"201": _json(OBJECT, "created"), **_errors(400, 503)},
+            },
+        },
         "/api/v1/users": {
             "get": {
-                "summary": "users (admin)",
+                "summary": "users of the caller's laboratories (admin)",
                 "responses": {"200": _json(OBJECT, "users"), **_errors(503)},
             },
             "post": {
@@ -323,6 +342,14 @@ def review_and_account_paths() -> dict[str, Any]:
                             "name": {"type": "string"},
                             "role": {"type": "string", "enum": ROLES},
                             "password": {"type": "string"},
+                            "laboratory_id": {
+                                "type": "integer",
+                                "description": "default: the caller's own laboratory",
+                            },
+                            "global_admin": {
+                                "type": "boolean",
+                                "description": "admin of every laboratory (global admin only)",
+                            },
                         },
                     }
                 ),
@@ -331,7 +358,7 @@ def review_and_account_paths() -> dict[str, Any]:
         },
         "/api/v1/users/{user_id}": {
             "patch": {
-                "summary": "change role, password or active flag (admin)",
+                "summary": "change role, password, active flag or granted laboratories (admin)",
                 "parameters": [_id("user_id")],
                 "requestBody": _json_body(
                     {
@@ -340,6 +367,12 @@ def review_and_account_paths() -> dict[str, Any]:
                             "role": {"type": "string", "enum": ROLES},
                             "password": {"type": "string"},
                             "active": {"type": "boolean"},
+                            "laboratories": {
+                                "type": "array",
+                                "items": {"type": "integer"},
+                                "description": "further laboratories the user works for "
+                                "(global admin only)",
+                            },
                         },
                     }
                 ),

@@ -11,13 +11,14 @@ from flask import Blueprint, Response, flash, redirect, render_template, request
 from sqlalchemy import select
 
 from api import context
-from api.accounts import event_json, token_json, user_json
-from api.auth import actor, require_role
-from api.errors import get_or_404
+from api.accounts import event_json, laboratory_json, token_json, user_json
+from api.auth import actor, require_global_admin, require_role, scope
 from api.params import MAX_SMALL_ID
+from db import tenancy
 from db.accounts import (
     ROLES,
     audit_events,
+    create_laboratory,
     create_token,
     create_user,
     list_tokens,
@@ -25,7 +26,7 @@ from db.accounts import (
     revoke_token,
     update_user,
 )
-from db.models import ApiToken, Batch, Role, User
+from db.models import Batch, Role
 from db.reviews import ALL_ROUTES, STATES
 from model.gate import REASON_TEXT, Route
 
@@ -72,7 +73,7 @@ def batches():
 @bp.get("/batches/<batch_id>")
 def batch(batch_id: str):
     with context.sessions()() as session:
-        found = get_or_404(session, Batch, batch_id)
+        found = tenancy.batch_or_404(session, scope(), batch_id)
     return render_template("batch.html", batch=found)
 
 
@@ -92,7 +93,9 @@ def single():
 def review():
     with context.sessions()() as session:
         recent = session.execute(
-            select(Batch.id, Batch.name).order_by(Batch.created_at.desc()).limit(200)
+            tenancy.scoped(select(Batch.id, Batch.name), scope())
+            .order_by(Batch.created_at.desc())
+            .limit(200)
         ).all()
     return render_template(
         "review.html",
@@ -108,7 +111,7 @@ def review():
 @require_role(REVIEWER)
 def review_sample(batch_id: str):
     with context.sessions()() as session:
-        found = get_or_404(session, Batch, batch_id)
+        found = tenancy.batch_or_404(session, scope(), batch_id)
     return render_template(
         "review.html",
         mode="sample",
@@ -123,16 +126,37 @@ def review_sample(batch_id: str):
 @bp.get("/admin")
 @require_role(ADMIN)
 def admin():
+    here = scope()
     with context.sessions()() as session:
-        users = [user_json(u) for u in list_users(session)]
-        tokens = [token_json(t) for t in list_tokens(session, limit=200)]
-        events = [event_json(e) for e in audit_events(session, limit=200)]
-    return render_template("admin.html", users=users, tokens=tokens, events=events, roles=ROLES)
+        labs = [laboratory_json(lab) for lab in tenancy.laboratories(session, here)]
+        users = [user_json(u, tenancy.granted(session, u.id)) for u in list_users(session, here)]
+        tokens = [token_json(t) for t in list_tokens(session, here, limit=200)]
+        events = [event_json(e) for e in audit_events(session, here, limit=200)]
+    return render_template(
+        "admin.html",
+        users=users,
+        tokens=tokens,
+        events=events,
+        roles=ROLES,
+        laboratories=labs,
+        lab_names={lab["id"]: lab["name"] for lab in labs},
+        global_admin=here.is_global,
+    )
+
+
+@bp.post("/admin/laboratories")
+@require_global_admin()
+def admin_add_laboratory():
+    with context.sessions().begin() as session:
+        lab = create_laboratory(session, request.form.get("name", ""), actor())
+    flash(f"Laboratory {lab.name} created.")
+    return redirect(url_for("pages.admin"))
 
 
 @bp.post("/admin/users")
 @require_role(ADMIN)
 def admin_add_user():
+    lab_id = request.form.get("laboratory_id", 0, type=int)
     with context.sessions().begin() as session:
         user = create_user(
             session,
@@ -140,6 +164,9 @@ def admin_add_user():
             request.form.get("role", ""),
             request.form.get("password", ""),
             actor(),
+            scope=scope(),
+            # An id past 32 bits names no laboratory (and would overflow the integer).
+            laboratory_id=lab_id if 0 < lab_id <= MAX_SMALL_ID else None,
         )
     flash(f"User {user.name} created.")
     return redirect(url_for("pages.admin"))
@@ -151,10 +178,11 @@ def admin_change_user(user_id: int):
     with context.sessions().begin() as session:
         user = update_user(
             session,
-            get_or_404(session, User, user_id),
+            tenancy.user_or_404(session, scope(), user_id),
             actor(),
             role=request.form.get("role") or None,
             active={"1": True, "0": False}.get(request.form.get("active", "")),
+            scope=scope(),
         )
     flash(f"User {user.name} updated.")
     return redirect(url_for("pages.admin"))
@@ -166,7 +194,7 @@ def admin_add_token():
     with context.sessions().begin() as session:
         user_id = request.form.get("user_id", 0, type=int)
         # An id past 32 bits names nobody (and would overflow the database's integer).
-        user = get_or_404(session, User, user_id if 0 < user_id <= MAX_SMALL_ID else 0)
+        user = tenancy.user_or_404(session, scope(), user_id if 0 < user_id <= MAX_SMALL_ID else 0)
         row, token = create_token(session, user, actor(), request.form.get("label", ""))
         created = token_json(row)
     # The token is shown on this one response and never again (only its hash is kept).
@@ -177,7 +205,7 @@ def admin_add_token():
 @require_role(ADMIN)
 def admin_revoke_token(token_id: int):
     with context.sessions().begin() as session:
-        token = get_or_404(session, ApiToken, token_id, "token")
+        token = tenancy.token_or_404(session, scope(), token_id)
         revoke_token(session, token, actor())
     flash(f"Token {token.prefix}… revoked.")
     return redirect(url_for("pages.admin"))

@@ -7,11 +7,11 @@ from datetime import datetime, timedelta
 from flask import Blueprint, jsonify, request
 
 from api import context
-from api.auth import actor, require_role
-from api.errors import ApiError, get_or_404
+from api.auth import actor, require_role, scope
+from api.errors import ApiError
 from api.params import int_arg, json_object, text_field
 from db.errors import NotFound
-from db.models import Batch, Role
+from db.models import Role
 from db.reviews import (
     ALL_ROUTES,
     QueueFilter,
@@ -24,6 +24,7 @@ from db.reviews import (
     sample_unflagged,
     threshold_counts,
 )
+from db.tenancy import batch_or_404, image_or_404
 
 bp = Blueprint("reviews", __name__, url_prefix="/api/v1")
 
@@ -66,7 +67,7 @@ def _order_arg() -> str:
 
 def _known_batch(batch_id: str) -> None:
     with context.sessions()() as session:
-        get_or_404(session, Batch, batch_id)
+        batch_or_404(session, scope(), batch_id)
 
 
 @bp.get("/review/queue")
@@ -90,7 +91,9 @@ def queue():
     )
     limit = int_arg("limit", 50, minimum=1, maximum=500)
     with context.sessions()() as session:
-        items, cursor = review_queue(session, f, parse_cursor(request.args.get("after")), limit)
+        items, cursor = review_queue(
+            session, f, parse_cursor(request.args.get("after")), limit, scope()
+        )
     return jsonify(items=items, next=cursor)
 
 
@@ -98,7 +101,7 @@ def queue():
 @require_role(*REVIEWERS)
 def item(image_id: int):
     with context.sessions()() as session:
-        found = queue_item(session, image_id)
+        found = queue_item(session, image_id, scope())
         if found is None:
             raise NotFound(f"no scored image {image_id}")
         found["history"] = history(session, image_id)
@@ -109,6 +112,7 @@ def item(image_id: int):
 @require_role(*REVIEWERS)
 def image_history(image_id: int):
     with context.sessions()() as session:
+        image_or_404(session, scope(), image_id)
         return jsonify(image_id=image_id, reviews=history(session, image_id))
 
 
@@ -129,6 +133,7 @@ def decide(image_id: int):
             image_id,
             text_field(body, "decision", "") or "",
             reviewer,
+            scope(),
             comment=comment,
             expected_seq=expected,
         )

@@ -22,8 +22,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import migrate
 from db.progress import batch_progress, iter_batch_results
 from db.reviews import QueueFilter, review_queue
+from db.tenancy import DEFAULT_LAB_ID, Scope
 
 BATCH = 2000
+# A reviewer of the one seeded laboratory: every real queue request is filtered by one.
+LAB = Scope(home=DEFAULT_LAB_ID, labs=frozenset({DEFAULT_LAB_ID}))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,8 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 SEED_SQL = [
     """INSERT INTO model_version (sha256, name, threshold, metrics, created_at)
        VALUES (repeat('b', 64), 'bench', 0.5, '{}', now())""",
-    """INSERT INTO batch (id, name, submitted_by, created_at, state)
-       SELECT 'b' || lpad(g::text, 35, '0'), 'batch ' || g, 'bench',
+    """INSERT INTO batch (id, laboratory_id, name, submitted_by, created_at, state)
+       SELECT 'b' || lpad(g::text, 35, '0'), 1, 'batch ' || g, 'bench',
               now() - (g || ' minutes')::interval, 'complete'
        FROM generate_series(1, :batches) g""",
     """INSERT INTO image (batch_id, sha256, original_name, storage_key, size_bytes, width,
@@ -102,17 +105,17 @@ def run(args: argparse.Namespace) -> int:
 
         def queue_first_page() -> None:
             with sessions() as s:
-                review_queue(s, QueueFilter(), None, 50)
+                review_queue(s, QueueFilter(), None, 50, LAB)
 
         def queue_deep_page() -> None:
             # A page deep in the queue (cursor at a random score): keyset pagination must
             # cost what page one costs.
             with sessions() as s:
-                review_queue(s, QueueFilter(), (rng.uniform(0.5, 1.0), 10**12), 50)
+                review_queue(s, QueueFilter(), (rng.uniform(0.5, 1.0), 10**12), 50, LAB)
 
         def queue_one_batch() -> None:
             with sessions() as s:
-                review_queue(s, QueueFilter(batch_id=rng.choice(ids)), None, 50)
+                review_queue(s, QueueFilter(batch_id=rng.choice(ids)), None, 50, LAB)
 
         for name, fn in (
             ("batch progress", progress),

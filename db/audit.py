@@ -34,9 +34,20 @@ class AppendOnlyError(RuntimeError):
 
 
 def record_event(
-    session: Session, actor: Actor | None, action: str, target: str = "", **details: Any
+    session: Session,
+    actor: Actor | None,
+    action: str,
+    target: str = "",
+    *,
+    laboratory_id: int | None = None,
+    **details: Any,
 ) -> AuditEvent:
+    """Append an event, filed under ``laboratory_id`` or else the actor's own laboratory;
+    an event of neither is system-wide and shown to global admins only."""
     row = AuditEvent(
+        laboratory_id=laboratory_id
+        if laboratory_id is not None
+        else getattr(actor, "laboratory_id", None),
         actor_id=actor.id if actor else None,
         actor_name=actor.name if actor else "system",
         action=action,

@@ -112,6 +112,7 @@ def check_completed(session: Session, batch_ids: set[str]) -> None:
                 None,
                 "batch.drift",
                 batch.id,
+                laboratory_id=batch.laboratory_id,
                 drifted=verdict["drifted"],
                 n=verdict["n"],
                 psi={k: verdict["measures"][k]["psi"] for k in verdict["drifted"]},

@@ -1,4 +1,12 @@
-"""Throttling of password guessing: failed sign-ins counted per user name and per client.
+"""Throttling of password guessing: failed sign-ins counted per account and address, and per
+address across accounts.
+
+A user name is throttled only together with the address the guesses come from: after
+``max_failures`` failures from one address, that address waits before its next guess on that
+name, twice as long after every further failure (up to the window). Guesses from elsewhere
+never lock the account itself, so nobody can lock an administrator (or every administrator)
+out by guessing wrong on purpose. An address that guesses at many names is locked for the
+window after ``CLIENT_FACTOR * max_failures`` failures.
 
 Counts live in the ``login_failure`` table so that all gunicorn workers (and hosts) share
 them. A check and the following insert are not one atomic step, so a burst of parallel
@@ -11,16 +19,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy import ColumnElement, delete, func, select
+from sqlalchemy.orm import Session
 
 from db.audit import record_event
 from db.models import LoginFailure, utcnow
 
+# The first wait once an account is locked for an address; each further failure doubles it.
+FIRST_DELAY_S = 60
+# How many more failures an address may make across every name than on one name.
+CLIENT_FACTOR = 4
+
 
 @dataclass(frozen=True)
 class Lockout:
-    scope: str  # "user" or "client"
+    scope: str  # "user" (this name from this address) or "client" (this address)
     retry_after_s: int
 
 
@@ -28,42 +41,57 @@ def _key(name: str) -> str:
     return name.strip()[:255]
 
 
-def _oldest_in_window(
-    session: Session, column: InstrumentedAttribute[str], value: str, since: datetime
-) -> tuple[int, datetime | None]:
-    count, oldest = session.execute(
-        select(func.count(), func.min(LoginFailure.created_at)).where(
-            column == value, LoginFailure.created_at > since
-        )
+def _aware(moment: datetime, now: datetime) -> datetime:
+    # SQLite through a raw aggregate returns naive UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=now.tzinfo)
+
+
+def _failures(
+    session: Session, since: datetime, *where: ColumnElement[bool]
+) -> tuple[int, datetime | None, datetime | None]:
+    count, oldest, newest = session.execute(
+        select(
+            func.count(), func.min(LoginFailure.created_at), func.max(LoginFailure.created_at)
+        ).where(LoginFailure.created_at > since, *where)
     ).one()
-    return int(count), oldest
+    return int(count), oldest, newest
+
+
+def _wait(until: datetime, now: datetime) -> int:
+    return max(1, int((until - now).total_seconds()) + 1)
 
 
 def lockout(
     session: Session, name: str, client_ip: str, max_failures: int, window_s: int
 ) -> Lockout | None:
-    """The lock-out in force for this user name or client address, if any."""
+    """The lock-out in force for this user name from this address, or for the address."""
     if max_failures <= 0:
         return None
     now = utcnow()
     since = now - timedelta(seconds=window_s)
-    checks = (
-        ("user", LoginFailure.user_name, _key(name)),
-        ("client", LoginFailure.client_ip, client_ip),
+    count, _, newest = _failures(
+        session, since, LoginFailure.user_name == _key(name), LoginFailure.client_ip == client_ip
     )
-    for scope, column, value in checks:
-        count, oldest = _oldest_in_window(session, column, value, since)
-        if count >= max_failures and oldest is not None:
-            if oldest.tzinfo is None:  # SQLite through a raw aggregate returns naive UTC
-                oldest = oldest.replace(tzinfo=now.tzinfo)
-            # Unlocked once enough of the counted failures have left the window.
-            wait = (oldest + timedelta(seconds=window_s) - now).total_seconds()
-            return Lockout(scope=scope, retry_after_s=max(1, int(wait) + 1))
+    if count >= max_failures and newest is not None:
+        delay = min(window_s, FIRST_DELAY_S * 2 ** (count - max_failures))
+        until = _aware(newest, now) + timedelta(seconds=delay)
+        if until > now:
+            return Lockout(scope="user", retry_after_s=_wait(until, now))
+    count, oldest, _ = _failures(session, since, LoginFailure.client_ip == client_ip)
+    if count >= CLIENT_FACTOR * max_failures and oldest is not None:
+        # Unlocked once enough of the counted failures have left the window.
+        until = _aware(oldest, now) + timedelta(seconds=window_s)
+        return Lockout(scope="client", retry_after_s=_wait(until, now))
     return None
 
 
 def record_failure(
-    session: Session, name: str, client_ip: str, max_failures: int, window_s: int
+    session: Session,
+    name: str,
+    client_ip: str,
+    max_failures: int,
+    window_s: int,
+    laboratory_id: int | None = None,
 ) -> Lockout | None:
     """Count a failed sign-in; returns the lock-out it starts (audited), if it starts one."""
     now = utcnow()
@@ -80,14 +108,20 @@ def record_failure(
             None,
             "user.login_locked",
             f"{locked.scope}:{_key(name) if locked.scope == 'user' else client_ip}"[:255],
+            laboratory_id=laboratory_id,
             name=_key(name),
             client_ip=client_ip,
-            failures=max_failures,
+            retry_after_s=locked.retry_after_s,
             window_s=window_s,
         )
     return locked
 
 
-def clear_failures(session: Session, name: str) -> None:
-    """A successful sign-in forgets that user name's failures, and no one else's."""
-    session.execute(delete(LoginFailure).where(LoginFailure.user_name == _key(name)))
+def clear_failures(session: Session, name: str, client_ip: str) -> None:
+    """A successful sign-in forgets that name's failures from that address, and nothing else:
+    the right password from one place does not wipe the trail of guesses from another."""
+    session.execute(
+        delete(LoginFailure).where(
+            LoginFailure.user_name == _key(name), LoginFailure.client_ip == client_ip
+        )
+    )

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -66,11 +67,28 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON}
 
 
+class Laboratory(Base):
+    """A tenant: its users, tokens, batches (with their images, results and reviews) and audit
+    rows are invisible to every other laboratory (``db.tenancy``)."""
+
+    __tablename__ = "laboratory"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Batch(Base):
     __tablename__ = "batch"
+    __table_args__ = (
+        # The batch list of one laboratory, newest first.
+        Index("ix_batch_laboratory_created", "laboratory_id", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    laboratory_id: Mapped[int] = mapped_column(ForeignKey("laboratory.id"))
     name: Mapped[str] = mapped_column(String(255))
+    # Always the name of the authenticated principal that created the batch, never client text.
     submitted_by: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     state: Mapped[str] = mapped_column(String(16), default=BatchState.SCORING.value)
@@ -184,10 +202,27 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # The home laboratory: the user's batches go there, and a lab admin manages its users.
+    laboratory_id: Mapped[int] = mapped_column(ForeignKey("laboratory.id"))
+    # An admin whose scope is every laboratory, and who alone creates laboratories.
+    global_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Copied into the session cookie at sign-in and compared on every request: signing out
     # or changing the password increments it, which ends every existing session of the user.
     session_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class LaboratoryGrant(Base):
+    """A further laboratory a user works for (a reviewer who reviews for several labs)."""
+
+    __tablename__ = "laboratory_grant"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("user_account.id", ondelete="CASCADE"), primary_key=True
+    )
+    laboratory_id: Mapped[int] = mapped_column(
+        ForeignKey("laboratory.id", ondelete="CASCADE"), primary_key=True
+    )
 
 
 class ApiToken(Base):
@@ -234,10 +269,16 @@ class Review(Base):
 
 class AuditEvent(Base):
     __tablename__ = "audit_event"
-    __table_args__ = (Index("ix_audit_event_created", "created_at"),)
+    __table_args__ = (
+        Index("ix_audit_event_created", "created_at"),
+        Index("ix_audit_event_laboratory", "laboratory_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The laboratory the event concerns; None for system-wide events, which only global
+    # admins see (a sign-in attempt with an unknown name, a laboratory created).
+    laboratory_id: Mapped[int | None] = mapped_column(ForeignKey("laboratory.id"))
     actor_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
     actor_name: Mapped[str] = mapped_column(String(255))
     action: Mapped[str] = mapped_column(String(64))

@@ -16,8 +16,9 @@ from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, t
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
+from db import tenancy
 from db.audit import Actor, record_event
-from db.errors import Conflict, Invalid, NotFound
+from db.errors import Conflict, Invalid
 from db.models import Batch, Decision, Image, ImageState, ModelVersion, Result, Review, User
 from model.gate import REASON_TEXT, Route
 
@@ -139,12 +140,14 @@ def parse_cursor(raw: str | None) -> tuple[float, int] | None:
     return score, last_id
 
 
-def queue_statement(f: QueueFilter, after: tuple[float, int] | None, limit: int) -> Select:
+def queue_statement(
+    f: QueueFilter, after: tuple[float, int] | None, limit: int, scope: tenancy.Scope
+) -> Select:
     if f.state is not None and f.state not in STATES:
         raise Invalid(f"state must be one of {', '.join(STATES)}")
     if f.route not in QUEUE_ROUTES:
         raise Invalid(f"route must be one of {', '.join(QUEUE_ROUTES)}")
-    stmt = _item_select()
+    stmt = tenancy.scoped(_item_select(), scope)
     manual = Result.route == Route.MANUAL_REVIEW.value
     if f.threshold is None:
         # ``flagged`` is true for both routes that go to a person: the queue index's prefix.
@@ -185,10 +188,15 @@ def queue_statement(f: QueueFilter, after: tuple[float, int] | None, limit: int)
 
 
 def review_queue(
-    session: Session, f: QueueFilter, after: tuple[float, int] | None, limit: int
+    session: Session,
+    f: QueueFilter,
+    after: tuple[float, int] | None,
+    limit: int,
+    scope: tenancy.Scope,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """One page of the queue and the cursor of the next page (None on the last page)."""
-    rows = session.execute(queue_statement(f, after, limit)).all()
+    """One page of the queue (of the scope's laboratories) and the next page's cursor (None
+    on the last page)."""
+    rows = session.execute(queue_statement(f, after, limit, scope)).all()
     items = [_item_json(r) for r in rows[:limit]]
     cursor = None
     if len(rows) > limit:
@@ -197,13 +205,15 @@ def review_queue(
     return items, cursor
 
 
-def queue_item(session: Session, image_id: int) -> dict[str, Any] | None:
-    row = session.execute(_item_select().where(Image.id == image_id)).first()
+def queue_item(session: Session, image_id: int, scope: tenancy.Scope) -> dict[str, Any] | None:
+    stmt = tenancy.scoped(_item_select().where(Image.id == image_id), scope)
+    row = session.execute(stmt).first()
     return _item_json(row) if row else None
 
 
 def sample_unflagged(session: Session, batch_id: str, n: int) -> list[dict[str, Any]]:
-    """A random sample of the batch's cleared images, for quality control of negatives."""
+    """A random sample of the batch's cleared images, for quality control of negatives
+    (``batch_id`` from ``tenancy.batch_or_404``)."""
     stmt = (
         _item_select()
         .where(Result.batch_id == batch_id, Result.flagged.is_(False))
@@ -230,15 +240,15 @@ def record_decision(
     image_id: int,
     decision: str,
     reviewer: Actor,
+    scope: tenancy.Scope,
     comment: str = "",
     expected_seq: int | None = None,
 ) -> Review:
-    """Append a decision. Raises Conflict when someone decided since ``expected_seq``."""
+    """Append a decision on an image of the reviewer's laboratories. Raises Conflict when
+    someone decided since ``expected_seq``."""
     if decision not in {d.value for d in Decision}:
         raise Invalid(f"decision must be one of {', '.join(d.value for d in Decision)}")
-    image = session.get(Image, image_id)
-    if image is None:
-        raise NotFound(f"no image {image_id}")
+    image = tenancy.image_or_404(session, scope, image_id)
     result = session.scalar(
         select(Result).where(Result.image_id == image_id).order_by(Result.id.desc()).limit(1)
     )
@@ -274,6 +284,8 @@ def record_decision(
         reviewer,
         "review.decide",
         f"image:{image_id}",
+        # The image's laboratory, which a reviewer granted several may not call home.
+        laboratory_id=image.batch.laboratory_id,
         decision=decision,
         previous=review.previous_decision,
         seq=review.seq,
@@ -283,6 +295,7 @@ def record_decision(
 
 
 def history(session: Session, image_id: int) -> list[dict[str, Any]]:
+    """Every decision on an image (``image_id`` from ``tenancy.image_or_404``)."""
     rows = session.execute(
         select(Review, User.name)
         .join(User, User.id == Review.reviewer_id)

@@ -187,8 +187,29 @@ def _operator():
     return Operator(name=f"cli:{getpass.getuser()}")
 
 
+def _lab(args: argparse.Namespace) -> int:
+    from db.accounts import AccountError, create_laboratory
+    from db.models import Laboratory
+
+    with _sessions().begin() as session:
+        if args.action == "list":
+            for lab in session.query(Laboratory).order_by(Laboratory.name):
+                print(f"{lab.id}\t{lab.name}")
+            return 0
+        if not args.name:
+            print("give the laboratory's name: leukoscreen lab add NAME", file=sys.stderr)
+            return 2
+        try:
+            lab = create_laboratory(session, args.name, _operator())
+        except AccountError as exc:
+            print(f"not created: {exc}", file=sys.stderr)
+            return 1
+        print(f"laboratory {lab.name} created (id {lab.id})")
+    return 0
+
+
 def _user(args: argparse.Namespace) -> int:
-    from db.accounts import AccountError, create_user
+    from db.accounts import AccountError, create_user, find_laboratory
 
     password = args.password or os.environ.get("LEUKOSCREEN_PASSWORD")
     if not password:
@@ -200,8 +221,21 @@ def _user(args: argparse.Namespace) -> int:
             return 2
     try:
         with _sessions().begin() as session:
-            user = create_user(session, args.name, args.role, password, _operator())
-            print(f"user {user.name} created with role {user.role}")
+            lab = find_laboratory(session, args.lab) if args.lab else None
+            if args.lab and lab is None:
+                print(f"no laboratory {args.lab!r} (leukoscreen lab list)", file=sys.stderr)
+                return 1
+            user = create_user(
+                session,
+                args.name,
+                args.role,
+                password,
+                _operator(),
+                laboratory_id=lab.id if lab else None,
+                global_admin=args.global_admin,
+            )
+            where = f"laboratory {lab.name}" if lab else "the default laboratory"
+            print(f"user {user.name} created with role {user.role} in {where}")
     except AccountError as exc:
         print(f"not created: {exc}", file=sys.stderr)
         return 1
@@ -334,7 +368,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+")
     p.add_argument("--url", default=os.environ.get("LEUKOSCREEN_URL", "http://127.0.0.1:8000"))
     p.add_argument("--name")
-    p.add_argument("--submitted-by", default=os.environ.get("USER", "cli"))
     p.add_argument("--part-files", type=int, default=200, help="files per upload request")
     p.add_argument("--part-bytes", type=int, default=64 * 1024 * 1024)
     p.add_argument("--wait", action="store_true", help="wait until every image is scored")
@@ -352,7 +385,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--role", choices=[r.value for r in Role], required=True)
     p.add_argument("--password", help="default: $LEUKOSCREEN_PASSWORD, else asked for")
+    p.add_argument("--lab", help="laboratory name (default: the default laboratory)")
+    p.add_argument(
+        "--global-admin",
+        action="store_true",
+        help="an admin of every laboratory, who also creates laboratories (role admin)",
+    )
     p.set_defaults(func=_user)
+
+    p = sub.add_parser("lab", help="laboratories: 'lab add NAME' or 'lab list'")
+    p.add_argument("action", choices=["add", "list"])
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=_lab)
 
     p = sub.add_parser("token", help="API tokens: 'token create USER' or 'token revoke ID'")
     p.add_argument("action", choices=["create", "revoke"])

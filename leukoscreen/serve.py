@@ -19,7 +19,11 @@ from leukoscreen.config import Settings, load_settings
 
 
 def ensure_first_admin(settings: Settings) -> str | None:
-    """Create an admin when no user exists; returns the password to print, if one was made."""
+    """Create an admin when no user exists; returns the password to print, if one was made.
+
+    The first admin belongs to the default laboratory and is a global admin: on a fresh
+    install they add the other laboratories and their people.
+    """
     from db.accounts import create_user, has_users
     from db.session import engine_for, session_factory
 
@@ -27,7 +31,7 @@ def ensure_first_admin(settings: Settings) -> str | None:
         if has_users(session):
             return None
         password = settings.admin_password or secrets.token_urlsafe(12)
-        create_user(session, "admin", "admin", password)
+        create_user(session, "admin", "admin", password, global_admin=True)
     return password
 
 

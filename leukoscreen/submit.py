@@ -66,7 +66,6 @@ def upload_part(
     batch_id: str | None,
     part: list[tuple[Path, str]],
     name: str | None,
-    submitted_by: str,
     key: str | None = None,
     delays: tuple[float, ...] = RETRY_DELAYS_S,
 ) -> dict[str, Any]:
@@ -74,7 +73,8 @@ def upload_part(
         f"{base}/api/v1/batches" if batch_id is None else f"{base}/api/v1/batches/{batch_id}/images"
     )
     headers = {"Idempotency-Key": key or str(uuid.uuid4())}
-    data = {"submitted_by": submitted_by}
+    # The batch is recorded as the token's user's: the server takes no submitter from clients.
+    data: dict[str, str] = {}
     if name and batch_id is None:
         data["name"] = name
     for attempt in range(len(delays) + 1):
@@ -164,7 +164,7 @@ def run_submit(args: argparse.Namespace) -> int:
         total=sum(p.stat().st_size for p, _ in files), desc="uploading", unit="B", unit_scale=True
     ) as bar:
         for part in plan_parts(files, args.part_files, args.part_bytes):
-            body = upload_part(http, base, batch_id, part, args.name, args.submitted_by)
+            body = upload_part(http, base, batch_id, part, args.name)
             batch_id = body.get("batch_id", batch_id)
             for key in counts:
                 counts[key] += body.get(key, 0)

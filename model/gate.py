@@ -80,9 +80,14 @@ CHECKS: tuple[tuple[str, str, RouteReason], ...] = (
     ("focus", "low", RouteReason.OUT_OF_FOCUS),
     ("focus", "high", RouteReason.NOISY),
 )
-# Colour modes that Pillow converts with loss (palette, 1-bit, 16-bit, float, CMYK): the
-# network never saw such an image, and the same cell scores very differently in each.
-CONVERTED_MODES = frozenset({"1", "P", "PA", "I", "F", "CMYK", "YCbCr", "LAB", "HSV"})
+# Colour modes that Pillow converts with loss (palette, 1-bit, greyscale with or without
+# alpha, 16-bit in any of Pillow's spellings, float, CMYK): the network never saw such an
+# image, and the same cell scores very differently in each (0.02 as RGB, 0.38 as palette,
+# 1.00 as 1-bit in the attack of issue #12).
+CONVERTED_MODES = frozenset(
+    {"1", "P", "PA", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+    | {"CMYK", "YCbCr", "LAB", "HSV"}
+)
 FEATURE_OFFSET = 1e-3  # log(feature + offset): activations are >= 0 and heavy-tailed
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from db.models import Batch, Image, ImageState, ModelVersion, Result
 from db.session import engine_for, session_factory
+from db.tenancy import DEFAULT_LAB_ID
 from leukoscreen.storage import ContentStore
 
 
@@ -19,6 +20,7 @@ def seed_scored(
     file_names: Sequence[str] | None = None,
     storage_dir: Path | None = None,
     blobs: Sequence[bytes] | None = None,
+    laboratory_id: int = DEFAULT_LAB_ID,
 ) -> tuple[str, list[int]]:
     """A batch whose images have these p_leukemia; returns (batch id, image ids in order).
 
@@ -34,7 +36,7 @@ def seed_scored(
         if version is None:
             version = ModelVersion(sha256="e" * 64, name="lenet_lld-test", threshold=threshold)
             session.add(version)
-        batch = Batch(name=name, submitted_by="tests")
+        batch = Batch(name=name, submitted_by="tests", laboratory_id=laboratory_id)
         session.add(batch)
         images = []
         for i, p in enumerate(scores):

@@ -10,6 +10,7 @@ from db import drift
 from db.lifecycle import complete_batches
 from db.models import AuditEvent, Batch, Image, ImageState, ModelVersion, Result
 from db.session import engine_for, session_factory
+from db.tenancy import DEFAULT_LAB_ID
 
 DECILES = [round(0.1 * k, 1) for k in range(1, 10)]
 REFERENCE = {"p_leukemia": DECILES, "domain_distance": DECILES, "focus": DECILES}
@@ -30,7 +31,7 @@ def _seed(settings, n: int, shift: float, seed: int = 0) -> str:
                 gate={"reference": REFERENCE},
             )
             s.add(version)
-        batch = Batch(name="b", submitted_by="t")
+        batch = Batch(name="b", submitted_by="t", laboratory_id=DEFAULT_LAB_ID)
         s.add(batch)
         s.flush()
         for i in range(n):

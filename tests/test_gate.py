@@ -274,3 +274,30 @@ def test_the_workers_graph_computes_the_gates_domain_distance(shipped):
     network = feature_network(fold_batch_norm(keras.saving.load_model(SHIPPED, compile=False)))
     _, features = network.predict(images, verbose=0)
     np.testing.assert_allclose(in_graph, shipped.gate.domain_distance(features), rtol=1e-3)
+
+
+def _colour_mode_versions(smear: Image.Image) -> dict[str, bytes]:
+    """One smear saved as RGB, palette, 1-bit, 16-bit greyscale and greyscale with alpha."""
+    grey16 = np.asarray(smear.convert("L"), dtype=np.uint16) * 257
+    return {
+        "RGB": _png(smear),
+        "palette": _png(smear.convert("P", palette=Image.Palette.ADAPTIVE)),
+        "1-bit": _png(smear.convert("1")),
+        "16-bit": _png(Image.fromarray(grey16)),
+        "LA": _png(smear.convert("LA")),
+    }
+
+
+def test_palette_1bit_and_16bit_versions_of_a_smear_go_to_manual_review_not_scored(shipped):
+    versions = _colour_mode_versions(_smear(seed=7))
+    modes = {
+        name: prepare(blob, None, with_quality=False).original_mode
+        for name, blob in versions.items()
+    }
+    assert modes["palette"] == "P" and modes["1-bit"] == "1" and modes["16-bit"].startswith("I")
+    decisions = dict(zip(versions, _route_all(shipped, list(versions.values())), strict=True))
+    for name in ("palette", "1-bit", "16-bit", "LA"):
+        assert decisions[name].route == Route.MANUAL_REVIEW, name
+        assert decisions[name].reason == RouteReason.UNUSUAL_COLOUR_MODE, name
+    # The RGB original is judged on its own merits: its colour mode is never the reason.
+    assert not any(f.startswith("mode:") for f in decisions["RGB"].failed)

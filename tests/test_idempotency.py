@@ -123,7 +123,7 @@ def test_submit_retries_a_part_with_the_same_key(client, db_settings, make_jpeg,
         (tmp_path / f"{i}.jpg").write_bytes(make_jpeg(i))
         part.append((tmp_path / f"{i}.jpg", f"{i}.jpg"))
     http = _LosesFirstAnswer(client)
-    body = upload_part(http, "http://api", None, part, None, "lab", delays=(0.0,))  # type: ignore[arg-type]
+    body = upload_part(http, "http://api", None, part, None, delays=(0.0,))  # type: ignore[arg-type]
     assert body["accepted"] == 3
     keys = {c["Idempotency-Key"] for c in http.calls}
     assert len(http.calls) == 2 and len(keys) == 1

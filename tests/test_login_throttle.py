@@ -1,4 +1,5 @@
-"""Failed sign-ins are throttled per user name and per client address, in the database."""
+"""Failed sign-ins are throttled per account and address (with an exponential delay) and per
+address, in the database; guesses from elsewhere never lock an account itself."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from sqlalchemy import select, update
 
 from api import create_app
+from db.login_throttle import CLIENT_FACTOR, FIRST_DELAY_S, lockout
 from db.models import AuditEvent, LoginFailure, utcnow
 from db.session import engine_for, session_factory
 from tests.conftest import PASSWORD, create_account, csrf_token
@@ -40,34 +42,60 @@ def _actions(settings) -> list[str]:  # type: ignore[no-untyped-def]
         return list(s.scalars(select(AuditEvent.action).order_by(AuditEvent.id)))
 
 
-def test_repeated_failures_lock_a_user_name_even_with_the_right_password(throttled):
+def _age_failures(settings, seconds: float) -> None:  # type: ignore[no-untyped-def]
+    """Move every counted failure ``seconds`` into the past, as if time had passed."""
+    with session_factory(engine_for(settings.database_url)).begin() as s:
+        for row in s.scalars(select(LoginFailure)):
+            row.created_at = row.created_at - timedelta(seconds=seconds)
+
+
+def test_repeated_failures_from_one_address_lock_that_name_there_even_with_the_right_password(
+    throttled,
+):
     create_account(throttled.database_url, "rita", "reviewer")
     app = create_app(throttled)
-    # A new address for every guess: only the per-name counter can stop them.
-    for i in range(MAX - 1):
-        assert _attempt(_client(app, f"10.0.0.{i}"), "rita", "wrong").status_code == 401
-    fifth = _attempt(_client(app, "10.0.0.50"), "rita", "wrong")
-    assert fifth.status_code == 429
-    locked_client = _client(app, "10.0.0.51")
-    right = _attempt(locked_client, "rita", PASSWORD)
+    guesser = _client(app, "10.0.0.1")
+    for _ in range(MAX - 1):
+        assert _attempt(guesser, "rita", "wrong").status_code == 401
+    assert _attempt(guesser, "rita", "wrong").status_code == 429
+    right = _attempt(guesser, "rita", PASSWORD)
     assert right.status_code == 429
     assert "Too many failed sign-ins" in right.get_data(as_text=True)
-    assert 0 < int(right.headers["Retry-After"]) <= WINDOW
-    assert locked_client.get("/batches").status_code == 302  # not signed in
+    assert 0 < int(right.headers["Retry-After"]) <= FIRST_DELAY_S + 1
+    assert guesser.get("/batches").status_code == 302  # not signed in
     actions = _actions(throttled)
     assert actions.count("user.login_locked") == 1
     assert "user.login_refused" in actions and "user.login" not in actions
 
 
-def test_repeated_failures_from_one_client_lock_that_client_for_every_name(throttled):
+def test_guessing_from_other_addresses_never_locks_the_account_itself(throttled):
+    create_account(throttled.database_url, "boss", "admin")
+    app = create_app(throttled)
+    # Someone guesses on purpose to lock the only administrator out, from many addresses.
+    for i in range(4 * MAX):
+        _attempt(_client(app, f"10.0.{i // 250}.{i % 250}"), "boss", "wrong")
+    assert _attempt(_client(app, "198.51.100.9"), "boss", PASSWORD).status_code == 302
+
+
+def test_each_further_failure_doubles_the_wait_up_to_the_window(throttled):
     create_account(throttled.database_url, "rita", "reviewer")
     app = create_app(throttled)
-    attacker = _client(app, "192.0.2.7")
-    for i in range(MAX):
-        _attempt(attacker, f"guess{i}", "wrong")
-    assert _attempt(attacker, "rita", PASSWORD).status_code == 429
-    # rita herself, at another address, is not locked out by someone else's guessing.
-    assert _attempt(_client(app, "198.51.100.1"), "rita", PASSWORD).status_code == 302
+    waits = []
+    for _ in range(4):
+        client = _client(app, "10.1.1.1")
+        while (resp := _attempt(client, "rita", "wrong")).status_code != 429:
+            pass
+        waits.append(int(resp.headers["Retry-After"]))
+        # The wait is over: the next failure locks again, for twice as long.
+        _age_failures(throttled, waits[-1] + 1)
+    for k, wait in enumerate(waits):
+        assert FIRST_DELAY_S * 2**k <= wait <= FIRST_DELAY_S * 2**k + 1, waits
+    with session_factory(engine_for(throttled.database_url)).begin() as s:
+        for _ in range(20):
+            s.add(LoginFailure(user_name="rita", client_ip="10.1.1.1", created_at=utcnow()))
+        s.flush()
+        capped = lockout(s, "rita", "10.1.1.1", MAX, WINDOW)
+    assert capped is not None and capped.retry_after_s <= WINDOW + 1
 
 
 def test_lockout_ends_when_the_window_has_passed(throttled):
@@ -82,19 +110,30 @@ def test_lockout_ends_when_the_window_has_passed(throttled):
     assert _attempt(client, "rita", PASSWORD).status_code == 302
 
 
-def test_a_successful_login_resets_only_its_own_user_names_counter(throttled):
+def test_repeated_failures_from_one_client_lock_that_client_for_every_name(throttled):
+    create_account(throttled.database_url, "rita", "reviewer")
+    app = create_app(throttled)
+    attacker = _client(app, "192.0.2.7")
+    for i in range(CLIENT_FACTOR * MAX):
+        _attempt(attacker, f"guess{i}", "wrong")
+    assert _attempt(attacker, "rita", PASSWORD).status_code == 429
+    # rita herself, at another address, is not locked out by someone else's guessing.
+    assert _attempt(_client(app, "198.51.100.1"), "rita", PASSWORD).status_code == 302
+
+
+def test_a_successful_login_resets_only_its_own_name_and_address(throttled):
     create_account(throttled.database_url, "rita", "reviewer")
     create_account(throttled.database_url, "ula", "uploader")
     app = create_app(throttled)
-    for i in range(MAX - 1):
-        _attempt(_client(app, f"10.2.0.{i}"), "rita", "wrong")
-        _attempt(_client(app, f"10.3.0.{i}"), "ula", "wrong")
-    assert _attempt(_client(app, "10.4.0.1"), "ula", PASSWORD).status_code == 302
-    # ula's success forgot ula's failures, not rita's: rita's next failure locks her.
-    assert _attempt(_client(app, "10.4.0.2"), "rita", "wrong").status_code == 429
-    for i in range(MAX - 1):
-        assert _attempt(_client(app, f"10.5.0.{i}"), "ula", "wrong").status_code == 401
-    assert _attempt(_client(app, "10.4.0.3"), "ula", PASSWORD).status_code == 302
+    shared = _client(app, "10.2.0.1")
+    for _ in range(MAX - 1):
+        _attempt(shared, "rita", "wrong")
+        _attempt(shared, "ula", "wrong")
+    assert _attempt(shared, "ula", PASSWORD).status_code == 302
+    # ula's success forgot ula's failures, not rita's: rita's next failure locks her there.
+    assert _attempt(_client(app, "10.2.0.1"), "rita", "wrong").status_code == 429
+    for _ in range(MAX - 1):
+        assert _attempt(_client(app, "10.2.0.1"), "ula", "wrong").status_code == 401
 
 
 def test_counts_are_shared_by_every_app_process_through_the_database(throttled):
@@ -103,9 +142,9 @@ def test_counts_are_shared_by_every_app_process_through_the_database(throttled):
     first, second = create_app(throttled), create_app(throttled)
     for i in range(MAX):
         app = first if i % 2 else second
-        _attempt(_client(app, f"10.6.0.{i}"), "rita", "wrong")
-    assert _attempt(_client(first, "10.7.0.1"), "rita", PASSWORD).status_code == 429
-    assert _attempt(_client(second, "10.7.0.2"), "rita", PASSWORD).status_code == 429
+        _attempt(_client(app, "10.6.0.1"), "rita", "wrong")
+    assert _attempt(_client(first, "10.6.0.1"), "rita", PASSWORD).status_code == 429
+    assert _attempt(_client(second, "10.6.0.1"), "rita", PASSWORD).status_code == 429
 
 
 def test_throttling_settings_come_from_the_environment(monkeypatch):
@@ -119,7 +158,7 @@ def test_throttling_settings_come_from_the_environment(monkeypatch):
 
 def _forwarded_failures(app, proxy: str, forwarded_for: str) -> int:  # type: ignore[no-untyped-def]
     """Failed sign-ins through one proxy address, each with its own X-Forwarded-For."""
-    for i in range(MAX):
+    for i in range(CLIENT_FACTOR * MAX):
         client = _client(app, proxy)
         client.environ_base["HTTP_X_FORWARDED_FOR"] = f"{forwarded_for}{i}"
         _attempt(client, f"nobody{i}", "wrong")
@@ -130,7 +169,7 @@ def _forwarded_failures(app, proxy: str, forwarded_for: str) -> int:  # type: ig
 
 def test_behind_a_trusted_proxy_each_browser_is_throttled_by_its_own_address(throttled):
     app = create_app(replace(throttled, proxy_hops=1))
-    # Five browsers behind one proxy: none of them is locked out by the others' failures.
+    # Browsers behind one proxy: none of them is locked out by the others' failures.
     assert _forwarded_failures(app, "10.8.0.1", "198.51.100.") == 401
 
 

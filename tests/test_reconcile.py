@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 from db.models import Batch, Image
 from db.session import engine_for, session_factory
+from db.tenancy import DEFAULT_LAB_ID
 from worker.celery_app import make_celery
 from worker.reconcile import reconcile
 
@@ -26,7 +27,7 @@ def test_reconciler_requeues_lost_and_stuck_work_and_gives_up_on_poison(db_setti
     sessions = session_factory(engine_for(settings.database_url))
     old = datetime.now(UTC) - timedelta(hours=1)
     with sessions.begin() as s:
-        b = Batch(name="t", submitted_by="t")
+        b = Batch(name="t", submitted_by="t", laboratory_id=DEFAULT_LAB_ID)
         images = {
             "stuck": _image(b, "scoring", attempts=1, updated_at=old),
             "poison": _image(b, "scoring", attempts=3, updated_at=old),
@@ -62,7 +63,13 @@ def test_reconciler_requeues_lost_and_stuck_work_and_gives_up_on_poison(db_setti
 def test_reconciler_does_nothing_when_all_is_fresh(db_settings):
     sessions = session_factory(engine_for(db_settings.database_url))
     with sessions.begin() as s:
-        s.add(_image(Batch(name="t", submitted_by="t"), "queued", enqueued_at=datetime.now(UTC)))
+        s.add(
+            _image(
+                Batch(name="t", submitted_by="t", laboratory_id=DEFAULT_LAB_ID),
+                "queued",
+                enqueued_at=datetime.now(UTC),
+            )
+        )
     report = reconcile(make_celery(db_settings), sessions, db_settings)
     assert report.enqueued == 0 and report.requeued_from_scoring == 0
     assert list(db_settings.broker_dir.glob("*.msg")) == []

@@ -9,9 +9,12 @@ from sqlalchemy import create_engine, text
 
 from db import migrate
 from db.reviews import QueueFilter, queue_statement
+from db.tenancy import DEFAULT_LAB_ID, Scope
 from tests.conftest import PG_URL
 
 pytestmark = pytest.mark.postgres
+# A reviewer of one laboratory: the queue is filtered by it, as every real request is.
+LAB = Scope(home=DEFAULT_LAB_ID, labs=frozenset({DEFAULT_LAB_ID}))
 
 N_IMAGES = 100_000
 
@@ -29,8 +32,8 @@ def big_database():  # type: ignore[no-untyped-def]
     with engine.begin() as c:
         c.execute(
             text(
-                "INSERT INTO user_account (name, password_hash, role, active, created_at) "
-                "VALUES ('r', 'x', 'reviewer', true, now())"
+                "INSERT INTO user_account (name, password_hash, role, active, laboratory_id, "
+                "created_at) VALUES ('r', 'x', 'reviewer', true, 1, now())"
             )
         )
         c.execute(
@@ -41,8 +44,8 @@ def big_database():  # type: ignore[no-untyped-def]
         )
         c.execute(
             text(
-                "INSERT INTO batch (id, name, submitted_by, created_at, state) "
-                "SELECT 'b' || g, 'b', 't', now(), 'complete' FROM generate_series(0, 99) g"
+                "INSERT INTO batch (id, laboratory_id, name, submitted_by, created_at, state) "
+                "SELECT 'b' || g, 1, 'b', 't', now(), 'complete' FROM generate_series(0, 99) g"
             )
         )
         c.execute(
@@ -104,7 +107,7 @@ def big_database():  # type: ignore[no-untyped-def]
 def test_a_queue_page_is_an_index_walk_without_sorting(
     big_database, name, queue_filter, after, index
 ):
-    sql = queue_statement(queue_filter, after, 50).compile(
+    sql = queue_statement(queue_filter, after, 50, LAB).compile(
         big_database, compile_kwargs={"literal_binds": True}
     )
     with big_database.connect() as c:
@@ -117,7 +120,7 @@ def test_a_queue_page_is_an_index_walk_without_sorting(
 def test_one_batchs_manual_review_images_are_read_by_route_not_by_scanning(big_database):
     """A batch's few manual-review images come straight from ix_result_batch_route; sorting
     those few (not the batch, not the table) is cheaper than walking the batch by score."""
-    sql = queue_statement(QueueFilter(batch_id="b7", route="manual_review"), None, 50).compile(
+    sql = queue_statement(QueueFilter(batch_id="b7", route="manual_review"), None, 50, LAB).compile(
         big_database, compile_kwargs={"literal_binds": True}
     )
     with big_database.connect() as c:

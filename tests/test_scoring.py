@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from db.lifecycle import claim, fail_unfinished
 from db.models import Batch, Image, ModelVersion, Result
 from db.session import engine_for, session_factory
+from db.tenancy import DEFAULT_LAB_ID
 from leukoscreen.storage import ContentStore
 from model.card import ModelCard
 from model.gate import Gate, permissive_gate
@@ -38,7 +39,7 @@ def _seed(settings, blobs: list[bytes]) -> tuple[list[int], ContentStore]:
     sessions = session_factory(engine_for(settings.database_url))
     ids = []
     with sessions.begin() as s:
-        batch = Batch(name="t", submitted_by="test")
+        batch = Batch(name="t", submitted_by="test", laboratory_id=DEFAULT_LAB_ID)
         s.add(batch)
         for i, blob in enumerate(blobs):
             key = store.commit(store.stage(io.BytesIO(blob), 10**7))

@@ -8,6 +8,7 @@ from sqlalchemy.exc import OperationalError
 import worker.tasks as tasks
 from db.models import Batch, Image
 from db.session import engine_for, session_factory
+from db.tenancy import DEFAULT_LAB_ID
 
 
 @dataclass
@@ -24,7 +25,7 @@ def test_transient_database_errors_are_retried_then_recorded_as_failed(db_settin
     sessions = session_factory(engine_for(db_settings.database_url))
     with sessions.begin() as s:
         image = Image(
-            batch=Batch(name="t", submitted_by="t"),
+            batch=Batch(name="t", submitted_by="t", laboratory_id=DEFAULT_LAB_ID),
             sha256="a" * 64,
             original_name="a.jpg",
             storage_key="a" * 64,

@@ -1,0 +1,265 @@
+"""Laboratories (tenants): migration 0008 with existing data, grants, lab and global admins,
+the uploader of record, the CLI and a fresh install. Every route across two laboratories is
+in tests/test_authz_matrix.py (CROSS)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
+
+from api import create_app
+from db import migrate
+from db.accounts import create_laboratory, create_token, create_user, find_user, update_user
+from db.errors import Conflict
+from db.session import engine_for, session_factory
+from db.tenancy import DEFAULT_LAB_ID
+from leukoscreen.cli import main as cli_main
+from tests.conftest import PASSWORD, create_account
+from tests.reviewdata import seed_scored
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def empty_database(request: pytest.FixtureRequest, settings) -> str:  # type: ignore[no-untyped-def]
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    return settings.database_url
+
+
+OLD_ROWS = [
+    "INSERT INTO batch (id, name, submitted_by, created_at, state) "
+    "VALUES ('b', 'old', 'lab', CURRENT_TIMESTAMP, 'complete')",
+    "INSERT INTO image (id, batch_id, sha256, original_name, size_bytes, state, attempts, "
+    "created_at, updated_at) VALUES (1, 'b', 's1', '1.jpg', 1, 'scored', 1, CURRENT_TIMESTAMP, "
+    "CURRENT_TIMESTAMP)",
+    "INSERT INTO user_account (id, name, password_hash, role, active, created_at) "
+    "VALUES (1, 'boss', 'x', 'admin', true, CURRENT_TIMESTAMP)",
+    "INSERT INTO user_account (id, name, password_hash, role, active, created_at) "
+    "VALUES (2, 'dr', 'x', 'reviewer', true, CURRENT_TIMESTAMP)",
+    "INSERT INTO api_token (user_id, token_sha256, prefix, label, created_at) "
+    "VALUES (2, 't', 'p', '', CURRENT_TIMESTAMP)",
+    "INSERT INTO review (image_id, seq, decision, comment, reviewer_id, created_at) "
+    "VALUES (1, 1, 'confirmed', '', 2, CURRENT_TIMESTAMP)",
+    "INSERT INTO audit_event (created_at, actor_id, actor_name, action, target, details) "
+    "VALUES (CURRENT_TIMESTAMP, 1, 'boss', 'user.create', 'user:2', '{}')",
+]
+
+
+def _rows(conn, sql: str) -> list[tuple]:  # type: ignore[no-untyped-def]
+    return [tuple(r) for r in conn.execute(text(sql)).all()]
+
+
+def test_migration_0008_files_existing_data_in_the_default_laboratory_and_back(empty_database):
+    migrate.upgrade(empty_database, "0005")
+    engine = create_engine(empty_database, poolclass=NullPool)
+    with engine.begin() as conn:
+        for statement in OLD_ROWS:
+            conn.execute(text(statement))
+    migrate.upgrade(empty_database, "0008")
+    with engine.connect() as conn:
+        assert _rows(conn, "SELECT id, name FROM laboratory") == [(DEFAULT_LAB_ID, "default")]
+        assert _rows(conn, "SELECT laboratory_id FROM batch") == [(DEFAULT_LAB_ID,)]
+        users = _rows(
+            conn, "SELECT name, laboratory_id, global_admin FROM user_account ORDER BY id"
+        )
+        assert [(n, lab, bool(g)) for n, lab, g in users] == [
+            ("boss", DEFAULT_LAB_ID, True),  # admins kept the scope they had: everything
+            ("dr", DEFAULT_LAB_ID, False),
+        ]
+        assert _rows(conn, "SELECT laboratory_id FROM audit_event") == [(DEFAULT_LAB_ID,)]
+    # The append-only triggers survived the migration (SQLite rebuilt no audit table).
+    with pytest.raises(DBAPIError), engine.begin() as conn:
+        conn.execute(text("UPDATE audit_event SET action = 'forged'"))
+    with pytest.raises(DBAPIError), engine.begin() as conn:
+        conn.execute(text("DELETE FROM review"))
+    migrate.downgrade(empty_database, "0005")
+    with engine.connect() as conn:
+        assert _rows(conn, "SELECT id, submitted_by FROM batch") == [("b", "lab")]
+        assert _rows(conn, "SELECT name FROM user_account ORDER BY id") == [("boss",), ("dr",)]
+        assert _rows(conn, "SELECT count(*) FROM review") == [(1,)]
+        assert _rows(conn, "SELECT action FROM audit_event") == [("user.create",)]
+        columns = conn.execute(text("SELECT * FROM audit_event")).keys()
+    assert "laboratory_id" not in columns
+    with pytest.raises(DBAPIError), engine.begin() as conn:
+        conn.execute(text("UPDATE audit_event SET action = 'forged'"))
+    migrate.upgrade(empty_database)  # and forward again over the same rows
+    engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("table", ["review", "audit_event"])
+def test_truncate_of_an_append_only_table_is_refused(postgres_url, table):
+    migrate.upgrade(postgres_url)
+    engine = create_engine(postgres_url, poolclass=NullPool)
+    with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {table}"))
+    # TRUNCATE of a table they reference cascades to them, and is refused the same way.
+    with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+        conn.execute(text("TRUNCATE image, user_account CASCADE"))
+    engine.dispose()
+
+
+def _lab(database_url: str, name: str) -> int:
+    with session_factory(engine_for(database_url)).begin() as s:
+        return create_laboratory(s, name, None).id
+
+
+def _user(database_url: str, name: str, role: str, lab: int, **kw) -> str:  # type: ignore[no-untyped-def]
+    with session_factory(engine_for(database_url)).begin() as s:
+        user = create_user(s, name, role, PASSWORD, laboratory_id=lab, **kw)
+        return create_token(s, user, None, "tests")[1]
+
+
+def _client(app, token: str):  # type: ignore[no-untyped-def]
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    return client
+
+
+def test_a_reviewer_granted_two_laboratories_reviews_both_and_no_third(db_settings):
+    url = db_settings.database_url
+    app = create_app(db_settings)
+    lab_b, lab_c = _lab(url, "lab-b"), _lab(url, "lab-c")
+    in_a, _ = seed_scored(url, [0.9], name="a")
+    in_b, _ = seed_scored(url, [0.8], name="b", laboratory_id=lab_b)
+    _, (in_c,) = seed_scored(url, [0.7], name="c", laboratory_id=lab_c)
+    reviewer = _client(app, _user(url, "rex", "reviewer", DEFAULT_LAB_ID))
+    boss = _client(app, _user(url, "boss", "admin", DEFAULT_LAB_ID, global_admin=True))
+    rex = next(u for u in boss.get("/api/v1/users").json["users"] if u["name"] == "rex")
+    granted = boss.patch(f"/api/v1/users/{rex['id']}", json={"laboratories": [lab_b]})
+    assert granted.status_code == 200 and granted.json["laboratories"] == [lab_b]
+    queue = reviewer.get("/api/v1/review/queue").json["items"]
+    assert sorted(i["batch_id"] for i in queue) == sorted([in_a, in_b])
+    assert (
+        reviewer.post(f"/api/v1/images/{in_c}/reviews", json={"decision": "confirmed"}).status_code
+        == 404
+    )
+    # The decision on lab B's image is filed in lab B's audit, where B's admin sees it.
+    decided = reviewer.post(
+        f"/api/v1/images/{queue[0]['image_id']}/reviews", json={"decision": "confirmed"}
+    )
+    assert decided.status_code == 201
+    b_admin = _client(app, _user(url, "bea", "admin", lab_b))
+    b_events = b_admin.get("/api/v1/audit").json["events"]
+    assert any(e["action"] == "review.decide" for e in b_events) == (queue[0]["batch_id"] == in_b)
+
+
+def test_a_lab_admin_manages_only_their_laboratory_and_never_a_global_admin(db_settings):
+    url = db_settings.database_url
+    app = create_app(db_settings)
+    lab_b = _lab(url, "lab-b")
+    _user(url, "root", "admin", DEFAULT_LAB_ID, global_admin=True)
+    lab_admin = _client(app, _user(url, "ada", "admin", DEFAULT_LAB_ID))
+    names = [u["name"] for u in lab_admin.get("/api/v1/users").json["users"]]
+    assert "root" not in names and "ada" in names
+    root_id = _user_id(url, "root")
+    # Resetting a global admin's password or minting their token would gain every laboratory.
+    assert (
+        lab_admin.patch(f"/api/v1/users/{root_id}", json={"password": "x" * 12}).status_code == 404
+    )
+    assert lab_admin.post(f"/api/v1/users/{root_id}/tokens").status_code == 404
+    made_global = lab_admin.post(
+        "/api/v1/users",
+        json={"name": "eve", "role": "admin", "password": PASSWORD, "global_admin": True},
+    )
+    assert made_global.status_code == 400
+    elsewhere = lab_admin.post(
+        "/api/v1/users",
+        json={"name": "eve", "role": "uploader", "password": PASSWORD, "laboratory_id": lab_b},
+    )
+    assert elsewhere.status_code == 404
+    assert lab_admin.post("/api/v1/laboratories", json={"name": "mine"}).status_code == 403
+    granted = lab_admin.patch(
+        f"/api/v1/users/{_user_id(url, 'ada')}", json={"laboratories": [lab_b]}
+    )
+    assert granted.status_code == 400
+    here = lab_admin.post(
+        "/api/v1/users", json={"name": "ida", "role": "uploader", "password": PASSWORD}
+    )
+    assert here.status_code == 201 and here.json["laboratory_id"] == DEFAULT_LAB_ID
+
+
+def _user_id(database_url: str, name: str) -> int:
+    with session_factory(engine_for(database_url))() as s:
+        user = find_user(s, name)
+        assert user is not None
+        return user.id
+
+
+def test_the_last_global_admin_stays_one(db_settings):
+    url = db_settings.database_url
+    app = create_app(db_settings)
+    _user(url, "root", "admin", DEFAULT_LAB_ID, global_admin=True)
+    ops = _client(app, _user(url, "ops", "admin", DEFAULT_LAB_ID, global_admin=True))
+    _user(url, "ada", "admin", DEFAULT_LAB_ID)  # an admin, but of one laboratory only
+    root_id = _user_id(url, "root")
+    assert ops.patch(f"/api/v1/users/{root_id}", json={"active": False}).status_code == 200
+    with session_factory(engine_for(url)).begin() as s:
+        last = find_user(s, "ops")
+        assert last is not None
+        with pytest.raises(Conflict, match="last active global admin"):
+            update_user(s, last, None, role="reviewer")
+
+
+def test_the_uploader_of_record_is_the_authenticated_principal(app, db_settings, make_jpeg):
+    client = _client(app, create_account(db_settings.database_url, "ula", "uploader"))
+    resp = client.post(
+        "/api/v1/batches",
+        data={"images": [(io.BytesIO(make_jpeg(1)), "a.jpg")], "submitted_by": "dr-someone"},
+        headers={"X-Submitted-By": "dr-else"},
+        content_type="multipart/form-data",
+    )
+    assert resp.status_code == 202
+    batch = client.get(f"/api/v1/batches/{resp.json['batch_id']}").json
+    assert batch["submitted_by"] == "ula"
+
+
+def test_cli_creates_laboratories_and_users_in_them(monkeypatch, settings, capsys):
+    migrate.upgrade(settings.database_url)
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    assert cli_main(["lab", "add", "north"]) == 0
+    assert cli_main(["lab", "add", "north"]) == 1
+    assert (
+        cli_main(
+            ["user", "add", "nia", "--role", "reviewer", "--lab", "north", "--password", PASSWORD]
+        )
+        == 0
+    )
+    assert (
+        cli_main(
+            ["user", "add", "zed", "--role", "reviewer", "--lab", "nowhere", "--password", PASSWORD]
+        )
+        == 1
+    )
+    assert cli_main(["user", "add", "dee", "--role", "uploader", "--password", PASSWORD]) == 0
+    assert (
+        cli_main(
+            ["user", "add", "gus", "--role", "admin", "--global-admin", "--password", PASSWORD]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert cli_main(["lab", "list"]) == 0
+    assert [line.split("\t")[1] for line in capsys.readouterr().out.split("\n") if line] == [
+        "default",
+        "north",
+    ]
+    with session_factory(engine_for(settings.database_url))() as s:
+        nia, dee, gus = (find_user(s, n) for n in ("nia", "dee", "gus"))
+        assert nia is not None and dee is not None and gus is not None
+        assert nia.laboratory_id != DEFAULT_LAB_ID and dee.laboratory_id == DEFAULT_LAB_ID
+        assert gus.global_admin and not nia.global_admin
+
+
+def test_a_fresh_install_has_one_default_laboratory_and_the_first_admin_in_it(settings):
+    from leukoscreen.serve import ensure_first_admin
+
+    migrate.upgrade(settings.database_url)
+    assert ensure_first_admin(settings) is not None
+    with session_factory(engine_for(settings.database_url))() as s:
+        admin = find_user(s, "admin")
+        assert admin is not None
+        assert admin.laboratory_id == DEFAULT_LAB_ID and admin.global_admin
