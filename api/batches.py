@@ -234,6 +234,7 @@ def _batch_json(batch: Batch) -> dict[str, Any]:
     return {
         "id": batch.id,
         "name": batch.name,
+        "laboratory_id": batch.laboratory_id,
         "submitted_by": batch.submitted_by,
         "created_at": batch.created_at.isoformat(),
         "state": batch.state,

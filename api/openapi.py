@@ -82,6 +82,7 @@ BATCH = {
     "properties": {
         "id": {"type": "string"},
         "name": {"type": "string"},
+        "laboratory_id": {"type": "integer", "description": "the uploader's laboratory"},
         "submitted_by": {
             "type": "string",
             "description": "the signed-in user or token owner that created the batch",
@@ -353,7 +354,7 @@ def review_and_account_paths() -> dict[str, Any]:
                         },
                     }
                 ),
-                "responses": {"201": _json(OBJECT, "created"), **_errors(400, 503)},
+                "responses": {"201": _json(OBJECT, "created"), **_errors(400, 404, 503)},
             },
         },
         "/api/v1/users/{user_id}": {

@@ -215,8 +215,8 @@ def update_user(
         before = tenancy.granted(session, user.id)
         after = tenancy.grant(session, user, laboratories)
         if before != after:
+            # No need to end sessions: every request reads its scope afresh.
             changes["laboratories"] = {"from": before, "to": after}
-            user.session_version += 1  # a narrower scope applies to open sessions at once
     if new_role != user.role:
         changes["role"] = {"from": user.role, "to": new_role}
         user.role = new_role
