@@ -172,6 +172,12 @@ def admin_add_user():
     return redirect(url_for("pages.admin"))
 
 
+def _form_ids(name: str) -> list[int]:
+    """Checked ids of a multi-select; one past 32 bits names nothing."""
+    ids = request.form.getlist(name, type=int)
+    return [i for i in ids if 0 < i <= MAX_SMALL_ID]
+
+
 @bp.post("/admin/users/<int:user_id>")
 @require_role(ADMIN)
 def admin_change_user(user_id: int):
@@ -183,6 +189,8 @@ def admin_change_user(user_id: int):
             role=request.form.get("role") or None,
             active={"1": True, "0": False}.get(request.form.get("active", "")),
             scope=scope(),
+            # The grant form says so: an empty multi-select sends no field at all.
+            laboratories=_form_ids("laboratories") if request.form.get("grants") else None,
         )
     flash(f"User {user.name} updated.")
     return redirect(url_for("pages.admin"))

@@ -16,9 +16,9 @@ from db import migrate
 from db.accounts import create_laboratory, create_token, create_user, find_user, update_user
 from db.errors import Conflict
 from db.session import engine_for, session_factory
-from db.tenancy import DEFAULT_LAB_ID
+from db.tenancy import DEFAULT_LAB_ID, granted
 from leukoscreen.cli import main as cli_main
-from tests.conftest import PASSWORD, create_account
+from tests.conftest import PASSWORD, create_account, csrf_token
 from tests.reviewdata import seed_scored
 
 
@@ -263,3 +263,25 @@ def test_a_fresh_install_has_one_default_laboratory_and_the_first_admin_in_it(se
         admin = find_user(s, "admin")
         assert admin is not None
         assert admin.laboratory_id == DEFAULT_LAB_ID and admin.global_admin
+
+
+def test_a_global_admin_grants_laboratories_on_the_admin_page(db_settings):
+    url = db_settings.database_url
+    app = create_app(db_settings)
+    lab_b = _lab(url, "lab-b")
+    _user(url, "root", "admin", DEFAULT_LAB_ID, global_admin=True)
+    _user(url, "rex", "reviewer", DEFAULT_LAB_ID)
+    page = app.test_client()
+    token = csrf_token(page.get("/login").get_data(as_text=True))
+    page.post("/login", data={"username": "root", "password": PASSWORD, "csrf_token": token})
+    html = page.get("/admin").get_data(as_text=True)
+    assert 'name="laboratories"' in html and "lab-b" in html
+    rex = _user_id(url, "rex")
+    form = {"csrf_token": csrf_token(html), "grants": "1", "laboratories": [str(lab_b)]}
+    assert page.post(f"/admin/users/{rex}", data=form).status_code == 302
+    with session_factory(engine_for(url))() as s:
+        assert granted(s, rex) == [lab_b]
+    form = {"csrf_token": csrf_token(html), "grants": "1"}  # nothing selected: no grant left
+    page.post(f"/admin/users/{rex}", data=form)
+    with session_factory(engine_for(url))() as s:
+        assert granted(s, rex) == []
