@@ -21,6 +21,7 @@ from api.auth import actor
 from api.errors import ApiError, get_or_404
 from api.intake import FileOutcome, Intake
 from api.params import MAX_SMALL_ID, int_arg
+from api.thumbnails import thumbnail_jpeg
 from db import drift, lifecycle
 from db.audit import record_event
 from db.errors import NotFound
@@ -386,20 +387,38 @@ def list_batch_images(batch_id: str):
     return jsonify(batch_id=batch.id, items=items, next=cursor)
 
 
-@bp.get("/images/<int:image_id>")
-def get_image(image_id: int):
+def _stored(image_id: int) -> tuple[Image, str]:
     with context.sessions()() as session:
         image = get_or_404(session, Image, image_id)
         if image.storage_key is None:
             raise NotFound(f"image {image_id} was rejected and not stored: {image.error}")
-    path = context.store().path_for(image.storage_key)
+    return image, image.storage_key
+
+
+def _private(response: Response) -> Response:
+    # Patient images are behind a login: a browser may keep them, a shared proxy may not.
+    response.cache_control.public = False
+    response.cache_control.private = True
+    return response
+
+
+@bp.get("/images/<int:image_id>/thumbnail")
+def get_thumbnail(image_id: int):
+    _, key = _stored(image_id)
+    preview = thumbnail_jpeg(context.store().path_for(key))
+    response = Response(preview, mimetype="image/jpeg")
+    response.cache_control.max_age = 3600
+    return _private(response)
+
+
+@bp.get("/images/<int:image_id>")
+def get_image(image_id: int):
+    image, key = _stored(image_id)
+    path = context.store().path_for(key)
     # Served with the type Pillow detected, never guessed from the uploaded name.
     mimetype = MIME_TYPES.get(image.format or "", "application/octet-stream")
     ext = mimetypes.guess_extension(mimetype) or ""
     response = send_file(
         path, mimetype=mimetype, download_name=f"image-{image_id}{ext}", max_age=3600
     )
-    # Patient images are behind a login: a browser may keep them, a shared proxy may not.
-    response.cache_control.public = False
-    response.cache_control.private = True
-    return response
+    return _private(response)

@@ -601,6 +601,21 @@ def spec() -> dict[str, Any]:
                     },
                 }
             },
+            "/api/v1/images/{image_id}/thumbnail": {
+                "get": {
+                    "summary": "a small JPEG preview of the stored original (batch page list)",
+                    "parameters": [_id("image_id")],
+                    "responses": {
+                        "200": {
+                            "description": "JPEG bytes, at most 128 pixels a side",
+                            "content": {
+                                "image/jpeg": {"schema": {"type": "string", "format": "binary"}}
+                            },
+                        },
+                        **_errors(404, 503),
+                    },
+                }
+            },
         },
     }
 

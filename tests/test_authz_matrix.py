@@ -55,6 +55,7 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int]] = {
     ("GET", "/api/v1/batches/<batch_id>/results"): (401, 200, 200, 200),
     ("GET", "/api/v1/batches/<batch_id>/images"): (401, 200, 200, 200),
     ("GET", "/api/v1/images/<int:image_id>"): (401, 200, 200, 200),
+    ("GET", "/api/v1/images/<int:image_id>/thumbnail"): (401, 200, 200, 200),
     # JSON API for reviewers
     ("GET", "/api/v1/review/queue"): (401, 403, 200, 200),
     ("GET", "/api/v1/review/items/<int:image_id>"): (401, 403, 200, 200),

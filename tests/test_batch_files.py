@@ -261,3 +261,18 @@ def test_the_batch_list_can_hide_one_image_batches(client, db_settings, make_jpe
     assert hidden[0]["duplicate"] == 0 and hidden[0]["rejected"] == 0
     with session_factory(engine_for(db_settings.database_url))() as s:
         assert s.scalar(select(Batch.name).where(Batch.id == single)) == "lab A"
+
+
+def test_a_thumbnail_is_a_small_jpeg_even_of_a_tiff_no_browser_shows(client):
+    from PIL import Image as Picture
+
+    tiff = io.BytesIO()
+    Picture.new("RGB", (600, 400), (200, 120, 160)).save(tiff, "TIFF")
+    sent = _upload(client, [("slide.tif", tiff.getvalue()), ("notes.txt", b"x")])
+    stored, rejected = (f["image_id"] for f in sent["files"])
+    resp = client.get(f"/api/v1/images/{stored}/thumbnail")
+    assert resp.status_code == 200 and resp.mimetype == "image/jpeg"
+    assert "private" in resp.headers["Cache-Control"]
+    with Picture.open(io.BytesIO(resp.data)) as small:
+        assert small.format == "JPEG" and small.size == (128, 85)
+    assert client.get(f"/api/v1/images/{rejected}/thumbnail").status_code == 404
