@@ -159,6 +159,7 @@ LIST_ITEM = {
         "file_name": {"type": "string"},
         "state": {"type": "string", "enum": [s.value for s in ImageState]},
         "duplicate_of": {"type": ["integer", "null"]},
+        "duplicate_of_file": {"type": ["string", "null"], "description": "the twin's file name"},
         "has_image": {"type": "boolean"},
         "p_leukemia": {"type": ["number", "null"]},
         "route": ROUTE,

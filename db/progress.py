@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, case, func, select, tuple_
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from db.errors import Invalid
 from db.lifecycle import PENDING
@@ -246,9 +246,11 @@ def batch_images(
     Each page sorts the batch's rows by rank: bounded by one batch, unlike the review queue,
     which walks an index across every batch."""
     rank = _list_rank().label("rank")
+    twin = aliased(Image)
     stmt = (
-        select(Image, Result, Review, rank)
+        select(Image, Result, Review, twin.original_name, rank)
         .select_from(Image)
+        .outerjoin(twin, twin.id == Image.duplicate_of_id)
         .outerjoin(
             Result,
             and_(
@@ -263,7 +265,7 @@ def batch_images(
         stmt = stmt.where(tuple_(_list_rank(), Image.id) > tuple_(*after))
     rows = session.execute(stmt.order_by(rank, Image.id).limit(limit + 1)).all()
     items = []
-    for image, result, review, _ in rows[:limit]:
+    for image, result, review, twin_name, _ in rows[:limit]:
         reason, reason_code = _reason(image, result)
         items.append(
             {
@@ -271,6 +273,7 @@ def batch_images(
                 "file_name": image.original_name,
                 "state": image.state,
                 "duplicate_of": image.duplicate_of_id,
+                "duplicate_of_file": twin_name,
                 "has_image": image.storage_key is not None,
                 "p_leukemia": result.p_leukemia if result else None,
                 "route": result.route if result else None,

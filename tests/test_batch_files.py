@@ -247,6 +247,7 @@ def test_the_batch_image_list_puts_what_needs_a_person_first_in_keyset_pages(
     assert seen[-1]["file_name"] == "bad.jpg" and seen[-1]["reason_code"] == "not_an_image"
     dup = next(i for i in seen if i["file_name"] == "dup.jpg")
     assert dup["state"] == "duplicate" and dup["route"] == "cleared" and dup["has_image"]
+    assert dup["duplicate_of_file"] == "0.jpg"
     bad_cursor = client.get(f"/api/v1/batches/{batch_id}/images?after=x:1")
     assert bad_cursor.status_code == 400
 

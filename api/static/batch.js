@@ -33,7 +33,7 @@
 
   function resultWords(i) {
     const route = i.route ? ROUTE_WORDS[i.route] || i.route : STATE_WORDS[i.state] || i.state;
-    const dup = i.state === "duplicate" && i.duplicate_of ? ` (duplicate of image ${i.duplicate_of})` : "";
+    const dup = i.state === "duplicate" ? ` (duplicate of ${i.duplicate_of_file || "another file"})` : "";
     return route + dup;
   }
 
