@@ -5,6 +5,8 @@ batches (issue 11 items 3 and 9)."""
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,4 +135,73 @@ def test_the_batch_page_lists_its_files_flagged_first_in_pages(pages, browser): 
         assert s.scalar(select(Image.state).where(Image.original_name == "again.jpg")) == (
             "duplicate"
         )
+    assert problems == []
+
+
+def test_a_file_sent_twice_shows_on_the_batch_page_and_in_the_export(pages, browser):  # noqa: F811
+    from playwright.sync_api import expect
+
+    base, _, _ = pages
+    problems: list[str] = []
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    _watch(page, problems)
+    _login(page, base, "dr.path")
+    # Seven files, two of them repeats: seven rows, wherever the lab looks.
+    blobs = [smear_like_jpeg(600 + i) for i in range(5)]
+    files = [
+        {"name": f"s{i}.jpg", "mimeType": "image/jpeg", "buffer": b} for i, b in enumerate(blobs)
+    ]
+    files += [
+        {"name": "s0-again.jpg", "mimeType": "image/jpeg", "buffer": blobs[0]},
+        {"name": "s3-again.jpg", "mimeType": "image/jpeg", "buffer": blobs[3]},
+    ]
+    page.goto(f"{base}/upload")
+    page.set_input_files("#files", files)
+    page.click("#upload button[type=submit]")
+    page.wait_for_url(f"{base}/batches/*", timeout=60_000)
+    batch_id = page.url.rsplit("/", 1)[1]
+    expect(page.locator("#received")).to_contain_text(
+        "7 file(s) received: 5 accepted for scoring, 0 rejected, 2 duplicate(s)"
+    )
+    expect(page.locator("#problems tbody tr")).to_have_count(2)
+    expect(page.locator("#problems")).to_contain_text("same file as s0.jpg")
+    expect(page.locator("table.images tbody tr")).to_have_count(7)
+    csv_text = page.request.get(f"{base}/api/v1/batches/{batch_id}/results?format=csv").text()
+    assert len(list(csv.DictReader(io.StringIO(csv_text)))) == 7
+    assert problems == []
+
+
+def test_the_same_image_in_two_batches_is_decided_once_in_the_queue(pages, browser):  # noqa: F811
+    from playwright.sync_api import expect
+
+    base, database_url, storage = pages
+    same = smear_like_jpeg(700)
+    monday, _ = seed_scored(database_url, [0.9], name="monday", storage_dir=storage, blobs=[same])
+    tuesday, _ = seed_scored(database_url, [0.9], name="tuesday", storage_dir=storage, blobs=[same])
+    problems: list[str] = []
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    _watch(page, problems)
+    _login(page, base, "dr.path")
+    page.goto(f"{base}/review")
+    expect(page.locator("#queue li")).to_have_count(1)  # one content, shown once
+    expect(page.locator("#big")).to_have_js_property("complete", True)
+    page.locator("#stage").focus()
+    page.keyboard.press("c")
+    expect(page.locator("#queue li").nth(0)).to_contain_text("confirmed")
+    exports = [
+        next(
+            csv.DictReader(
+                io.StringIO(
+                    page.request.get(f"{base}/api/v1/batches/{b}/results?format=csv").text()
+                )
+            )
+        )
+        for b in (monday, tuesday)
+    ]
+    for column in ("review_decision", "review_label", "reviewed_by", "reviewed_at"):
+        assert exports[0][column] == exports[1][column], column
+    assert exports[0]["review_decision"] == "confirmed"
+    # Nothing of either batch is left to review.
+    page.goto(f"{base}/review?batch={tuesday}")
+    expect(page.locator("#queue li")).to_have_count(0)
     assert problems == []
