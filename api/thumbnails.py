@@ -1,6 +1,7 @@
 """Small JPEG previews of stored originals, for the batch page's list of files.
 
 An original can be a 20 MB TIFF that no browser shows; the list needs a few kilobytes per row.
+A preview holds pixels only, never the original's metadata (README, "Image metadata").
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ def thumbnail_jpeg(path: Path, size: int = THUMBNAIL_PIXELS) -> bytes:
         img.draft("RGB", (size, size))
         small = ImageOps.exif_transpose(img).convert("RGB")
         small.thumbnail((size, size))
+        # Pixels only: Pillow would carry a JPEG comment (patient text) into the preview.
+        small.info.clear()
         out = io.BytesIO()
         small.save(out, "JPEG", quality=80)
     return out.getvalue()
