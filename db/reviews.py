@@ -405,7 +405,8 @@ def decision_counts(session: Session, batch_id: str) -> dict[str, int]:
         select(Review.decision, func.count())
         .select_from(Image)
         .join(Review, latest_review_condition())
-        .where(Image.batch_id == batch_id)
+        # A duplicate shows its twin's decision but is not a second image reviewed.
+        .where(Image.batch_id == batch_id, Image.state != ImageState.DUPLICATE.value)
         .group_by(Review.decision)
     ).all()
     return {d.value: 0 for d in Decision} | {decision: n for decision, n in rows}

@@ -7,10 +7,10 @@ import csv
 import io
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from db import lifecycle
-from db.models import Batch, Image, ImageState, ModelVersion
+from db.models import Batch, Image, ImageState, ModelVersion, Result
 from db.session import engine_for, session_factory
 from tests.conftest import token_client
 
@@ -118,7 +118,10 @@ def test_every_file_sent_has_its_csv_row_duplicates_with_their_twins_result(
     status = client.get(f"/api/v1/batches/{batch_id}").get_json()
     assert (status["total"], status["duplicate"], status["rejected"]) == (7, 3, 1)
     assert status["state"] == "complete" and status["pending"] == 0
-    # Each duplicate was scored once: only its twin ever had a result.
+    assert status["reviews"]["confirmed"] == 1  # one image decided, shown on its two repeats
+    # Never scored twice: only the three distinct contents have results.
+    with session_factory(engine_for(db_settings.database_url))() as s:
+        assert s.scalar(select(func.count()).select_from(Result)) == 3
     exported = client.get(f"/api/v1/batches/{batch_id}/results?format=json").get_json()
     assert len(exported["results"]) == 7
     assert {r["batch_name"] for r in exported["results"]} == {"lab A"}
