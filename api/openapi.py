@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
+from api.intake import Code
 from api.params import MAX_ID, id_limit
 from db.models import BatchState, Decision, ImageState, Role
 from db.reviews import QUEUE_ROUTES
@@ -34,7 +35,11 @@ FILE_ROW = {
         "image_id": {"type": "integer"},
         "sha256": {"type": "string"},
         "reason": {"type": "string", "description": "why it was rejected, in plain words"},
-        "reason_code": {"type": "string", "description": "the same reason as a stable code"},
+        "reason_code": {
+            "type": "string",
+            "enum": [c.value for c in Code],
+            "description": "the same reason as a stable code",
+        },
         "duplicate_of": {
             "type": "integer",
             "description": "a duplicate's twin: the image of the batch with the same bytes",
