@@ -106,6 +106,10 @@ def test_the_batch_page_lists_its_files_flagged_first_in_pages(pages, browser): 
     expect(page.locator("#problems")).to_contain_text("not_an_image")
     expect(page.locator("#problems")).to_contain_text("same file as cell_052.jpg")
     page.screenshot(path=str(ARTIFACTS / "11-batch-images.png"), full_page=True)
+    for width in (800, 1920):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.screenshot(path=str(ARTIFACTS / f"11-batch-images-{width}.png"))
+    page.set_viewport_size({"width": 1366, "height": 900})
 
     # The next keyset page is appended, nothing repeated; the rejected file comes last.
     page.click("#images-more")
