@@ -59,7 +59,9 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int, int]] = {
     ("GET", "/api/v1/batches/<batch_id>"): (401, 200, 200, 200, 200),
     ("POST", "/api/v1/batches/<batch_id>/images"): (401, 202, 202, 202, 202),
     ("GET", "/api/v1/batches/<batch_id>/results"): (401, 200, 200, 200, 200),
+    ("GET", "/api/v1/batches/<batch_id>/images"): (401, 200, 200, 200, 200),
     ("GET", "/api/v1/images/<int:image_id>"): (401, 200, 200, 200, 200),
+    ("GET", "/api/v1/images/<int:image_id>/thumbnail"): (401, 200, 200, 200, 200),
     # JSON API for reviewers
     ("GET", "/api/v1/review/queue"): (401, 403, 200, 200, 200),
     ("GET", "/api/v1/review/items/<int:image_id>"): (401, 403, 200, 200, 200),
@@ -111,6 +113,8 @@ CROSS: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/batches/<batch_id>/images"): HIDDEN,
     ("GET", "/api/v1/batches/<batch_id>/results"): HIDDEN,
     ("GET", "/api/v1/images/<int:image_id>"): HIDDEN,
+    ("GET", "/api/v1/images/<int:image_id>/thumbnail"): HIDDEN,
+    ("GET", "/api/v1/batches/<batch_id>/images"): HIDDEN,
     ("GET", "/api/v1/review/queue"): ABSENT,
     ("GET", "/api/v1/review/items/<int:image_id>"): HIDDEN,
     ("GET", "/api/v1/images/<int:image_id>/reviews"): HIDDEN,

@@ -48,6 +48,20 @@ OLD_ROWS = [
 ]
 
 
+SECOND_LAB_ROWS = [
+    "INSERT INTO laboratory (name, created_at) VALUES ('north', CURRENT_TIMESTAMP)",
+    "INSERT INTO batch (id, laboratory_id, name, submitted_by, created_at, state) VALUES "
+    "('n', (SELECT id FROM laboratory WHERE name = 'north'), 'n', 'x', CURRENT_TIMESTAMP, "
+    "'complete')",
+    "INSERT INTO image (id, batch_id, sha256, original_name, size_bytes, state, attempts, "
+    "created_at, updated_at) VALUES (2, 'n', 's1', '1.jpg', 1, 'scored', 1, CURRENT_TIMESTAMP, "
+    "CURRENT_TIMESTAMP)",
+    "INSERT INTO review (image_id, laboratory_id, sha256, seq, decision, comment, reviewer_id, "
+    "created_at) VALUES (2, (SELECT id FROM laboratory WHERE name = 'north'), 's1', 1, "
+    "'overturned', '', 2, CURRENT_TIMESTAMP)",
+]
+
+
 def _rows(conn, sql: str) -> list[tuple]:  # type: ignore[no-untyped-def]
     return [tuple(r) for r in conn.execute(text(sql)).all()]
 
@@ -70,6 +84,11 @@ def test_migration_0008_files_existing_data_in_the_default_laboratory_and_back(e
             ("dr", DEFAULT_LAB_ID, False),
         ]
         assert _rows(conn, "SELECT laboratory_id FROM audit_event") == [(DEFAULT_LAB_ID,)]
+        assert _rows(conn, "SELECT laboratory_id, seq FROM review") == [(DEFAULT_LAB_ID, 1)]
+    # A second laboratory decides on the same bytes: its own history, seq 1 again.
+    with engine.begin() as conn:
+        for statement in SECOND_LAB_ROWS:
+            conn.execute(text(statement))
     # The append-only triggers survived the migration (SQLite rebuilt no audit table).
     with pytest.raises(DBAPIError), engine.begin() as conn:
         conn.execute(text("UPDATE audit_event SET action = 'forged'"))
@@ -77,9 +96,13 @@ def test_migration_0008_files_existing_data_in_the_default_laboratory_and_back(e
         conn.execute(text("DELETE FROM review"))
     migrate.downgrade(empty_database, "0005")
     with engine.connect() as conn:
-        assert _rows(conn, "SELECT id, submitted_by FROM batch") == [("b", "lab")]
+        assert _rows(conn, "SELECT id, submitted_by FROM batch ORDER BY id") == [
+            ("b", "lab"),
+            ("n", "x"),
+        ]
         assert _rows(conn, "SELECT name FROM user_account ORDER BY id") == [("boss",), ("dr",)]
-        assert _rows(conn, "SELECT count(*) FROM review") == [(1,)]
+        # One history per content again (0006), in the order the decisions were made.
+        assert _rows(conn, "SELECT image_id, seq FROM review ORDER BY id") == [(1, 1), (2, 2)]
         assert _rows(conn, "SELECT action FROM audit_event") == [("user.create",)]
         columns = conn.execute(text("SELECT * FROM audit_event")).keys()
     assert "laboratory_id" not in columns
@@ -285,3 +308,39 @@ def test_a_global_admin_grants_laboratories_on_the_admin_page(db_settings):
     page.post(f"/admin/users/{rex}", data=form)
     with session_factory(engine_for(url))() as s:
         assert granted(s, rex) == []
+
+
+def test_the_same_bytes_in_two_laboratories_have_separate_review_histories(db_settings):
+    url = db_settings.database_url
+    app = create_app(db_settings)
+    lab_b = _lab(url, "lab-b")
+    # seed_scored gives both images the same content hash: the same file sent by two labs.
+    _, (in_a,) = seed_scored(url, [0.9], name="a")
+    _, (in_b,) = seed_scored(url, [0.9], name="b", laboratory_id=lab_b)
+    reviewer_a = _client(app, _user(url, "ana", "reviewer", DEFAULT_LAB_ID))
+    reviewer_b = _client(app, _user(url, "ben", "reviewer", lab_b))
+    assert (
+        reviewer_a.post(
+            f"/api/v1/images/{in_a}/reviews", json={"decision": "confirmed"}
+        ).status_code
+        == 201
+    )
+    queue_b = reviewer_b.get("/api/v1/review/queue").json["items"]
+    assert [i["image_id"] for i in queue_b] == [in_b]  # not hidden behind A's earlier copy
+    item_b = reviewer_b.get(f"/api/v1/review/items/{in_b}").json
+    assert item_b["state"] == "unreviewed" and item_b["copies"] == [] and item_b["history"] == []
+    decided = reviewer_b.post(f"/api/v1/images/{in_b}/reviews", json={"decision": "overturned"})
+    assert decided.status_code == 201 and decided.json["seq"] == 1
+    history_a = reviewer_a.get(f"/api/v1/images/{in_a}/reviews").json["reviews"]
+    assert [r["decision"] for r in history_a] == ["confirmed"]
+    export_a = reviewer_a.get(f"/api/v1/batches/{_batch_of(url, in_a)}/results").json["results"]
+    assert [r["review_decision"] for r in export_a] == ["confirmed"]
+
+
+def _batch_of(database_url: str, image_id: int) -> str:
+    from db.models import Image
+
+    with session_factory(engine_for(database_url))() as s:
+        image = s.get(Image, image_id)
+        assert image is not None
+        return image.batch_id

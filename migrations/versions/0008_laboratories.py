@@ -1,38 +1,62 @@
-"""laboratories (tenants): users, batches and audit rows belong to one; TRUNCATE refused
+"""laboratories (tenants): users, batches, reviews and audit rows belong to one; TRUNCATE
+refused
 
-Existing users, batches and audit rows move into the laboratory named "default"; existing
-admins become global admins, so nobody loses the access they had before.
+Existing users, batches, reviews and audit rows move into the laboratory named "default";
+existing admins become global admins, so nobody loses the access they had before. A
+content's review history (0006) becomes one per laboratory.
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0006
 Create Date: 2026-11-26
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from itertools import groupby
 
 import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | None = "0005"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 DEFAULT_LAB = "default"
 DEFAULT_ID = f"(SELECT id FROM laboratory WHERE name = '{DEFAULT_LAB}')"
 APPEND_ONLY = ("review", "audit_event")
-# 0002's triggers, which this migration must lift for a moment to file old audit rows.
-SQLITE_AUDIT_TRIGGERS = tuple(
-    f"CREATE TRIGGER audit_event_no_{event.lower()} BEFORE {event} ON audit_event "
-    "BEGIN SELECT RAISE(ABORT, 'audit_event rows are append-only'); END"
-    for event in ("UPDATE", "DELETE")
-)
 
 
 def _dialect() -> str:
     return op.get_bind().dialect.name
+
+
+def _sqlite_triggers(table: str) -> tuple[str, ...]:
+    """0002's append-only triggers of ``table`` on SQLite."""
+    return tuple(
+        f"CREATE TRIGGER {table}_no_{event.lower()} BEFORE {event} ON {table} "
+        f"BEGIN SELECT RAISE(ABORT, '{table} rows are append-only'); END"
+        for event in ("UPDATE", "DELETE")
+    )
+
+
+@contextmanager
+def _writable(table: str) -> Iterator[None]:
+    """Lift the append-only triggers of ``table`` for this migration's own rewrite of old
+    rows (the one update ever made to them, by the schema owner), and put them back."""
+    if _dialect() == "postgresql":
+        op.execute(f"ALTER TABLE {table} DISABLE TRIGGER {table}_append_only")
+    else:
+        for event in ("update", "delete"):
+            op.execute(f"DROP TRIGGER IF EXISTS {table}_no_{event}")
+    yield
+    if _dialect() == "postgresql":
+        op.execute(f"ALTER TABLE {table} ENABLE TRIGGER {table}_append_only")
+    else:
+        for statement in _sqlite_triggers(table):
+            op.execute(statement)
 
 
 def _lab_column(table: str) -> None:
@@ -47,19 +71,53 @@ def _lab_column(table: str) -> None:
         )
 
 
-def _file_old_audit_rows() -> None:
-    # Audit rows are append-only (0002's triggers); filing the existing ones in the default
-    # laboratory is the one update ever made to them, by the schema owner, here.
-    if _dialect() == "postgresql":
-        op.execute("ALTER TABLE audit_event DISABLE TRIGGER audit_event_append_only")
-        op.execute(f"UPDATE audit_event SET laboratory_id = {DEFAULT_ID}")
-        op.execute("ALTER TABLE audit_event ENABLE TRIGGER audit_event_append_only")
+def _append_only_lab_column(table: str, fill: str) -> None:
+    """A nullable laboratory_id on an append-only table, filled by ``fill``. Not rebuilt on
+    SQLite, which would drop the table's triggers with the old table."""
+    if _dialect() == "sqlite":
+        op.execute(
+            f"ALTER TABLE {table} ADD COLUMN laboratory_id INTEGER REFERENCES laboratory (id)"
+        )
     else:
-        op.execute("DROP TRIGGER IF EXISTS audit_event_no_update")
-        op.execute("DROP TRIGGER IF EXISTS audit_event_no_delete")
-        op.execute(f"UPDATE audit_event SET laboratory_id = {DEFAULT_ID}")
-        for statement in SQLITE_AUDIT_TRIGGERS:
+        op.add_column(table, sa.Column("laboratory_id", sa.Integer(), nullable=True))
+        op.create_foreign_key(
+            f"fk_{table}_laboratory_id_laboratory", table, "laboratory", ["laboratory_id"], ["id"]
+        )
+    with _writable(table):
+        op.execute(f"UPDATE {table} SET laboratory_id = {fill}")
+
+
+def _drop_append_only_lab_column(table: str) -> None:
+    if _dialect() == "sqlite":
+        # SQLite cannot drop a column with a foreign key in place: the table is rebuilt, and
+        # its append-only triggers, dropped with the old table, are created again.
+        with op.batch_alter_table(table, schema=None, recreate="always") as batch_op:
+            batch_op.drop_column("laboratory_id")
+        for statement in _sqlite_triggers(table):
             op.execute(statement)
+    else:
+        op.drop_constraint(f"fk_{table}_laboratory_id_laboratory", table)
+        op.drop_column(table, "laboratory_id")
+
+
+def _renumber_per_content() -> None:
+    """Back to one history per content across laboratories (0006): where two laboratories
+    decided on the same bytes, number their rows again as one, in the order they were made
+    (negative first, so that no intermediate state repeats a pair)."""
+    bind = op.get_bind()
+    rows = bind.execute(
+        sa.text("SELECT id, sha256, seq FROM review ORDER BY sha256, created_at, id")
+    ).all()
+    changes = [
+        {"id": row.id, "seq": new_seq}
+        for _, group in groupby(rows, key=lambda r: r.sha256)
+        for new_seq, row in enumerate(group, start=1)
+        if row.seq != new_seq
+    ]
+    if changes:
+        with _writable("review"):
+            bind.execute(sa.text("UPDATE review SET seq = -(:seq) WHERE id = :id"), changes)
+            bind.execute(sa.text("UPDATE review SET seq = -seq WHERE seq < 0"))
 
 
 def upgrade() -> None:
@@ -96,23 +154,19 @@ def upgrade() -> None:
             "ix_batch_laboratory_created", ["laboratory_id", "created_at"], unique=False
         )
 
-    # audit_event stays nullable (system-wide events) and is not rebuilt on SQLite, which
-    # would drop its append-only triggers with the old table.
-    if _dialect() == "sqlite":
-        op.execute(
-            "ALTER TABLE audit_event ADD COLUMN laboratory_id INTEGER REFERENCES laboratory (id)"
-        )
-    else:
-        op.add_column("audit_event", sa.Column("laboratory_id", sa.Integer(), nullable=True))
-        op.create_foreign_key(
-            "fk_audit_event_laboratory_id_laboratory",
-            "audit_event",
-            "laboratory",
-            ["laboratory_id"],
-            ["id"],
-        )
-    _file_old_audit_rows()
+    # audit_event stays nullable: system-wide events have no laboratory.
+    _append_only_lab_column("audit_event", DEFAULT_ID)
     op.create_index("ix_audit_event_laboratory", "audit_event", ["laboratory_id", "id"])
+    # A review belongs to its image's laboratory; a content's history is one per laboratory.
+    _append_only_lab_column(
+        "review",
+        "(SELECT batch.laboratory_id FROM image JOIN batch ON batch.id = image.batch_id "
+        "WHERE image.id = review.image_id)",
+    )
+    op.drop_index("uq_review_sha256_seq", table_name="review")
+    op.create_index(
+        "uq_review_lab_sha256_seq", "review", ["laboratory_id", "sha256", "seq"], unique=True
+    )
 
     # 0002's row triggers refuse UPDATE and DELETE; TRUNCATE fires no row trigger, so the
     # append-only tables also get a statement trigger (SQLite has no TRUNCATE).
@@ -128,17 +182,12 @@ def downgrade() -> None:
     if _dialect() == "postgresql":
         for table in APPEND_ONLY:
             op.execute(f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}")
+    op.drop_index("uq_review_lab_sha256_seq", table_name="review")
+    _renumber_per_content()
+    op.create_index("uq_review_sha256_seq", "review", ["sha256", "seq"], unique=True)
+    _drop_append_only_lab_column("review")
     op.drop_index("ix_audit_event_laboratory", table_name="audit_event")
-    if _dialect() == "sqlite":
-        # SQLite cannot drop a column with a foreign key in place: the table is rebuilt, and
-        # its append-only triggers, dropped with the old table, are created again.
-        with op.batch_alter_table("audit_event", schema=None, recreate="always") as batch_op:
-            batch_op.drop_column("laboratory_id")
-        for statement in SQLITE_AUDIT_TRIGGERS:
-            op.execute(statement)
-    else:
-        op.drop_constraint("fk_audit_event_laboratory_id_laboratory", "audit_event")
-        op.drop_column("audit_event", "laboratory_id")
+    _drop_append_only_lab_column("audit_event")
 
     with op.batch_alter_table("batch", schema=None) as batch_op:
         batch_op.drop_index("ix_batch_laboratory_created")
