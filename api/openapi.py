@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
+from api.intake import Code
 from api.params import MAX_ID, id_limit
 from db.models import BatchState, Decision, ImageState, Interpretation, Role
 from db.reviews import QUEUE_ROUTES
@@ -34,7 +35,16 @@ FILE_ROW = {
         "status": {"type": "string", "enum": ["accepted", "rejected", "duplicate"]},
         "image_id": {"type": "integer"},
         "sha256": {"type": "string"},
-        "reason": {"type": "string"},
+        "reason": {"type": "string", "description": "why it was rejected, in plain words"},
+        "reason_code": {
+            "type": "string",
+            "enum": [c.value for c in Code],
+            "description": "the same reason as a stable code",
+        },
+        "duplicate_of": {
+            "type": "integer",
+            "description": "a duplicate's twin: the image of the batch with the same bytes",
+        },
         "specimen_id": {"type": "string"},
     },
 }
@@ -101,6 +111,10 @@ BATCH = {
         "pending": {"type": "integer"},
         "failed": {"type": "integer"},
         "rejected": {"type": "integer"},
+        "duplicate": {
+            "type": "integer",
+            "description": "files repeating another file of the batch (scored once)",
+        },
         "flagged": {"type": "integer", "description": "scored images routed flagged"},
         "cleared": {"type": "integer", "description": "scored images routed cleared"},
         "manual_review": {
@@ -139,7 +153,36 @@ RESULT_ROW = {
         "model_version": {"type": ["string", "null"]},
         "model_sha256": {"type": ["string", "null"]},
         "scored_at": {"type": ["string", "null"]},
+        "batch_name": {"type": "string"},
+        "duplicate_of": {
+            "type": ["integer", "null"],
+            "description": "a duplicate's twin, whose result and decision the row shows",
+        },
+        "reason": {
+            "type": ["string", "null"],
+            "description": "why the file has no plain verdict (rejected, duplicate, failed, "
+            "manual review), in words a technician reads",
+        },
+        "reason_code": {"type": ["string", "null"], "description": "the reason as a code"},
         "error": {"type": ["string", "null"]},
+    },
+}
+LIST_ITEM = {
+    "type": "object",
+    "required": ["image_id", "file_name", "state"],
+    "properties": {
+        "image_id": {"type": "integer"},
+        "file_name": {"type": "string"},
+        "state": {"type": "string", "enum": [s.value for s in ImageState]},
+        "duplicate_of": {"type": ["integer", "null"]},
+        "duplicate_of_file": {"type": ["string", "null"], "description": "the twin's file name"},
+        "has_image": {"type": "boolean"},
+        "p_leukemia": {"type": ["number", "null"]},
+        "route": ROUTE,
+        "reason": {"type": ["string", "null"]},
+        "reason_code": {"type": ["string", "null"]},
+        "review_decision": {"type": ["string", "null"]},
+        "review_label": {"type": ["string", "null"]},
     },
 }
 
@@ -160,6 +203,12 @@ QUEUE_ITEM = {
         "domain_distance": {"type": ["number", "null"]},
         "state": {"type": "string"},
         "specimen_id": {"type": ["string", "null"]},
+        "copies": {
+            "type": "array",
+            "description": "the other images, in any batch, with the same bytes: they share "
+            "this image's decision",
+            "items": {"type": "object"},
+        },
     },
 }
 QUEUE_PAGE = {
@@ -578,7 +627,14 @@ def spec() -> dict[str, Any]:
                             "name": "limit",
                             "in": "query",
                             "schema": {"type": "integer", "minimum": 1},
-                        }
+                        },
+                        {
+                            "name": "min_images",
+                            "in": "query",
+                            "description": "only batches of at least this many files "
+                            "(2 hides one-image batches)",
+                            "schema": {"type": "integer", "minimum": 0},
+                        },
                     ],
                     "responses": {
                         "200": _json(
@@ -607,12 +663,40 @@ def spec() -> dict[str, Any]:
                 }
             },
             "/api/v1/batches/{batch_id}/images": {
+                "get": {
+                    "summary": "the batch's files for its page: flagged and manual review "
+                    "first, keyset-paged (next is the following page's cursor)",
+                    "parameters": [
+                        BATCH_ID,
+                        {"name": "after", "in": "query", "schema": {"type": "string"}},
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["batch_id", "items", "next"],
+                                "properties": {
+                                    "batch_id": {"type": "string"},
+                                    "items": {"type": "array", "items": LIST_ITEM},
+                                    "next": {"type": ["string", "null"]},
+                                },
+                            },
+                            "one page of files",
+                        ),
+                        **_errors(400, 404, 503),
+                    },
+                },
                 "post": {
                     "summary": "add files to a batch",
                     "parameters": [BATCH_ID, IDEMPOTENCY_KEY],
                     "requestBody": UPLOAD_BODY,
                     "responses": {**intake_responses, **_errors(404)},
-                }
+                },
             },
             "/api/v1/batches/{batch_id}/results": {
                 "get": {
@@ -675,6 +759,21 @@ def spec() -> dict[str, Any]:
                             "content": {
                                 t: {"schema": {"type": "string", "format": "binary"}}
                                 for t in MIME_TYPES.values()
+                            },
+                        },
+                        **_errors(404, 503),
+                    },
+                }
+            },
+            "/api/v1/images/{image_id}/thumbnail": {
+                "get": {
+                    "summary": "a small JPEG preview of the stored original (batch page list)",
+                    "parameters": [_id("image_id")],
+                    "responses": {
+                        "200": {
+                            "description": "JPEG bytes, at most 128 pixels a side",
+                            "content": {
+                                "image/jpeg": {"schema": {"type": "string", "format": "binary"}}
                             },
                         },
                         **_errors(404, 503),

@@ -3,7 +3,7 @@
 An image row's ``state`` is the source of truth for the whole service (tasks carry ids only),
 so every transition is written here and nowhere else (``tests/test_lifecycle.py`` checks):
 
-    (intake)     → queued | rejected          ``admit``
+    (intake)     → queued | rejected | duplicate   ``admit``
     queued       → scoring   (attempts + 1)   ``claim``
     scoring      → scoring   (redelivered)    ``claim``
     scoring      → scored                     ``claim`` (result already there), ``mark_scored``
@@ -94,13 +94,26 @@ class Requeued:
 
 
 def admit(
-    session: Session, batch: Batch, *, accepted: bool, now: datetime, **columns: Any
+    session: Session,
+    batch: Batch,
+    *,
+    accepted: bool,
+    now: datetime,
+    duplicate_of: Image | None = None,
+    **columns: Any,
 ) -> Image:
-    """Add the intake's row for one file: ``queued`` if it was accepted (and stored), else
-    ``rejected`` (never stored, never scored; ``columns["error"]`` says why)."""
+    """Add the intake's row for one file: ``queued`` if it was accepted (and stored);
+    ``duplicate`` when ``duplicate_of``, an image of the same batch, brought the same bytes
+    (finished at once: its twin is scored for both); else ``rejected`` (never stored, never
+    scored; ``columns["error"]`` says why)."""
+    if duplicate_of is not None:
+        state = ImageState.DUPLICATE
+    else:
+        state = ImageState.QUEUED if accepted else ImageState.REJECTED
     image = Image(
         batch=batch,
-        state=(ImageState.QUEUED if accepted else ImageState.REJECTED).value,
+        state=state.value,
+        duplicate_of=duplicate_of,
         created_at=now,
         updated_at=now,
         **columns,

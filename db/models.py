@@ -55,6 +55,9 @@ class ImageState(enum.StrEnum):
     SCORED = "scored"
     FAILED = "failed"
     REJECTED = "rejected"
+    # A file whose bytes another file of the same batch already brought: recorded (every file
+    # sent has its row) but never stored twice nor scored; ``duplicate_of_id`` names the twin.
+    DUPLICATE = "duplicate"
 
 
 class BatchState(enum.StrEnum):
@@ -107,6 +110,12 @@ class Image(Base):
     state: Mapped[str] = mapped_column(String(16), default=ImageState.QUEUED.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # Why a file was rejected, as a stable code beside ``error``'s words (``api.intake``).
+    reason_code: Mapped[str | None] = mapped_column(String(32))
+    # The image of the same batch with these bytes that is scored in this one's stead. No
+    # foreign key: both rows are in one batch and go together, and adding one would make
+    # SQLite rebuild a table that results and reviews point at.
+    duplicate_of_id: Mapped[int | None] = mapped_column(BigId)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     enqueued_at: Mapped[datetime | None] = mapped_column()
@@ -119,6 +128,9 @@ class Image(Base):
 
     batch: Mapped[Batch] = relationship(back_populates="images")
     results: Mapped[list[Result]] = relationship(back_populates="image")
+    duplicate_of: Mapped[Image | None] = relationship(
+        remote_side="Image.id", primaryjoin="foreign(Image.duplicate_of_id) == Image.id"
+    )
 
 
 class ModelVersion(Base):
@@ -215,18 +227,28 @@ class ApiToken(Base):
 
 
 class Review(Base):
-    """One pathologist decision. Rows are only ever inserted; the latest seq is the current one."""
+    """One pathologist decision about an image's content. Rows are only ever inserted; the
+    latest seq of the content is its current decision, whichever copy was decided on."""
 
     __tablename__ = "review"
     __table_args__ = (
-        # seq = previous seq + 1: two reviewers deciding at once cannot both extend the same
-        # history (the second insert fails), and (image_id, seq) finds the latest row directly.
+        # Implied by the content's sequence below; kept from 0002 (dropping it would make
+        # SQLite rebuild an append-only table).
         UniqueConstraint("image_id", "seq", name="uq_review_image_seq"),
+        # seq = previous seq + 1 per content: two reviewers deciding at once, on one copy or
+        # on two byte-identical copies, cannot both extend the same history (the second
+        # insert fails), and (sha256, seq) finds the latest row directly.
+        Index("uq_review_sha256_seq", "sha256", "seq", unique=True),
         Index("ix_review_reviewer_created", "reviewer_id", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # The copy the reviewer was looking at.
     image_id: Mapped[int] = mapped_column(ForeignKey("image.id", ondelete="CASCADE"))
+    # The content decided on: ``image.sha256``, the bytes the laboratory sent, so the
+    # decision holds for every batch that holds those bytes (issue 11: one content, one review).
+    # The empty default only lets SQLite add the column without rebuilding the table.
+    sha256: Mapped[str] = mapped_column(String(64), server_default="")
     result_id: Mapped[int | None] = mapped_column(ForeignKey("result.id"))
     seq: Mapped[int] = mapped_column(Integer)
     decision: Mapped[str] = mapped_column(String(16))

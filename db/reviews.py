@@ -1,8 +1,12 @@
-"""Pathologist decisions: an append-only history per image, the review queue and QC samples.
+"""Pathologist decisions: an append-only history per image content, the review queue and QC
+samples.
 
-The current decision of an image is its review row with the highest ``seq``; nothing is ever
-updated. The queue is keyset-paginated on (p_leukemia, result id) so that page 1000 costs
-what page 1 costs, whatever the number of results.
+A decision is about what the laboratory sent, the image's bytes (``image.sha256``): the same
+file in two batches is one history, decided once, and every copy, its page and its batch's
+export show that decision (issue 11). The current decision is the content's review row with
+the highest ``seq``; nothing is ever updated. The queue is keyset-paginated on (p_leukemia,
+result id) so that page 1000 costs what page 1 costs, whatever the number of results, and
+shows each content once across batches, naming every batch that holds it.
 """
 
 from __future__ import annotations
@@ -30,20 +34,35 @@ QUEUE_ROUTES = (ALL_ROUTES, Route.FLAGGED.value, Route.MANUAL_REVIEW.value)
 
 
 def latest_review_condition() -> ColumnElement[bool]:
-    """Join condition picking each image's newest review row (there may be none).
+    """Join condition picking the newest review row of each image's content (there may be
+    none), whichever copy it was recorded on.
 
-    The newest row's id comes from a correlated LIMIT 1 on (image_id, seq): one index probe
+    The newest row's id comes from a correlated LIMIT 1 on (sha256, seq): one index probe
     per image actually read, so a page of the queue never touches the whole review table.
     """
     newest = (
         select(Review.id)
-        .where(Review.image_id == Image.id)
+        .where(Review.sha256 == Image.sha256)
         .order_by(Review.seq.desc())
         .limit(1)
         .correlate(Image)
         .scalar_subquery()
     )
     return Review.id == newest
+
+
+def first_copy_condition() -> ColumnElement[bool]:
+    """True for the copy of a content that the queue shows: no other copy with the same bytes
+    has an earlier result that currently goes to a person. Copies scored by one model share
+    their score, so the content appears once, at its place in the queue."""
+    other_image, other, newer = aliased(Image), aliased(Result), aliased(Result)
+    return ~exists().where(
+        other_image.sha256 == Image.sha256,
+        other.image_id == other_image.id,
+        other.flagged.is_(True),
+        other.id < Result.id,
+        ~exists().where(newer.image_id == other.image_id, newer.id > other.id),
+    )
 
 
 def latest_result_condition() -> ColumnElement[bool]:
@@ -165,6 +184,8 @@ def queue_statement(f: QueueFilter, after: tuple[float, int] | None, limit: int)
         )
     if f.batch_id:
         stmt = stmt.where(Result.batch_id == f.batch_id)
+    else:
+        stmt = stmt.where(first_copy_condition())
     if f.specimen_id:
         stmt = stmt.where(Image.specimen_id == f.specimen_id)
     if f.since:
@@ -194,7 +215,7 @@ def review_queue(
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of the queue and the cursor of the next page (None on the last page)."""
     rows = session.execute(queue_statement(f, after, limit)).all()
-    items = [_item_json(r) for r in rows[:limit]]
+    items = with_copies(session, [_item_json(r) for r in rows[:limit]])
     cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]
@@ -204,7 +225,48 @@ def review_queue(
 
 def queue_item(session: Session, image_id: int) -> dict[str, Any] | None:
     row = session.execute(_item_select().where(Image.id == image_id)).first()
-    return _item_json(row) if row else None
+    return with_copies(session, [_item_json(row)])[0] if row else None
+
+
+def with_copies(session: Session, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add to each item ``copies``: every other image (any batch) with the same bytes, which
+    shares its decision; empty for most images."""
+    if not items:
+        return items
+    by_image = {item["image_id"]: item for item in items}
+    rows = session.execute(
+        select(
+            Image.id,
+            Image.original_name,
+            Image.batch_id,
+            Batch.name,
+            Image.state,
+            Image.sha256,
+        )
+        .join(Batch, Batch.id == Image.batch_id)
+        .where(
+            Image.sha256.in_(select(Image.sha256).where(Image.id.in_(by_image))),
+            Image.state != ImageState.REJECTED.value,
+        )
+        .order_by(Image.id)
+    ).all()
+    copies: dict[str, list[dict[str, Any]]] = {}
+    for image_id, file_name, batch_id, batch_name, state, sha256 in rows:
+        copies.setdefault(sha256, []).append(
+            {
+                "image_id": image_id,
+                "file_name": file_name,
+                "batch_id": batch_id,
+                "batch_name": batch_name,
+                "state": state,
+            }
+        )
+    sha_of = {r.id: r.sha256 for r in rows}
+    for image_id, item in by_image.items():
+        item["copies"] = [
+            c for c in copies.get(sha_of.get(image_id, ""), []) if c["image_id"] != image_id
+        ]
+    return items
 
 
 def sample_unflagged(session: Session, batch_id: str, n: int) -> list[dict[str, Any]]:
@@ -249,14 +311,16 @@ def record_decision(
     )
     if image.state != ImageState.SCORED.value or result is None:
         raise Conflict(f"image {image_id} has no score to review (state {image.state})")
+    # The content's history, whichever copy each earlier decision was made on.
     previous = session.scalar(
-        select(Review).where(Review.image_id == image_id).order_by(Review.seq.desc()).limit(1)
+        select(Review).where(Review.sha256 == image.sha256).order_by(Review.seq.desc()).limit(1)
     )
     seq = previous.seq if previous else 0
     if expected_seq is not None and expected_seq != seq:
         raise Conflict(f"image {image_id} was reviewed again meanwhile (decision {seq}); reload it")
     review = Review(
         image_id=image_id,
+        sha256=image.sha256,
         result_id=result.id,
         seq=seq + 1,
         decision=decision,
@@ -288,10 +352,13 @@ def record_decision(
 
 
 def history(session: Session, image_id: int) -> list[dict[str, Any]]:
+    """Every decision on this image's content, on this copy or another (``image_id`` says
+    which copy each was made on)."""
+    content = select(Image.sha256).where(Image.id == image_id).scalar_subquery()
     rows = session.execute(
         select(Review, User.name)
         .join(User, User.id == Review.reviewer_id)
-        .where(Review.image_id == image_id)
+        .where(Review.sha256 == content)
         .order_by(Review.seq)
     ).all()
     return [review_json(r, name) for r, name in rows]
@@ -343,7 +410,8 @@ def decision_counts(session: Session, batch_id: str) -> dict[str, int]:
         select(Review.decision, func.count())
         .select_from(Image)
         .join(Review, latest_review_condition())
-        .where(Image.batch_id == batch_id)
+        # A duplicate shows its twin's decision but is not a second image reviewed.
+        .where(Image.batch_id == batch_id, Image.state != ImageState.DUPLICATE.value)
         .group_by(Review.decision)
     ).all()
     return {d.value: 0 for d in Decision} | {decision: n for decision, n in rows}

@@ -58,9 +58,11 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int]] = {
     ("GET", "/api/v1/batches/<batch_id>"): (401, 200, 200, 200),
     ("POST", "/api/v1/batches/<batch_id>/images"): (401, 202, 202, 202),
     ("GET", "/api/v1/batches/<batch_id>/results"): (401, 200, 200, 200),
+    ("GET", "/api/v1/batches/<batch_id>/images"): (401, 200, 200, 200),
     ("GET", "/api/v1/images/<int:image_id>"): (401, 200, 200, 200),
     ("GET", "/api/v1/specimens"): (401, 200, 200, 200),
     ("GET", "/api/v1/specimens/<specimen_id>"): (401, 200, 200, 200),
+    ("GET", "/api/v1/images/<int:image_id>/thumbnail"): (401, 200, 200, 200),
     # JSON API for reviewers
     ("GET", "/api/v1/review/queue"): (401, 403, 200, 200),
     ("GET", "/api/v1/review/items/<int:image_id>"): (401, 403, 200, 200),
