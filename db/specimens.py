@@ -215,6 +215,7 @@ def _images_select() -> Select:
             Review.seq,
             User.name,
         )
+        .select_from(Image)
         .outerjoin(Result, (Result.image_id == Image.id) & latest_result_condition())
         .outerjoin(Review, latest_review_condition())
         .outerjoin(User, User.id == Review.reviewer_id)
@@ -230,6 +231,7 @@ def load_specimen(session: Session, specimen_id: str) -> Specimen:
     versions = dict(
         session.execute(
             select(Result.image_id, ModelVersion.name)
+            .select_from(Result)
             .join(ModelVersion, ModelVersion.id == Result.model_version_id)
             .join(Image, Image.id == Result.image_id)
             .where(Image.specimen_id == specimen_id, latest_result_condition())
@@ -329,6 +331,7 @@ def list_specimens(
             last_id,
             func.max(Batch.created_at),
         )
+        .select_from(Image)
         .join(Batch, Batch.id == Image.batch_id)
         .outerjoin(Result, (Result.image_id == Image.id) & latest_result_condition())
         .outerjoin(Review, latest_review_condition())

@@ -16,8 +16,12 @@ import pytest
 
 from api import create_app
 from db.accounts import create_token, find_user
+from db.lifecycle import emit
+from db.models import WebhookEvent
 from db.session import engine_for, session_factory
+from db.webhooks import create_webhook
 from tests.conftest import PASSWORD, create_account, csrf_token, smear_like_jpeg
+from tests.lisdata import scored_specimen, sign_specimen
 from tests.reviewdata import seed_scored
 
 ROLES = ("anonymous", "uploader", "reviewer", "admin")
@@ -54,6 +58,9 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int]] = {
     ("POST", "/api/v1/batches/<batch_id>/images"): (401, 202, 202, 202),
     ("GET", "/api/v1/batches/<batch_id>/results"): (401, 200, 200, 200),
     ("GET", "/api/v1/images/<int:image_id>"): (401, 200, 200, 200),
+    # reports for other systems: whoever may export results may download them
+    ("GET", "/api/v1/specimens/<specimen_id>/fhir"): (401, 200, 200, 200),
+    ("GET", "/api/v1/batches/<batch_id>/fhir"): (401, 200, 200, 200),
     # JSON API for reviewers
     ("GET", "/api/v1/review/queue"): (401, 403, 200, 200),
     ("GET", "/api/v1/review/items/<int:image_id>"): (401, 403, 200, 200),
@@ -69,6 +76,11 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int]] = {
     ("GET", "/api/v1/tokens"): (401, 403, 403, 200),
     ("DELETE", "/api/v1/tokens/<int:token_id>"): (401, 403, 403, 200),
     ("GET", "/api/v1/audit"): (401, 403, 403, 200),
+    ("GET", "/api/v1/webhooks"): (401, 403, 403, 200),
+    ("POST", "/api/v1/webhooks"): (401, 403, 403, 201),
+    ("DELETE", "/api/v1/webhooks/<int:webhook_id>"): (401, 403, 403, 200),
+    ("GET", "/api/v1/webhooks/<int:webhook_id>/deliveries"): (401, 403, 403, 200),
+    ("POST", "/api/v1/webhook-deliveries/<delivery_id>/resend"): (401, 403, 403, 202),
 }
 
 _serial = itertools.count(1000)
@@ -80,6 +92,9 @@ class Ids:
     image_id: int
     user_id: int
     token_ids: dict[str, int]  # rule -> a token that route may revoke
+    signed_specimen: str = ""
+    webhook_id: int = 0
+    delivery_id: str = ""
 
 
 def _body(method: str, rule: str, role: str) -> dict[str, Any]:
@@ -103,6 +118,9 @@ def _body(method: str, rule: str, role: str) -> dict[str, Any]:
         },
         ("POST", "/admin/users/<int:user_id>"): {"data": {"role": "uploader"}},
         ("POST", "/admin/tokens"): {"data": {"user_id": "0", "label": f"p{n}"}},
+        ("POST", "/api/v1/webhooks"): {
+            "json": {"url": f"https://lis.example/hook{n}", "events": ["specimen.signed"]}
+        },
     }
     return bodies.get((method, rule), {})
 
@@ -112,6 +130,9 @@ def _path(rule: str, ids: Ids) -> str:
     path = path.replace("<int:image_id>", str(ids.image_id))
     path = path.replace("<int:user_id>", str(ids.user_id))
     path = path.replace("<int:token_id>", str(ids.token_ids.get(rule, 0)))
+    path = path.replace("<specimen_id>", ids.signed_specimen)
+    path = path.replace("<int:webhook_id>", str(ids.webhook_id))
+    path = path.replace("<delivery_id>", ids.delivery_id)
     assert "<" not in path, f"no real id for {rule}: extend _path"
     query = {
         "/api/v1/batches/<batch_id>/threshold": "?t=0.3",
@@ -200,6 +221,16 @@ def world(db_settings):  # type: ignore[no-untyped-def]
         }
         s.flush()
         ids = Ids(batch_id, image_ids[0], target.id, {r: t.id for r, t in revocable.items()})
+    ids.signed_specimen = "SPEC-SIGNED"
+    scored_specimen(url, ids.signed_specimen, [0.1])
+    sign_specimen(url, ids.signed_specimen, "no_leukemia_detected")
+    with session_factory(engine_for(url)).begin() as s:
+        hook = create_webhook(
+            s, "https://lis.example/hook", ["batch.complete"], db_settings.secret_key, None
+        ).webhook
+        s.flush()
+        ids.webhook_id = hook.id
+        ids.delivery_id = emit(s, WebhookEvent.BATCH_COMPLETE, "authz", {})[0]
     clients = {role: _session(app, role) for role in ROLES}
     return app, clients, tokens, ids
 
