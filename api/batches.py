@@ -22,7 +22,7 @@ from api.intake import FileOutcome, Intake
 from api.params import int_arg
 from db import drift, lifecycle
 from db.audit import record_event
-from db.errors import NotFound
+from db.errors import Gone, NotFound
 from db.models import Batch, Image, ImageState
 from db.progress import RESULT_COLUMNS, batch_progress, iter_batch_results
 from db.reviews import decision_counts
@@ -319,6 +319,8 @@ def get_image(image_id: int):
         image = get_or_404(session, Image, image_id)
         if image.storage_key is None:
             raise NotFound(f"image {image_id} was rejected and not stored: {image.error}")
+        if image.purged_at is not None:
+            raise Gone(f"image purged: image {image_id}'s pixels were removed by retention")
     path = context.store().path_for(image.storage_key)
     # Served with the type Pillow detected, never guessed from the uploaded name.
     mimetype = MIME_TYPES.get(image.format or "", "application/octet-stream")

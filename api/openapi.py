@@ -674,7 +674,7 @@ def spec() -> dict[str, Any]:
                                 for t in MIME_TYPES.values()
                             },
                         },
-                        **_errors(404, 503),
+                        **_errors(404, 410, 503),
                     },
                 }
             },
