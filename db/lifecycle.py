@@ -153,6 +153,17 @@ def mark_enqueued(sessions: sessionmaker[Session], image_ids: Sequence[int]) -> 
             )
 
 
+def mark_purged(session: Session, image_ids: Sequence[int]) -> None:
+    """Record that retention removed these images' pixels (``db.retention``); not a state:
+    the image stays ``scored`` (or ``failed``) with its results."""
+    session.execute(
+        update(Image)
+        .where(Image.id.in_(image_ids))
+        .values(purged_at=datetime.now(UTC))
+        .execution_options(synchronize_session=False)
+    )
+
+
 def pending_attempts(sessions: sessionmaker[Session], image_ids: Sequence[int]) -> dict[int, int]:
     """Attempts so far of the images among ``image_ids`` still to be scored."""
     with sessions() as session:

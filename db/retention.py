@@ -15,11 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.audit import Actor, record_event
-from db.lifecycle import PENDING
+from db.lifecycle import PENDING, mark_purged
 from db.models import Image
 from leukoscreen.storage import ContentStore
 
@@ -108,13 +108,7 @@ def _purge_some(
         report.files_kept_shared = len(shared)
         removable = sorted(k for k in keys - shared if k is not None)
         if not dry_run:
-            session.execute(
-                update(Image)
-                .where(Image.id.in_(ids))
-                .values(purged_at=datetime.now(UTC))
-                .execution_options(synchronize_session=False)
-            )
-            session.flush()
+            mark_purged(session, ids)
         # Files go before the commit: should it fail, the rows are purged again next run
         # (the files are gone already), whereas the other order could leave pixels for ever.
         # An identical upload arriving this very moment could still reuse a file removed
