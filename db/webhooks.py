@@ -79,9 +79,16 @@ def decrypt_secret(token: str, server_key: str) -> str:
 
 def check_url(url: str) -> str:
     url = url.strip()
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname or len(url) > MAX_URL:
-        raise Invalid(f"url must be an http(s) URL of at most {MAX_URL} characters")
+    bad = Invalid(f"url must be an http(s) URL of at most {MAX_URL} characters")
+    if len(url) > MAX_URL or not url.isprintable() or " " in url:
+        raise bad
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # a malformed IPv6 literal, say
+        raise bad from None
+    if parts.scheme not in ("https", "http") or not host:
+        raise bad
     if parts.username or parts.password:
         raise Invalid("url must not carry a user name or password: deliveries are signed")
     return url

@@ -348,6 +348,9 @@ def test_admins_create_list_deactivate_and_resend_with_an_audit_trail(world, rec
         {"url": "https://lis.example/x", "events": []},
         {"url": "https://lis.example/x", "events": ["batch.deleted"]},
         {"url": "https://lis.example/x", "events": "batch.complete"},
+        {"url": "http://[::1/x", "events": ["batch.complete"]},
+        {"url": "https://lis.example/\x00", "events": ["batch.complete"]},
+        {"url": ["https://lis.example/x"], "events": ["batch.complete"]},
     ],
 )
 def test_a_webhook_with_a_bad_url_or_unknown_events_is_refused(world, body):
@@ -357,3 +360,19 @@ def test_a_webhook_with_a_bad_url_or_unknown_events_is_refused(world, body):
     resp = admin.post("/api/v1/webhooks", json=body)
 
     assert resp.status_code == 400 and resp.json["error"]
+
+
+def test_the_readme_signature_check_accepts_a_real_delivery_and_refuses_a_changed_one():
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("Checking a delivery in Python", 1)[1]
+    code = block.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {}
+    exec(code, namespace)  # the example a laboratory copies
+    verified = namespace["verified"]
+    body = webhooks.body("d-1", "batch.complete", datetime.now(UTC), {"batch_id": "b1"})
+    sent = webhooks.headers("whsec_lab", "d-1", "batch.complete", body)
+
+    assert verified("whsec_lab", sent["X-LeukoScreen-Signature"], body)
+    assert not verified("whsec_lab", sent["X-LeukoScreen-Signature"], body + b"x")

@@ -93,13 +93,17 @@ def reconcile() -> dict[str, int]:
 @app.task(name=WEBHOOK_TASK, bind=True, max_retries=None, acks_late=True)
 def deliver_webhook(self, delivery_id: str) -> dict[str, object]:
     rt = runtime()
-    sent = deliver(
-        rt.sessions,
-        rt.secret_key,
-        delivery_id,
-        rt.settings.webhook_timeout_s,
-        rt.settings.webhook_max_attempts,
-    )
+    try:
+        sent = deliver(
+            rt.sessions,
+            rt.secret_key,
+            delivery_id,
+            rt.settings.webhook_timeout_s,
+            rt.settings.webhook_max_attempts,
+        )
+    except TRANSIENT as exc:
+        # The database, not the receiver: try again soon (the row still says what is left).
+        raise self.retry(exc=exc, countdown=backoff_s(1)) from exc
     if sent.state is DeliveryState.PENDING:
         raise self.retry(countdown=backoff_s(sent.attempt))
     return {"state": sent.state.value if sent.state else None, "attempt": sent.attempt}
