@@ -100,3 +100,34 @@ def test_a_batch_exports_a_collection_bundle_of_its_signed_specimens_only(lab, d
     assert bundle.entry[0].fullUrl.startswith("urn:uuid:")
     assert Bundle.model_validate_json(empty.get_data(as_text=True)).entry is None
     assert client.get("/api/v1/batches/no-such-batch/fhir").status_code == 404
+
+
+def test_an_image_that_could_not_be_scored_is_a_cancelled_observation(lab, db_settings):
+    from db.models import Batch, Image
+    from db.session import engine_for, session_factory
+
+    app, client = lab
+    scored_specimen(db_settings.database_url, "S-105", [0.2])
+    with session_factory(engine_for(db_settings.database_url)).begin() as s:
+        batch = Batch(name="unreadable", submitted_by="tests")
+        s.add(
+            Image(
+                batch=batch,
+                sha256="f" * 64,
+                original_name="broken.jpg",
+                storage_key="f" * 64,
+                size_bytes=1,
+                state="failed",
+                error="cannot decode",
+                specimen_id="S-105",
+            )
+        )
+    sign_specimen(db_settings.database_url, "S-105", "inadequate_sample")
+
+    report = _report(client, "S-105")
+
+    observations = [o for o in report.contained if isinstance(o, Observation)]
+    cancelled = [o for o in observations if o.status == "cancelled"]
+    assert len(observations) == 2 and len(cancelled) == 1
+    assert cancelled[0].dataAbsentReason.coding[0].code == "error"
+    assert cancelled[0].valueQuantity is None
