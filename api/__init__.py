@@ -54,7 +54,19 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         "celery": celery,
     }
 
-    from api import accounts, auth, batches, errors, fhir, health, openapi, pages, reviews, webhooks
+    from api import (
+        accounts,
+        auth,
+        batches,
+        errors,
+        fhir,
+        health,
+        openapi,
+        pages,
+        reviews,
+        specimens,
+        webhooks,
+    )
 
     errors.register(app)
     auth.register(app)
@@ -64,6 +76,8 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     app.register_blueprint(reviews.bp)
     app.register_blueprint(accounts.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(specimens.bp)
+    app.register_blueprint(specimens.pages)
     app.register_blueprint(fhir.bp)
     app.register_blueprint(webhooks.bp)
     return app

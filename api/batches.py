@@ -20,6 +20,14 @@ from api.auth import actor
 from api.errors import ApiError, get_or_404
 from api.intake import FileOutcome, Intake
 from api.params import int_arg
+from api.specimen_ids import (
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    Specimen,
+    SpecimenError,
+    assign,
+    parse_manifest,
+)
 from db import drift, lifecycle
 from db.audit import record_event
 from db.errors import Gone, NotFound
@@ -44,10 +52,12 @@ def _submitter() -> str:
     )
 
 
-def _outcome_json(o: FileOutcome, image_id: int | None) -> dict[str, Any]:
+def _outcome_json(o: FileOutcome, image: Image | None) -> dict[str, Any]:
     body: dict[str, Any] = {"file": o.name, "status": o.status}
-    if image_id is not None:
-        body["image_id"] = image_id
+    if image is not None:
+        body["image_id"] = image.id
+        if image.specimen_id:
+            body["specimen_id"] = image.specimen_id
     if o.sha256:
         body["sha256"] = o.sha256
     if o.reason:
@@ -55,13 +65,50 @@ def _outcome_json(o: FileOutcome, image_id: int | None) -> dict[str, Any]:
     return body
 
 
-def _uploads() -> list[tuple[str, Any]]:
-    files = request.files.getlist("images") + request.files.getlist("archive")
-    if not files:
+def _is_manifest(name: str) -> bool:
+    return name.replace("\\", "/").rsplit("/", 1)[-1].lower() == MANIFEST_NAME
+
+
+def _uploads() -> tuple[list[tuple[str, Any]], list[Any]]:
+    """The request's files, and which of their streams are specimen manifests.
+
+    A manifest is the ``manifest`` field's file, or a ``manifest.csv`` sent among the images.
+    """
+    fields = request.files.getlist("images") + request.files.getlist("archive")
+    manifests = request.files.getlist("manifest")
+    manifests += [f for f in fields if _is_manifest(f.filename or "")]
+    if len(manifests) == len(fields) + len(request.files.getlist("manifest")):
         other = sorted(request.files.keys())
         hint = f" (got file fields {other})" if other else ""
         raise ApiError(400, f"no files: send them as multipart form field 'images'{hint}")
-    return [(f.filename or "unnamed", f.stream) for f in files]
+    files = fields + request.files.getlist("manifest")
+    return [(f.filename or "unnamed", f.stream) for f in files], [f.stream for f in manifests]
+
+
+def _specimens(intake: Intake, manifests: list[bytes]) -> dict[str, Specimen]:
+    """Each file's specimen, or a 422 listing every problem (nothing is recorded then)."""
+    outcomes = intake.report.outcomes
+    try:
+        if intake.manifest_problems:
+            raise SpecimenError(intake.manifest_problems)
+        if len(manifests) > 1:
+            raise SpecimenError([f"{len(manifests)} manifests sent: send one {MANIFEST_NAME}"])
+        return assign(
+            [o.name for o in outcomes],
+            archives=intake.archives,
+            manifest=parse_manifest(manifests[0]) if manifests else None,
+            folders=request.form.get("specimen_folders", "").lower() in ("1", "true", "yes"),
+            upload_id=request.form.get("specimen_id") or None,
+            # A rejected file is answered with its reason whether or not it has an id.
+            required={o.name for o in outcomes if o.status != "rejected"},
+        )
+    except SpecimenError as exc:
+        raise ApiError(
+            422,
+            "the specimen identities of this upload are unusable: nothing was recorded",
+            problems=exc.problems,
+            files=[_outcome_json(o, None) for o in outcomes],
+        ) from None
 
 
 def _answer(body: dict[str, Any], replayed: bool = False) -> tuple[Response, int]:
@@ -74,7 +121,7 @@ def _answer(body: dict[str, Any], replayed: bool = False) -> tuple[Response, int
 
 def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
     key = idempotency.request_key()
-    uploads = _uploads()
+    uploads, manifest_streams = _uploads()
     sent = idempotency.fingerprint(uploads)
     if key is not None and (first := idempotency.first_answer(key, sent)) is not None:
         return _answer(first, replayed=True)
@@ -91,7 +138,7 @@ def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
             )
     intake = Intake(settings, context.store(), known)
     try:
-        return _check_and_record(intake, uploads, batch, name, key, sent)
+        return _check_and_record(intake, uploads, manifest_streams, batch, name, key, sent)
     except IntegrityError:
         # A copy of this request with the same key committed first: answer as it did.
         _remove_unrecorded(intake.created)
@@ -123,14 +170,21 @@ def _remove_unrecorded(keys: list[str]) -> None:
 def _check_and_record(
     intake: Intake,
     uploads: list[tuple[str, Any]],
+    manifest_streams: list[Any],
     batch: Batch | None,
     name: str | None,
     key: str | None,
     sent: str,
 ) -> tuple[Response, int]:
     settings, sessions = context.settings(), context.sessions()
+    manifests: list[bytes] = []
     for filename, stream in uploads:
-        intake.add_upload(filename, stream)
+        if any(stream is m for m in manifest_streams):
+            manifests.append(stream.read(MAX_MANIFEST_BYTES + 1))
+        else:
+            intake.add_upload(filename, stream)
+    manifests += intake.manifests
+    specimens = _specimens(intake, manifests)
     report = intake.report
 
     accepted = [o for o in report.outcomes if o.status == "accepted"]
@@ -162,6 +216,7 @@ def _check_and_record(
             if o.status == "duplicate":
                 images.append((o, None))
                 continue
+            specimen = specimens.get(o.name)
             image = lifecycle.admit(
                 session,
                 batch,
@@ -176,6 +231,8 @@ def _check_and_record(
                 height=o.height,
                 format=o.format,
                 error=o.reason,
+                specimen_id=specimen.specimen_id if specimen else None,
+                specimen_source=specimen.source or None if specimen else None,
             )
             images.append((o, image))
         session.flush()
@@ -196,7 +253,7 @@ def _check_and_record(
             "rejected": report.count("rejected"),
             "duplicate": report.count("duplicate"),
             "enqueued": 0,
-            "files": [_outcome_json(o, img.id if img else None) for o, img in images],
+            "files": [_outcome_json(o, img) for o, img in images],
         }
         remembered = idempotency.remember(session, key, sent, body) if key is not None else None
 

@@ -12,9 +12,18 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from api.params import MAX_ID, id_limit
-from db.models import BatchState, Decision, DeliveryState, ImageState, Role, WebhookEvent
+from db.models import (
+    BatchState,
+    Decision,
+    DeliveryState,
+    ImageState,
+    Interpretation,
+    Role,
+    WebhookEvent,
+)
 from db.reviews import QUEUE_ROUTES
 from db.reviews import STATES as REVIEW_STATES
+from db.specimens import SpecimenStatus
 from leukoscreen.imagetypes import MIME_TYPES
 from model.gate import Route, RouteReason
 
@@ -34,6 +43,7 @@ FILE_ROW = {
         "image_id": {"type": "integer"},
         "sha256": {"type": "string"},
         "reason": {"type": "string"},
+        "specimen_id": {"type": "string"},
     },
 }
 INTAKE = {
@@ -58,7 +68,15 @@ IDEMPOTENCY_KEY = {
 UNUSABLE = {
     "type": "object",
     "required": ["error", "status", "files"],
-    "properties": {**ERROR["properties"], "files": {"type": "array", "items": FILE_ROW}},
+    "properties": {
+        **ERROR["properties"],
+        "files": {"type": "array", "items": FILE_ROW},
+        "problems": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "every problem of the specimen identities (manifest, folders, id)",
+        },
+    },
 }
 # Every scored image's route and its machine-readable reason (model.gate); null until scored.
 ROUTE = {
@@ -117,6 +135,7 @@ RESULT_ROW = {
     "properties": {
         "image_id": {"type": "integer"},
         "file_name": {"type": "string"},
+        "specimen_id": {"type": ["string", "null"]},
         "sha256": {"type": "string"},
         "state": {"type": "string", "enum": [s.value for s in ImageState]},
         "p_leukemia": {"type": ["number", "null"]},
@@ -148,6 +167,7 @@ QUEUE_ITEM = {
         },
         "domain_distance": {"type": ["number", "null"]},
         "state": {"type": "string"},
+        "specimen_id": {"type": ["string", "null"]},
     },
 }
 QUEUE_PAGE = {
@@ -223,12 +243,156 @@ UPLOAD_BODY = {
                     # Multipart text fields are text whatever they look like: no type to violate.
                     "name": {"description": "batch name (text)"},
                     "submitted_by": {"description": "who submits (text)"},
+                    "manifest": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "CSV with columns file, specimen_id, optional source "
+                        "(or a manifest.csv among the images or at the top of a zip)",
+                    },
+                    "specimen_id": {"description": "one specimen id for every file (text)"},
+                    "specimen_folders": {
+                        "description": "1: each file's folder name is its specimen id"
+                    },
                 },
             }
         }
     },
 }
 BATCH_ID = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}}
+SPECIMEN_ID = {
+    "name": "specimen_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "maxLength": 64},
+}
+SPECIMEN_COUNTS = {
+    "type": "object",
+    "properties": {
+        k: {"type": "integer"}
+        for k in ("images", *(r.value for r in Route), "not_scored", "awaiting_decision")
+    },
+}
+SIGNOFF = {
+    "type": "object",
+    "required": ["id", "seq", "interpretation", "signed_by", "signed_at"],
+    "properties": {
+        "id": {"type": "integer"},
+        "seq": {"type": "integer"},
+        "interpretation": {"type": "string", "enum": [i.value for i in Interpretation]},
+        "interpretation_text": {"type": "string"},
+        "comment": {"type": "string"},
+        "signed_by": {"type": "string"},
+        "signed_at": {"type": "string", "format": "date-time"},
+        "amends_id": {"type": ["integer", "null"]},
+    },
+}
+SPECIMEN_STATUS = {
+    "type": "string",
+    "enum": [s.value for s in SpecimenStatus],
+    "description": "db.specimens rules: scoring, needs_review, ready_to_sign, "
+    "changed_since_signing, signed",
+}
+SPECIMEN_ROW = {
+    "type": "object",
+    "required": ["specimen_id", "status", "images"],
+    "properties": {
+        "specimen_id": {"type": "string"},
+        "status": SPECIMEN_STATUS,
+        "status_text": {"type": "string"},
+        "images": {"type": "integer"},
+        "flagged": {"type": "integer"},
+        "manual_review": {"type": "integer"},
+        "awaiting_decision": {"type": "integer"},
+        "max_p_leukemia": {"type": ["number", "null"]},
+        "last_upload": {"type": "string", "format": "date-time"},
+    },
+}
+SPECIMEN = {
+    "type": "object",
+    "required": ["specimen_id", "status", "counts", "images", "signoffs"],
+    "properties": {
+        "specimen_id": {"type": "string"},
+        "source": {"type": "string"},
+        "status": SPECIMEN_STATUS,
+        "status_text": {"type": "string"},
+        "counts": SPECIMEN_COUNTS,
+        "max_p_leukemia": {"type": ["number", "null"]},
+        "batches": {"type": "array", "items": {"type": "string"}},
+        "signoff": {"oneOf": [SIGNOFF, {"type": "null"}]},
+        "signoffs": {"type": "array", "items": SIGNOFF},
+        "images": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+
+def specimen_paths() -> dict[str, Any]:
+    """Specimens and their sign-offs (see api/specimens.py)."""
+    return {
+        "/api/v1/specimens": {
+            "get": {
+                "summary": "specimens, most recently extended first, keyset-paged",
+                "parameters": [
+                    _query("before", {"type": "integer", "minimum": 0}),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["specimens"],
+                            "properties": {
+                                "specimens": {"type": "array", "items": SPECIMEN_ROW},
+                                "next_before": {"type": "integer"},
+                            },
+                        },
+                        "specimens",
+                    ),
+                    **_errors(400, 503),
+                },
+            }
+        },
+        "/api/v1/specimens/{specimen_id}": {
+            "get": {
+                "summary": "one specimen: images (most suspicious first), status, sign-offs",
+                "parameters": [SPECIMEN_ID],
+                "responses": {"200": _json(SPECIMEN, "specimen"), **_errors(404, 503)},
+            }
+        },
+        "/api/v1/specimens/{specimen_id}/signoffs": {
+            "post": {
+                "summary": "sign the specimen, or amend its latest sign-off (amends_id)",
+                "parameters": [SPECIMEN_ID],
+                "requestBody": _json_body(
+                    {
+                        "type": "object",
+                        "required": ["interpretation"],
+                        "properties": {
+                            "interpretation": {
+                                "type": "string",
+                                "enum": [i.value for i in Interpretation],
+                            },
+                            "comment": {"type": "string", "maxLength": 4000},
+                            "amends_id": {"type": "integer", "minimum": 1},
+                        },
+                    }
+                ),
+                "responses": {
+                    "201": _json(
+                        {
+                            "type": "object",
+                            "required": ["signoff_id", "specimen"],
+                            "properties": {
+                                "signoff_id": {"type": "integer"},
+                                "specimen": SPECIMEN,
+                            },
+                        },
+                        "signed",
+                    ),
+                    **_errors(400, 404, 409, 503),
+                },
+            }
+        },
+    }
 
 
 def review_and_account_paths() -> dict[str, Any]:
@@ -244,6 +408,7 @@ def review_and_account_paths() -> dict[str, Any]:
                         "description": "all (default): flagged and manual_review; or one of them",
                     },
                     _query("batch", {"type": "string"}),
+                    _query("specimen", {"type": "string"}),
                     _query("since", {"type": "string", "format": "date"}),
                     _query("until", {"type": "string", "format": "date"}),
                     _query("min_p", UNIT),
@@ -550,6 +715,7 @@ def spec() -> dict[str, Any]:
         "security": [{"token": []}],
         "paths": {
             **review_and_account_paths(),
+            **specimen_paths(),
             **delivery_paths(),
             "/healthz": {
                 "get": {

@@ -159,14 +159,17 @@ def assign(
     manifest: list[ManifestRow] | None = None,
     folders: bool = False,
     upload_id: str | None = None,
+    required: set[str] | None = None,
 ) -> dict[str, Specimen]:
     """Each uploaded file's specimen, or :class:`SpecimenError` listing every problem.
 
     ``names`` are the upload's file names as intake reports them (``archive.zip/dir/x.jpg``
     for a zip entry; ``archives`` are the zip files' own names). A manifest row matches a file
     by its path inside the upload, or by its bare name when that is unique. Files without an
-    identity are left out of the answer unless a manifest was sent, which must name them all.
+    identity are left out of the answer unless a manifest was sent (or folders asked for):
+    then every file in ``required`` (default: all) must have one.
     """
+    required = set(names) if required is None else required
     archives = archives or set()
     default = Specimen(check_specimen_id(upload_id)) if upload_id else None
     by_path = {name: _inner_path(name, archives) for name in names}
@@ -206,9 +209,12 @@ def assign(
             try:
                 found[name] = Specimen(check_specimen_id(folder))
             except SpecimenError as exc:
-                problems.append(f"{name}: folder name is not a specimen id: {exc}")
+                if name in required:
+                    problems.append(f"{name}: folder name is not a specimen id: {exc}")
         elif default is not None:
             found[name] = default
+        elif name not in required:
+            continue
         elif manifest is not None:
             problems.append(f"{name} is not in the manifest: every file needs a specimen id")
         elif folders:

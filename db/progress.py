@@ -87,6 +87,7 @@ def batch_progress(session: Session, batch_id: str) -> Progress:
 RESULT_COLUMNS = (
     "image_id",
     "file_name",
+    "specimen_id",
     "sha256",
     "state",
     "p_leukemia",
@@ -147,6 +148,7 @@ def iter_batch_results(
         row = {
             "image_id": image.id,
             "file_name": image.original_name,
+            "specimen_id": image.specimen_id,
             "sha256": image.sha256,
             "state": image.state,
             "p_leukemia": result.p_leukemia if result else None,

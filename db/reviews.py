@@ -64,6 +64,7 @@ class QueueFilter:
     threshold: float | None = None
     ascending: bool = False
     route: str = ALL_ROUTES  # one of QUEUE_ROUTES
+    specimen_id: str | None = None  # one specimen's images (review grouped by specimen)
 
 
 def _item_select() -> Select:
@@ -72,6 +73,7 @@ def _item_select() -> Select:
             Image.id.label("image_id"),
             Image.original_name.label("file_name"),
             Image.batch_id,
+            Image.specimen_id,
             Batch.name.label("batch_name"),
             Result.id.label("result_id"),
             Result.p_leukemia,
@@ -105,6 +107,7 @@ def _item_json(row: Any) -> dict[str, Any]:
         "file_name": row.file_name,
         "batch_id": row.batch_id,
         "batch_name": row.batch_name,
+        "specimen_id": row.specimen_id,
         "result_id": row.result_id,
         "p_leukemia": row.p_leukemia,
         "flagged": row.flagged,
@@ -162,6 +165,8 @@ def queue_statement(f: QueueFilter, after: tuple[float, int] | None, limit: int)
         )
     if f.batch_id:
         stmt = stmt.where(Result.batch_id == f.batch_id)
+    if f.specimen_id:
+        stmt = stmt.where(Image.specimen_id == f.specimen_id)
     if f.since:
         stmt = stmt.where(Result.scored_at >= f.since)
     if f.until:

@@ -374,6 +374,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--part-bytes", type=int, default=64 * 1024 * 1024)
     p.add_argument("--wait", action="store_true", help="wait until every image is scored")
     p.add_argument("--csv", help="write the results CSV here (implies --wait)")
+    specimen = p.add_mutually_exclusive_group()
+    specimen.add_argument(
+        "--manifest",
+        help="CSV with columns file, specimen_id[, source] naming every file's specimen "
+        "(default: a manifest.csv at the top of the folder)",
+    )
+    specimen.add_argument(
+        "--specimen-folders",
+        action="store_true",
+        help="each file's folder name is its specimen id (DIR/S-0001/field1.jpg)",
+    )
+    specimen.add_argument("--specimen-id", help="one specimen id for every file")
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument(
         "--token",

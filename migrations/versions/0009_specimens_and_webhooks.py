@@ -22,11 +22,12 @@ BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("image", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("specimen_id", sa.String(length=64), nullable=True))
-        batch_op.add_column(sa.Column("specimen_source", sa.String(length=255), nullable=True))
-        batch_op.add_column(sa.Column("purged_at", sa.DateTime(timezone=True), nullable=True))
-        batch_op.create_index("ix_image_specimen", ["specimen_id", "id"], unique=False)
+    # Plain ALTER TABLE, not batch mode: SQLite's table copy would drop ``image``, and the
+    # cascade to its reviews would trip their append-only trigger (SQLite >= 3.35 drops columns).
+    op.add_column("image", sa.Column("specimen_id", sa.String(length=64), nullable=True))
+    op.add_column("image", sa.Column("specimen_source", sa.String(length=255), nullable=True))
+    op.add_column("image", sa.Column("purged_at", sa.DateTime(timezone=True), nullable=True))
+    op.create_index("ix_image_specimen", "image", ["specimen_id", "id"], unique=False)
 
     op.create_table(
         "specimen_signoff",
@@ -102,8 +103,6 @@ def downgrade() -> None:
         op.execute("DROP TRIGGER IF EXISTS specimen_signoff_append_only ON specimen_signoff")
     op.drop_index("ix_signoff_created", table_name="specimen_signoff")
     op.drop_table("specimen_signoff")
-    with op.batch_alter_table("image", schema=None) as batch_op:
-        batch_op.drop_index("ix_image_specimen")
-        batch_op.drop_column("purged_at")
-        batch_op.drop_column("specimen_source")
-        batch_op.drop_column("specimen_id")
+    op.drop_index("ix_image_specimen", table_name="image")
+    for column in ("purged_at", "specimen_source", "specimen_id"):
+        op.drop_column("image", column)
