@@ -62,6 +62,10 @@ def _component(code: str, display: str, **value: Any) -> dict[str, Any]:
     return {"code": _code(code, display), **value}
 
 
+def _probability(value: float) -> dict[str, Any]:
+    return {"value": round(value, 6), "unit": "probability", "system": UCUM, "code": "1"}
+
+
 def _observation(image: SpecimenImage, signed: list[Any]) -> dict[str, Any]:
     # What the signature covered (route and decision at signing), scores as stored.
     _state, route, decision, _seq = (signed + [None] * 4)[:4]
@@ -81,18 +85,17 @@ def _observation(image: SpecimenImage, signed: list[Any]) -> dict[str, Any]:
         obs["status"] = "cancelled"
         obs["dataAbsentReason"] = _code("error", "Error", f"{HL7}/data-absent-reason")
         return {"resourceType": "Observation", **obs}
-    obs["valueQuantity"] = {
-        "value": round(image.p_leukemia, 6),
-        "unit": "probability",
-        "system": UCUM,
-        "code": "1",
-    }
+    obs["valueQuantity"] = _probability(image.p_leukemia)
     if route in INTERPRETATION:
         code, display = INTERPRETATION[route]
         obs["interpretation"] = [
             _code(code, display, f"{HL7}/v3-ObservationInterpretation"),
         ]
-    components = [_component("route", "Screening route", valueCodeableConcept=_code(route, route))]
+    components = []
+    if route:
+        components.append(
+            _component("route", "Screening route", valueCodeableConcept=_code(route, route))
+        )
     if image.route_reason:
         text = REASON_TEXT.get(image.route_reason, image.route_reason)
         components.append(
@@ -107,12 +110,7 @@ def _observation(image: SpecimenImage, signed: list[Any]) -> dict[str, Any]:
             _component(
                 "threshold",
                 "Operating threshold",
-                valueQuantity={
-                    "value": image.threshold,
-                    "unit": "probability",
-                    "system": UCUM,
-                    "code": "1",
-                },
+                valueQuantity=_probability(image.threshold),
             )
         )
     if image.model_version:
@@ -128,7 +126,8 @@ def _observation(image: SpecimenImage, signed: list[Any]) -> dict[str, Any]:
                 valueCodeableConcept=_code(decision, decision),
             )
         )
-    obs["component"] = components
+    if components:
+        obs["component"] = components
     return {"resourceType": "Observation", **obs}
 
 
