@@ -22,14 +22,14 @@ from typing import Any
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from flask import Blueprint, Response
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api import context
 from api.errors import get_or_404
 from db.errors import Conflict
 from db.lifecycle import emit
-from db.models import Batch, Image, Interpretation, WebhookEvent
+from db.models import Batch, Interpretation, WebhookEvent
+from db.progress import batch_specimen_ids
 from db.specimens import INTERPRETATION_TEXT, Signoff, Specimen, SpecimenImage, load_specimen
 from model.gate import REASON_TEXT, Route
 
@@ -185,15 +185,9 @@ def diagnostic_report(specimen: Specimen) -> DiagnosticReport:
 
 def batch_bundle(session: Session, batch_id: str) -> Bundle:
     """The reports of every signed specimen with an image in the batch."""
-    specimen_ids = session.scalars(
-        select(Image.specimen_id)
-        .where(Image.batch_id == batch_id, Image.specimen_id.is_not(None))
-        .distinct()
-        .order_by(Image.specimen_id)
-    ).all()
     entries = []
-    for specimen_id in specimen_ids:
-        specimen = load_specimen(session, str(specimen_id))
+    for specimen_id in batch_specimen_ids(session, batch_id):
+        specimen = load_specimen(session, specimen_id)
         if specimen.latest_signoff is None:
             continue
         report = diagnostic_report(specimen)

@@ -356,7 +356,7 @@ def complete_batches(session: Session, batch_ids: set[str]) -> None:
 
 def _emit_batch_complete(session: Session, batch_id: str, webhooks: list[int]) -> None:
     # Imported here: db.progress reads this module's PENDING.
-    from db.progress import batch_progress
+    from db.progress import batch_progress, batch_specimen_ids
 
     batch = session.get(Batch, batch_id)
     if batch is None:
@@ -374,6 +374,7 @@ def _emit_batch_complete(session: Session, batch_id: str, webhooks: list[int]) -
             "images": progress.total,
             "counts": progress.counts,
             "routes": progress.routes,
+            "specimens": batch_specimen_ids(session, batch_id),
             "drift_alarm": bool((batch.drift or {}).get("alarm")),
             "results_path": f"/api/v1/batches/{batch_id}/results",
             "fhir_path": f"/api/v1/batches/{batch_id}/fhir",

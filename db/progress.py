@@ -176,3 +176,16 @@ def iter_batch_results(
         pending = row
     if pending is not None:
         yield pending
+
+
+def batch_specimen_ids(session: Session, batch_id: str) -> list[str]:
+    """The specimens with an image in the batch, in order."""
+    return [
+        str(s)
+        for s in session.scalars(
+            select(Image.specimen_id)
+            .where(Image.batch_id == batch_id, Image.specimen_id.is_not(None))
+            .distinct()
+            .order_by(Image.specimen_id)
+        )
+    ]

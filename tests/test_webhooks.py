@@ -215,6 +215,7 @@ def test_completing_a_batch_writes_one_delivery_per_subscribed_active_webhook(wo
         (subscribed, "batch.complete", f"{batch_id}/2")
     ]
     assert rows[0].payload["routes"] == {"flagged": 1, "cleared": 1}
+    assert rows[0].payload["specimens"] == []
     assert rows[0].payload["fhir_path"] == f"/api/v1/batches/{batch_id}/fhir"
 
 
