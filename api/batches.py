@@ -32,7 +32,7 @@ from api.specimen_ids import (
 from api.thumbnails import thumbnail_jpeg
 from db import drift, lifecycle
 from db.audit import record_event
-from db.errors import NotFound
+from db.errors import Gone, NotFound
 from db.models import Batch, Image, ImageState
 from db.progress import (
     RESULT_COLUMNS,
@@ -449,6 +449,8 @@ def _stored(image_id: int) -> tuple[Image, str]:
         image = get_or_404(session, Image, image_id)
         if image.storage_key is None:
             raise NotFound(f"image {image_id} was rejected and not stored: {image.error}")
+        if image.purged_at is not None:
+            raise Gone(f"image purged: image {image_id}'s pixels were removed by retention")
     return image, image.storage_key
 
 

@@ -13,7 +13,15 @@ from flask import Blueprint, jsonify
 
 from api.intake import Code
 from api.params import MAX_ID, id_limit
-from db.models import BatchState, Decision, ImageState, Interpretation, Role
+from db.models import (
+    BatchState,
+    Decision,
+    DeliveryState,
+    ImageState,
+    Interpretation,
+    Role,
+    WebhookEvent,
+)
 from db.reviews import QUEUE_ROUTES
 from db.reviews import STATES as REVIEW_STATES
 from db.specimens import SpecimenStatus
@@ -232,6 +240,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         403: "role not allowed",
         404: "not found",
         409: "conflicts with the current state (a newer decision, the last active admin)",
+        410: "gone on purpose (the image's pixels were purged by retention)",
         413: "request too large",
         422: "nothing usable",
         503: "a dependency is down",
@@ -588,6 +597,159 @@ def review_and_account_paths() -> dict[str, Any]:
     }
 
 
+FHIR = {
+    "type": "object",
+    "required": ["resourceType"],
+    "description": "FHIR R4 JSON (built and validated with fhir.resources)",
+    "properties": {"resourceType": {"type": "string"}},
+}
+WEBHOOK = {
+    "type": "object",
+    "required": ["id", "url", "events", "active"],
+    "properties": {
+        "id": {"type": "integer"},
+        "url": {"type": "string"},
+        "events": {"type": "array", "items": {"type": "string"}},
+        "active": {"type": "boolean"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "secret": {"type": "string", "description": "only in the answer that creates it"},
+    },
+}
+DELIVERY = {
+    "type": "object",
+    "required": ["id", "webhook_id", "event", "state", "attempts"],
+    "properties": {
+        "id": {"type": "string", "description": "the X-LeukoScreen-Delivery header"},
+        "webhook_id": {"type": "integer"},
+        "event": {"type": "string"},
+        "subject": {"type": "string"},
+        "state": {"type": "string", "enum": [s.value for s in DeliveryState]},
+        "attempts": {"type": "integer"},
+        "last_status": {"type": ["integer", "null"]},
+        "last_error": {"type": ["string", "null"]},
+        "created_at": {"type": "string"},
+        "updated_at": {"type": "string"},
+        "delivered_at": {"type": ["string", "null"]},
+    },
+}
+
+
+def _fhir(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/fhir+json": {"schema": FHIR}}}
+
+
+def delivery_paths() -> dict[str, Any]:
+    """Reports for other systems: FHIR (api/fhir.py) and webhooks (api/webhooks.py)."""
+    return {
+        "/api/v1/specimens/{specimen_id}/fhir": {
+            "get": {
+                "summary": "the FHIR DiagnosticReport of a signed specimen (latest sign-off)",
+                "parameters": [
+                    {
+                        "name": "specimen_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": _fhir("DiagnosticReport with contained Specimen and Observations"),
+                    **_errors(404, 409, 503),
+                },
+            }
+        },
+        "/api/v1/batches/{batch_id}/fhir": {
+            "get": {
+                "summary": "a FHIR Bundle (collection) of the batch's signed specimens' reports",
+                "parameters": [BATCH_ID],
+                "responses": {"200": _fhir("Bundle"), **_errors(404, 503)},
+            }
+        },
+        "/api/v1/webhooks": {
+            "get": {
+                "summary": "webhooks (admin)",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["webhooks"],
+                            "properties": {"webhooks": {"type": "array", "items": WEBHOOK}},
+                        },
+                        "webhooks",
+                    ),
+                    **_errors(503),
+                },
+            },
+            "post": {
+                "summary": "add a webhook; its signing secret is shown once (admin)",
+                "requestBody": _json_body(
+                    {
+                        "type": "object",
+                        "required": ["url", "events"],
+                        "properties": {
+                            "url": {"type": "string"},
+                            "events": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": {
+                                    "type": "string",
+                                    "enum": [e.value for e in WebhookEvent],
+                                },
+                            },
+                        },
+                    }
+                ),
+                "responses": {"201": _json(WEBHOOK, "created"), **_errors(400, 503)},
+            },
+        },
+        "/api/v1/webhooks/{webhook_id}": {
+            "delete": {
+                "summary": "deactivate a webhook; its log stays (admin)",
+                "parameters": [_id("webhook_id")],
+                "responses": {"200": _json(WEBHOOK, "deactivated"), **_errors(404, 503)},
+            }
+        },
+        "/api/v1/webhooks/{webhook_id}/deliveries": {
+            "get": {
+                "summary": "the delivery log of a webhook, newest first (admin)",
+                "parameters": [
+                    _id("webhook_id"),
+                    _query("state", {"type": "string", "enum": [s.value for s in DeliveryState]}),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["webhook", "deliveries"],
+                            "properties": {
+                                "webhook": WEBHOOK,
+                                "deliveries": {"type": "array", "items": DELIVERY},
+                            },
+                        },
+                        "deliveries",
+                    ),
+                    **_errors(400, 404, 503),
+                },
+            }
+        },
+        "/api/v1/webhook-deliveries/{delivery_id}/resend": {
+            "post": {
+                "summary": "send a delivery again, same delivery id (admin)",
+                "parameters": [
+                    {
+                        "name": "delivery_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {"202": _json(DELIVERY, "queued"), **_errors(404, 409, 503)},
+            }
+        },
+    }
+
+
 @functools.cache
 def spec() -> dict[str, Any]:
     intake_responses = {
@@ -603,6 +765,7 @@ def spec() -> dict[str, Any]:
         "paths": {
             **review_and_account_paths(),
             **specimen_paths(),
+            **delivery_paths(),
             "/healthz": {
                 "get": {
                     "summary": "database and broker reachable",
@@ -761,7 +924,7 @@ def spec() -> dict[str, Any]:
                                 for t in MIME_TYPES.values()
                             },
                         },
-                        **_errors(404, 503),
+                        **_errors(404, 410, 503),
                     },
                 }
             },

@@ -12,6 +12,7 @@ from flask import Blueprint, flash, jsonify, redirect, render_template, request,
 from api import context
 from api.auth import actor, require_role
 from api.errors import ApiError
+from api.fhir import emit_specimen_signed
 from api.params import int_arg, json_object
 from db.models import Interpretation, Role
 from db.specimens import INTERPRETATION_TEXT, list_specimens, load_specimen, sign
@@ -66,6 +67,7 @@ def sign_json(specimen_id: str):
     with context.sessions().begin() as session:
         row = sign(session, _specimen_arg(specimen_id), interpretation, actor(), comment, amends)
         signoff_id = row.id
+        emit_specimen_signed(session, specimen_id)
     with context.sessions()() as session:
         specimen = load_specimen(session, specimen_id)
     return jsonify(signoff_id=signoff_id, specimen=specimen.as_dict()), 201
@@ -108,6 +110,7 @@ def specimen_sign(specimen_id: str):
             request.form.get("comment", ""),
             amends,
         )
+        emit_specimen_signed(session, specimen_id)
     interpretation = request.form.get("interpretation", "")
     flash(f"Specimen {specimen_id} signed: {INTERPRETATION_TEXT[Interpretation(interpretation)]}.")
     return redirect(url_for("specimen_pages.specimen_page", specimen_id=specimen_id))

@@ -96,7 +96,7 @@ def _count_gpus() -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from worker.celery_app import RECONCILE_QUEUE, app
+    from worker.celery_app import RECONCILE_QUEUE, WEBHOOK_QUEUE, app
     from worker.runtime import use_settings
 
     settings = load_settings()
@@ -105,6 +105,9 @@ def _worker(args: argparse.Namespace) -> int:
         # The host that schedules the reconciler also runs it: its own queue still keeps a
         # scoring backlog from delaying a run by more than the chunk in progress.
         queues.append(RECONCILE_QUEUE)
+    if RECONCILE_QUEUE in queues:
+        # Webhook sends need no model either: the housekeeping worker takes them.
+        queues.append(WEBHOOK_QUEUE)
     argv = [
         "worker",
         "-Q",
@@ -127,6 +130,9 @@ def _worker(args: argparse.Namespace) -> int:
             return 2
         settings = replace(settings, gpu_count=gpus)
         concurrency = concurrency or gpus
+    if args.queue == RECONCILE_QUEUE:
+        # Two processes: one waiting on a slow webhook receiver leaves one for the reconciler.
+        concurrency = concurrency or 2
     # The pool processes are forked from this one: each pins its GPU from these settings.
     use_settings(settings)
     argv += ["--concurrency", str(concurrency or 1)]
@@ -169,6 +175,27 @@ def _reconcile(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     report = reconcile(app, session_factory(engine_for(settings.database_url)), settings)
+    print(json.dumps(asdict(report)))
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from db.retention import purge_old_images
+    from leukoscreen.storage import ContentStore
+
+    settings = load_settings()
+    if settings.retain_images_days <= 0:
+        print("LEUKOSCREEN_RETAIN_IMAGES_DAYS is 0 or unset: images are kept for ever")
+        return 0
+    report = purge_old_images(
+        _sessions(),
+        ContentStore(settings.storage_dir),
+        settings.retain_images_days,
+        _operator(),
+        dry_run=args.dry_run,
+    )
     print(json.dumps(asdict(report)))
     return 0
 
@@ -329,6 +356,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("reconcile", help="re-enqueue stale images once, now")
     p.set_defaults(func=_reconcile)
+
+    p = sub.add_parser(
+        "purge",
+        help="remove the stored pixels of images older than LEUKOSCREEN_RETAIN_IMAGES_DAYS "
+        "(results, decisions, sign-offs and audit stay)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="count what would go, change nothing")
+    p.set_defaults(func=_purge)
 
     p = sub.add_parser("submit", help="upload a folder or files as a batch")
     p.add_argument("paths", nargs="+")

@@ -17,9 +17,12 @@ from sqlalchemy import update
 
 from api import create_app
 from db.accounts import create_token, find_user
-from db.models import Image
+from db.lifecycle import emit
+from db.models import Image, WebhookEvent
 from db.session import engine_for, session_factory
+from db.webhooks import create_webhook
 from tests.conftest import PASSWORD, create_account, csrf_token, smear_like_jpeg
+from tests.lisdata import scored_specimen, sign_specimen
 from tests.reviewdata import seed_scored
 
 ROLES = ("anonymous", "uploader", "reviewer", "admin")
@@ -63,6 +66,9 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int]] = {
     ("GET", "/api/v1/specimens"): (401, 200, 200, 200),
     ("GET", "/api/v1/specimens/<specimen_id>"): (401, 200, 200, 200),
     ("GET", "/api/v1/images/<int:image_id>/thumbnail"): (401, 200, 200, 200),
+    # reports for other systems: whoever may export results may download them
+    ("GET", "/api/v1/specimens/<specimen_id>/fhir"): (401, 200, 200, 200),
+    ("GET", "/api/v1/batches/<batch_id>/fhir"): (401, 200, 200, 200),
     # JSON API for reviewers
     ("GET", "/api/v1/review/queue"): (401, 403, 200, 200),
     ("GET", "/api/v1/review/items/<int:image_id>"): (401, 403, 200, 200),
@@ -79,6 +85,11 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int]] = {
     ("GET", "/api/v1/tokens"): (401, 403, 403, 200),
     ("DELETE", "/api/v1/tokens/<int:token_id>"): (401, 403, 403, 200),
     ("GET", "/api/v1/audit"): (401, 403, 403, 200),
+    ("GET", "/api/v1/webhooks"): (401, 403, 403, 200),
+    ("POST", "/api/v1/webhooks"): (401, 403, 403, 201),
+    ("DELETE", "/api/v1/webhooks/<int:webhook_id>"): (401, 403, 403, 200),
+    ("GET", "/api/v1/webhooks/<int:webhook_id>/deliveries"): (401, 403, 403, 200),
+    ("POST", "/api/v1/webhook-deliveries/<delivery_id>/resend"): (401, 403, 403, 202),
 }
 
 _serial = itertools.count(1000)
@@ -90,6 +101,9 @@ class Ids:
     image_id: int
     user_id: int
     token_ids: dict[str, int]  # rule -> a token that route may revoke
+    signed_specimen: str = ""
+    webhook_id: int = 0
+    delivery_id: str = ""
 
 
 def _body(method: str, rule: str, role: str) -> dict[str, Any]:
@@ -119,6 +133,9 @@ def _body(method: str, rule: str, role: str) -> dict[str, Any]:
         ("POST", "/specimens/<specimen_id>/sign"): {
             "data": {"interpretation": "no_leukemia_detected"}
         },
+        ("POST", "/api/v1/webhooks"): {
+            "json": {"url": f"https://lis.example/hook{n}", "events": ["specimen.signed"]}
+        },
     }
     return bodies.get((method, rule), {})
 
@@ -128,6 +145,8 @@ def _path(rule: str, ids: Ids) -> str:
     path = path.replace("<int:image_id>", str(ids.image_id))
     path = path.replace("<int:user_id>", str(ids.user_id))
     path = path.replace("<int:token_id>", str(ids.token_ids.get(rule, 0)))
+    path = path.replace("<int:webhook_id>", str(ids.webhook_id))
+    path = path.replace("<delivery_id>", ids.delivery_id)
     assert "<" not in path, f"no real id for {rule}: extend _path"
     query = {
         "/api/v1/batches/<batch_id>/threshold": "?t=0.3",
@@ -158,6 +177,8 @@ def _request(app, clients, tokens, role: str, method: str, rule: str, ids: Ids):
     # Each role signs a specimen of its own (a second signature would be a 409).
     page_or_api = "page" if not rule.startswith("/api/") else "api"
     specimen = f"SPEC-{role}-{page_or_api}"
+    if rule.endswith("/fhir"):
+        specimen = ids.signed_specimen  # a report exists once signed (409 before)
     path, body = _path(rule.replace("<specimen_id>", specimen), ids), _body(method, rule, role)
     if rule == "/admin/tokens" and "data" in body:
         body["data"]["user_id"] = str(ids.user_id)
@@ -225,6 +246,16 @@ def world(db_settings):  # type: ignore[no-untyped-def]
         }
         s.flush()
         ids = Ids(batch_id, image_ids[0], target.id, {r: t.id for r, t in revocable.items()})
+    ids.signed_specimen = "SPEC-SIGNED"
+    scored_specimen(url, ids.signed_specimen, [0.1])
+    sign_specimen(url, ids.signed_specimen, "no_leukemia_detected")
+    with session_factory(engine_for(url)).begin() as s:
+        hook = create_webhook(
+            s, "https://lis.example/hook", ["batch.complete"], db_settings.secret_key, None
+        ).webhook
+        s.flush()
+        ids.webhook_id = hook.id
+        ids.delivery_id = emit(s, WebhookEvent.BATCH_COMPLETE, "authz", {})[0]
     clients = {role: _session(app, role) for role in ROLES}
     return app, clients, tokens, ids
 

@@ -5,7 +5,9 @@ Against real gunicorn and Celery processes (the fixtures of tests/test_browser.p
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -90,6 +92,16 @@ def test_pathologist_reviews_and_signs_a_specimen(web, browser):  # noqa: F811 -
     expect(page.locator("#signoffs li")).to_contain_text("Leukemia suspected — signed by dr.path")
     expect(page.locator("#sign-h")).to_have_text("Amend the sign-off")
     page.screenshot(path=str(ARTIFACTS / "22-specimen-signed.png"), full_page=True)
+
+    # The report for the laboratory information system, from the link on the page.
+    with page.expect_download() as download_info:
+        page.click("#fhir-link")
+    report = json.loads(Path(download_info.value.path()).read_text())
+    from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+
+    parsed = DiagnosticReport.model_validate(report)
+    assert parsed.status == "final"
+    assert parsed.conclusion and "blasts in every field" in parsed.conclusion
 
     listed = page.request.get(f"{base}/api/v1/specimens/ACC-2026-0001").json()
     assert listed["status"] == "signed"
