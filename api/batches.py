@@ -21,10 +21,18 @@ from api.auth import actor, scope
 from api.errors import ApiError
 from api.intake import FileOutcome, Intake
 from api.params import MAX_SMALL_ID, int_arg
+from api.specimen_ids import (
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    Specimen,
+    SpecimenError,
+    assign,
+    parse_manifest,
+)
 from api.thumbnails import thumbnail_jpeg
 from db import drift, lifecycle
 from db.audit import record_event
-from db.errors import NotFound
+from db.errors import Gone, NotFound
 from db.models import Batch, Image, ImageState
 from db.progress import (
     RESULT_COLUMNS,
@@ -51,6 +59,8 @@ def _outcome_json(o: FileOutcome, image: Image | None) -> dict[str, Any]:
     body: dict[str, Any] = {"file": o.name, "status": o.status}
     if image is not None:
         body["image_id"] = image.id
+        if image.specimen_id:
+            body["specimen_id"] = image.specimen_id
         if image.duplicate_of_id is not None:
             body["duplicate_of"] = image.duplicate_of_id
     if o.sha256:
@@ -61,13 +71,50 @@ def _outcome_json(o: FileOutcome, image: Image | None) -> dict[str, Any]:
     return body
 
 
-def _uploads() -> list[tuple[str, Any]]:
-    files = request.files.getlist("images") + request.files.getlist("archive")
-    if not files:
+def _is_manifest(name: str) -> bool:
+    return name.replace("\\", "/").rsplit("/", 1)[-1].lower() == MANIFEST_NAME
+
+
+def _uploads() -> tuple[list[tuple[str, Any]], list[Any]]:
+    """The request's files, and which of their streams are specimen manifests.
+
+    A manifest is the ``manifest`` field's file, or a ``manifest.csv`` sent among the images.
+    """
+    fields = request.files.getlist("images") + request.files.getlist("archive")
+    manifests = request.files.getlist("manifest")
+    manifests += [f for f in fields if _is_manifest(f.filename or "")]
+    if len(manifests) == len(fields) + len(request.files.getlist("manifest")):
         other = sorted(request.files.keys())
         hint = f" (got file fields {other})" if other else ""
         raise ApiError(400, f"no files: send them as multipart form field 'images'{hint}")
-    return [(f.filename or "unnamed", f.stream) for f in files]
+    files = fields + request.files.getlist("manifest")
+    return [(f.filename or "unnamed", f.stream) for f in files], [f.stream for f in manifests]
+
+
+def _specimens(intake: Intake, manifests: list[bytes]) -> dict[str, Specimen]:
+    """Each file's specimen, or a 422 listing every problem (nothing is recorded then)."""
+    outcomes = intake.report.outcomes
+    try:
+        if intake.manifest_problems:
+            raise SpecimenError(intake.manifest_problems)
+        if len(manifests) > 1:
+            raise SpecimenError([f"{len(manifests)} manifests sent: send one {MANIFEST_NAME}"])
+        return assign(
+            [o.name for o in outcomes],
+            archives=intake.archives,
+            manifest=parse_manifest(manifests[0]) if manifests else None,
+            folders=request.form.get("specimen_folders", "").lower() in ("1", "true", "yes"),
+            upload_id=request.form.get("specimen_id") or None,
+            # A rejected file is answered with its reason whether or not it has an id.
+            required={o.name for o in outcomes if o.status != "rejected"},
+        )
+    except SpecimenError as exc:
+        raise ApiError(
+            422,
+            "the specimen identities of this upload are unusable: nothing was recorded",
+            problems=exc.problems,
+            files=[_outcome_json(o, None) for o in outcomes],
+        ) from None
 
 
 def _answer(body: dict[str, Any], replayed: bool = False) -> tuple[Response, int]:
@@ -80,7 +127,7 @@ def _answer(body: dict[str, Any], replayed: bool = False) -> tuple[Response, int
 
 def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
     key = idempotency.request_key()
-    uploads = _uploads()
+    uploads, manifest_streams = _uploads()
     sent = idempotency.fingerprint(uploads)
     if key is not None and (first := idempotency.first_answer(key, sent)) is not None:
         return _answer(first, replayed=True)
@@ -95,7 +142,7 @@ def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
             )
     intake = Intake(settings, context.store(), known)
     try:
-        return _check_and_record(intake, uploads, batch, name, key, sent)
+        return _check_and_record(intake, uploads, manifest_streams, batch, name, key, sent)
     except IntegrityError:
         # A copy of this request with the same key committed first: answer as it did.
         _remove_unrecorded(intake.created)
@@ -150,14 +197,21 @@ def _remove_unrecorded(keys: list[str]) -> None:
 def _check_and_record(
     intake: Intake,
     uploads: list[tuple[str, Any]],
+    manifest_streams: list[Any],
     batch: Batch | None,
     name: str | None,
     key: str | None,
     sent: str,
 ) -> tuple[Response, int]:
     settings, sessions = context.settings(), context.sessions()
+    manifests: list[bytes] = []
     for filename, stream in uploads:
-        intake.add_upload(filename, stream)
+        if any(stream is m for m in manifest_streams):
+            manifests.append(stream.read(MAX_MANIFEST_BYTES + 1))
+        else:
+            intake.add_upload(filename, stream)
+    manifests += intake.manifests
+    specimens = _specimens(intake, manifests)
     report = intake.report
 
     accepted = [o for o in report.outcomes if o.status == "accepted"]
@@ -197,6 +251,7 @@ def _check_and_record(
                 # keep the order the files were sent in.
                 session.flush()
             source = twin or o
+            specimen = specimens.get(o.name)
             image = lifecycle.admit(
                 session,
                 batch,
@@ -212,6 +267,8 @@ def _check_and_record(
                 height=source.height,
                 format=source.format,
                 error=o.reason,
+                specimen_id=specimen.specimen_id if specimen else None,
+                specimen_source=specimen.source or None if specimen else None,
                 reason_code=o.code,
             )
             if o.status == "accepted" and o.sha256:
@@ -391,6 +448,8 @@ def _stored(image_id: int) -> tuple[Image, str]:
         image = image_or_404(session, scope(), image_id)
         if image.storage_key is None:
             raise NotFound(f"image {image_id} was rejected and not stored: {image.error}")
+        if image.purged_at is not None:
+            raise Gone(f"image purged: image {image_id}'s pixels were removed by retention")
     return image, image.storage_key
 
 

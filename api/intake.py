@@ -18,6 +18,7 @@ from typing import IO, BinaryIO
 from PIL import Image, UnidentifiedImageError
 
 from api.deidentify import StripError, strip_metadata
+from api.specimen_ids import MANIFEST_NAME, MAX_MANIFEST_BYTES
 from leukoscreen.config import Settings
 from leukoscreen.imagetypes import canonical_format, describe_formats
 from leukoscreen.storage import ContentStore, Staged, TooLarge
@@ -175,6 +176,11 @@ class Intake:
         self.created: list[str] = []
         # Bytes this request may still unpack (plain files and archive entries, as read).
         self.unpacked_left = settings.max_unpacked_bytes
+        # Zip uploads' names (their entries are reported as "archive.zip/inner/path") and the
+        # specimen manifests found at the top of them (``api.specimen_ids``).
+        self.archives: set[str] = set()
+        self.manifests: list[bytes] = []
+        self.manifest_problems: list[str] = []
 
     def _request_spent(self) -> str:
         return (
@@ -210,6 +216,7 @@ class Intake:
             self._reject(name, str(exc), code=Code.FILE_TOO_LARGE)
             return
         if self._is_zip(staged):
+            self.archives.add(name)
             try:
                 self._add_zip(name, staged)
             finally:
@@ -328,6 +335,9 @@ class Intake:
         spent: str | None = None
         for info, reason, code in self._zip_entries(entries):
             entry_name = f"{name}/{info.filename}"
+            if info.filename == MANIFEST_NAME and not reason and not spent:
+                self._read_manifest(archive, info, entry_name)
+                continue
             if spent:
                 self._reject(entry_name, spent, info.file_size, Code.NOT_READ)
                 continue
@@ -357,6 +367,20 @@ class Intake:
                 continue
             archive_left -= before - self.unpacked_left
             self._add_staged(entry_name, entry)
+
+    def _read_manifest(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> None:
+        # A manifest that cannot be read refuses the whole request (see api.specimen_ids).
+        if info.file_size > MAX_MANIFEST_BYTES:
+            self.manifest_problems.append(f"{name} is larger than {MAX_MANIFEST_BYTES} bytes")
+            return
+        try:
+            with archive.open(info) as member:
+                data = member.read(MAX_MANIFEST_BYTES + 1)
+        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
+            self.manifest_problems.append(f"{name} cannot be read: {exc}")
+            return
+        self.unpacked_left -= len(data)
+        self.manifests.append(data)
 
     def _zip_entries(
         self, entries: list[zipfile.ZipInfo]

@@ -112,6 +112,8 @@ class Image(Base):
         # The reconciler looks for stale queued/scoring images across all batches.
         Index("ix_image_state_updated", "state", "updated_at"),
         Index("ix_image_sha256", "sha256"),
+        # A specimen's images, and the specimen list's GROUP BY.
+        Index("ix_image_specimen", "specimen_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -135,6 +137,12 @@ class Image(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     enqueued_at: Mapped[datetime | None] = mapped_column()
+    # The laboratory's specimen (accession number) the image is a field of, checked by
+    # ``api.specimen_ids``; None when the upload named none.
+    specimen_id: Mapped[str | None] = mapped_column(String(64))
+    specimen_source: Mapped[str | None] = mapped_column(String(255))
+    # Set when retention removed the stored pixels; the row, results and decisions stay.
+    purged_at: Mapped[datetime | None] = mapped_column()
 
     batch: Mapped[Batch] = relationship(back_populates="images")
     results: Mapped[list[Result]] = relationship(back_populates="image")
@@ -353,3 +361,97 @@ class IdempotencyKey(Base):
     status: Mapped[int] = mapped_column(Integer)
     body: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Interpretation(enum.StrEnum):
+    """A pathologist's conclusion for a whole specimen."""
+
+    LEUKEMIA_SUSPECTED = "leukemia_suspected"
+    NO_LEUKEMIA_DETECTED = "no_leukemia_detected"
+    INADEQUATE_SAMPLE = "inadequate_sample"
+
+
+class SpecimenSignoff(Base):
+    """A signed interpretation of a specimen. Append-only: an amendment is a new row.
+
+    ``seq`` = previous seq + 1 (unique), so two people signing at once cannot both extend the
+    same history; an amendment names the row it replaces in ``amends_id``.
+    """
+
+    __tablename__ = "specimen_signoff"
+    __table_args__ = (
+        # A specimen is an id within one laboratory (0008): two laboratories may use the same.
+        UniqueConstraint("laboratory_id", "specimen_id", "seq", name="uq_signoff_lab_specimen_seq"),
+        Index("ix_signoff_created", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # Nullable only so that the column is added without rewriting old rows first; always set.
+    laboratory_id: Mapped[int | None] = mapped_column(ForeignKey("laboratory.id"))
+    specimen_id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(Integer)
+    interpretation: Mapped[str] = mapped_column(String(32))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    amends_id: Mapped[int | None] = mapped_column(ForeignKey("specimen_signoff.id"))
+    # What was signed: image ids, their results and decisions at that moment, so that an
+    # image added to the specimen afterwards shows the sign-off no longer covers everything.
+    signed_content: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    signed_by_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    signed_by: Mapped[User] = relationship()
+
+
+class WebhookEvent(enum.StrEnum):
+    BATCH_COMPLETE = "batch.complete"
+    SPECIMEN_SIGNED = "specimen.signed"
+
+
+class Webhook(Base):
+    """An admin-configured receiver of events, each delivery signed with its secret."""
+
+    __tablename__ = "webhook"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # Only this laboratory's events are sent to it; only its admins see and manage it.
+    laboratory_id: Mapped[int] = mapped_column(ForeignKey("laboratory.id"))
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Encrypted with a key derived from the server's secret key (``db.webhooks``): the sender
+    # needs the secret itself to sign, so it cannot be hashed; it is never shown again.
+    secret_encrypted: Mapped[str] = mapped_column(Text)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DeliveryState(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook (an outbox row, written with the event's own transaction).
+
+    Its id is the delivery id the receiver deduplicates on: retries and re-sends reuse it.
+    """
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        UniqueConstraint("webhook_id", "event", "subject", name="uq_delivery_event"),
+        Index("ix_delivery_state_updated", "state", "updated_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhook.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(255))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column()

@@ -95,6 +95,7 @@ RESULT_COLUMNS = (
     "image_id",
     "batch_name",
     "file_name",
+    "specimen_id",
     "sha256",
     "state",
     "duplicate_of",
@@ -164,6 +165,7 @@ def iter_batch_results(
             "image_id": image.id,
             "batch_name": batch_name,
             "file_name": image.original_name,
+            "specimen_id": image.specimen_id,
             "sha256": image.sha256,
             "state": image.state,
             "duplicate_of": image.duplicate_of_id,
@@ -274,7 +276,7 @@ def batch_images(
                 "state": image.state,
                 "duplicate_of": image.duplicate_of_id,
                 "duplicate_of_file": twin_name,
-                "has_image": image.storage_key is not None,
+                "has_image": image.storage_key is not None and image.purged_at is None,
                 "p_leukemia": result.p_leukemia if result else None,
                 "route": result.route if result else None,
                 "reason": reason,
@@ -288,3 +290,16 @@ def batch_images(
         last = rows[limit - 1]
         cursor = f"{last.rank}:{last.Image.id}"
     return items, cursor
+
+
+def batch_specimen_ids(session: Session, batch_id: str) -> list[str]:
+    """The specimens with an image in the batch, in order."""
+    return [
+        str(s)
+        for s in session.scalars(
+            select(Image.specimen_id)
+            .where(Image.batch_id == batch_id, Image.specimen_id.is_not(None))
+            .distinct()
+            .order_by(Image.specimen_id)
+        )
+    ]

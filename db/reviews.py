@@ -98,6 +98,7 @@ class QueueFilter:
     threshold: float | None = None
     ascending: bool = False
     route: str = ALL_ROUTES  # one of QUEUE_ROUTES
+    specimen_id: str | None = None  # one specimen's images (review grouped by specimen)
 
 
 def _item_select() -> Select:
@@ -106,6 +107,7 @@ def _item_select() -> Select:
             Image.id.label("image_id"),
             Image.original_name.label("file_name"),
             Image.batch_id,
+            Image.specimen_id,
             Batch.name.label("batch_name"),
             Result.id.label("result_id"),
             Result.p_leukemia,
@@ -139,6 +141,7 @@ def _item_json(row: Any) -> dict[str, Any]:
         "file_name": row.file_name,
         "batch_id": row.batch_id,
         "batch_name": row.batch_name,
+        "specimen_id": row.specimen_id,
         "result_id": row.result_id,
         "p_leukemia": row.p_leukemia,
         "flagged": row.flagged,
@@ -200,6 +203,8 @@ def queue_statement(
         stmt = stmt.where(Result.batch_id == f.batch_id)
     else:
         stmt = stmt.where(first_copy_condition())
+    if f.specimen_id:
+        stmt = stmt.where(Image.specimen_id == f.specimen_id)
     if f.since:
         stmt = stmt.where(Result.scored_at >= f.since)
     if f.until:

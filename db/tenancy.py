@@ -27,6 +27,8 @@ from db.models import (
     LaboratoryGrant,
     Role,
     User,
+    Webhook,
+    WebhookDelivery,
 )
 
 DEFAULT_LAB = "default"  # the laboratory migration 0008 creates and files old data in
@@ -122,6 +124,24 @@ def token_or_404(session: Session, scope: Scope, token_id: int) -> ApiToken:
     )
     token: ApiToken = _one_or_404(session, stmt, "token", token_id)
     return token
+
+
+def webhook_or_404(session: Session, scope: Scope, webhook_id: int) -> Webhook:
+    stmt = scoped(select(Webhook).where(Webhook.id == webhook_id), scope, Webhook.laboratory_id)
+    webhook: Webhook = _one_or_404(session, stmt, "webhook", webhook_id)
+    return webhook
+
+
+def delivery_or_404(session: Session, scope: Scope, delivery_id: str) -> WebhookDelivery:
+    stmt = scoped(
+        select(WebhookDelivery)
+        .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+        .where(WebhookDelivery.id == delivery_id),
+        scope,
+        Webhook.laboratory_id,
+    )
+    delivery: WebhookDelivery = _one_or_404(session, stmt, "delivery", delivery_id)
+    return delivery
 
 
 def laboratory_or_404(session: Session, scope: Scope, laboratory_id: int) -> Laboratory:

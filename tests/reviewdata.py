@@ -9,8 +9,11 @@ from pathlib import Path
 
 from db.models import Batch, Image, ImageState, ModelVersion, Result
 from db.session import engine_for, session_factory
-from db.tenancy import DEFAULT_LAB_ID
+from db.tenancy import DEFAULT_LAB_ID, Scope
 from leukoscreen.storage import ContentStore
+
+# What the command line and other system callers see: every laboratory.
+EVERY_LAB = Scope(home=DEFAULT_LAB_ID, labs=None)
 
 
 def seed_scored(

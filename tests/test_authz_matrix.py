@@ -16,13 +16,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from api import create_app
 from db.accounts import create_laboratory, create_token, create_user, find_laboratory, find_user
-from db.models import ApiToken, Image, Review
+from db.lifecycle import emit
+from db.models import ApiToken, Image, Review, SpecimenSignoff, Webhook, WebhookEvent
 from db.session import engine_for, session_factory
+from db.tenancy import DEFAULT_LAB_ID
+from db.webhooks import create_webhook
 from tests.conftest import PASSWORD, create_account, csrf_token, smear_like_jpeg
+from tests.lisdata import scored_specimen, sign_specimen
 from tests.reviewdata import seed_scored
 
 ROLES = ("anonymous", "uploader", "reviewer", "admin", "global")  # global: a global admin
@@ -41,6 +45,9 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int, int]] = {
     ("GET", "/batches/<batch_id>"): (LOGIN, 200, 200, 200, 200),
     ("GET", "/upload"): (LOGIN, 200, 200, 200, 200),
     ("GET", "/single"): (LOGIN, 200, 200, 200, 200),
+    ("GET", "/specimens"): (LOGIN, 200, 200, 200, 200),
+    ("GET", "/specimens/<specimen_id>"): (LOGIN, 200, 200, 200, 200),
+    ("POST", "/specimens/<specimen_id>/sign"): (LOGIN, 403, 302, 302, 302),
     ("POST", "/logout"): (LOGIN, 302, 302, 302, 302),
     # reviewer pages
     ("GET", "/review"): (LOGIN, 403, 200, 200, 200),
@@ -62,6 +69,11 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int, int]] = {
     ("GET", "/api/v1/batches/<batch_id>/images"): (401, 200, 200, 200, 200),
     ("GET", "/api/v1/images/<int:image_id>"): (401, 200, 200, 200, 200),
     ("GET", "/api/v1/images/<int:image_id>/thumbnail"): (401, 200, 200, 200, 200),
+    ("GET", "/api/v1/specimens"): (401, 200, 200, 200, 200),
+    ("GET", "/api/v1/specimens/<specimen_id>"): (401, 200, 200, 200, 200),
+    # reports for other systems: whoever may export results may download them
+    ("GET", "/api/v1/specimens/<specimen_id>/fhir"): (401, 200, 200, 200, 200),
+    ("GET", "/api/v1/batches/<batch_id>/fhir"): (401, 200, 200, 200, 200),
     # JSON API for reviewers
     ("GET", "/api/v1/review/queue"): (401, 403, 200, 200, 200),
     ("GET", "/api/v1/review/items/<int:image_id>"): (401, 403, 200, 200, 200),
@@ -69,6 +81,7 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int, int]] = {
     ("POST", "/api/v1/images/<int:image_id>/reviews"): (401, 403, 201, 201, 201),
     ("GET", "/api/v1/batches/<batch_id>/threshold"): (401, 403, 200, 200, 200),
     ("GET", "/api/v1/batches/<batch_id>/sample"): (401, 403, 200, 200, 200),
+    ("POST", "/api/v1/specimens/<specimen_id>/signoffs"): (401, 403, 201, 201, 201),
     # JSON API for admins
     ("GET", "/api/v1/users"): (401, 403, 403, 200, 200),
     ("POST", "/api/v1/users"): (401, 403, 403, 201, 201),
@@ -77,6 +90,11 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int, int]] = {
     ("GET", "/api/v1/tokens"): (401, 403, 403, 200, 200),
     ("DELETE", "/api/v1/tokens/<int:token_id>"): (401, 403, 403, 200, 200),
     ("GET", "/api/v1/audit"): (401, 403, 403, 200, 200),
+    ("GET", "/api/v1/webhooks"): (401, 403, 403, 200, 200),
+    ("POST", "/api/v1/webhooks"): (401, 403, 403, 201, 201),
+    ("DELETE", "/api/v1/webhooks/<int:webhook_id>"): (401, 403, 403, 200, 200),
+    ("GET", "/api/v1/webhooks/<int:webhook_id>/deliveries"): (401, 403, 403, 200, 200),
+    ("POST", "/api/v1/webhook-deliveries/<delivery_id>/resend"): (401, 403, 403, 202, 202),
     ("GET", "/api/v1/laboratories"): (401, 403, 403, 200, 200),
     ("POST", "/api/v1/laboratories"): (401, 403, 403, 403, 201),
 }
@@ -98,6 +116,9 @@ CROSS: dict[tuple[str, str], str] = {
     ("GET", "/upload"): SAME,
     ("GET", "/single"): SAME,
     ("POST", "/logout"): SAME,
+    ("GET", "/specimens"): ABSENT,
+    ("GET", "/specimens/<specimen_id>"): HIDDEN,
+    ("POST", "/specimens/<specimen_id>/sign"): NOT_DONE,
     ("GET", "/review"): ABSENT,  # its batch filter lists lab A's batch for nobody in B
     ("GET", "/review/sample/<batch_id>"): HIDDEN,
     ("GET", "/admin"): ABSENT,
@@ -115,6 +136,16 @@ CROSS: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/images/<int:image_id>"): HIDDEN,
     ("GET", "/api/v1/images/<int:image_id>/thumbnail"): HIDDEN,
     ("GET", "/api/v1/batches/<batch_id>/images"): HIDDEN,
+    ("GET", "/api/v1/specimens"): ABSENT,
+    ("GET", "/api/v1/specimens/<specimen_id>"): HIDDEN,
+    ("GET", "/api/v1/specimens/<specimen_id>/fhir"): HIDDEN,
+    ("GET", "/api/v1/batches/<batch_id>/fhir"): HIDDEN,
+    ("POST", "/api/v1/specimens/<specimen_id>/signoffs"): HIDDEN,
+    ("GET", "/api/v1/webhooks"): ABSENT,
+    ("POST", "/api/v1/webhooks"): SAME,  # a webhook of the admin's own laboratory
+    ("DELETE", "/api/v1/webhooks/<int:webhook_id>"): HIDDEN,
+    ("GET", "/api/v1/webhooks/<int:webhook_id>/deliveries"): HIDDEN,
+    ("POST", "/api/v1/webhook-deliveries/<delivery_id>/resend"): HIDDEN,
     ("GET", "/api/v1/review/queue"): ABSENT,
     ("GET", "/api/v1/review/items/<int:image_id>"): HIDDEN,
     ("GET", "/api/v1/images/<int:image_id>/reviews"): HIDDEN,
@@ -136,6 +167,7 @@ EXPORTS = ("?format=csv", "?format=json")
 LAB_B_ROLES = ("uploader", "reviewer", "admin")  # lab B's users are named "<role>_b"
 LAB_A = "default"  # the laboratory of MATRIX's principals and of every object they use
 TARGET = "amelia"  # lab A's uploader whose account the admin routes change
+LAB_A_HOOK = "https://lis.example/hook-of-lab-a"
 
 _serial = itertools.count(1000)
 
@@ -146,6 +178,9 @@ class Ids:
     image_id: int
     user_id: int
     token_ids: dict[str, int]  # rule -> a token that route may revoke
+    signed_specimen: str = ""
+    webhook_id: int = 0
+    delivery_id: str = ""
 
 
 def _body(method: str, rule: str, role: str) -> dict[str, Any]:
@@ -163,6 +198,15 @@ def _body(method: str, rule: str, role: str) -> dict[str, Any]:
             "json": {"name": f"new{n}", "role": "uploader", "password": PASSWORD}
         },
         ("POST", "/api/v1/laboratories"): {"json": {"name": f"lab{n}"}},
+        ("POST", "/api/v1/specimens/<specimen_id>/signoffs"): {
+            "json": {"interpretation": "no_leukemia_detected"}
+        },
+        ("POST", "/specimens/<specimen_id>/sign"): {
+            "data": {"interpretation": "no_leukemia_detected"}
+        },
+        ("POST", "/api/v1/webhooks"): {
+            "json": {"url": f"https://lis.example/hook{n}", "events": ["specimen.signed"]}
+        },
         ("POST", "/admin/laboratories"): {"data": {"name": f"pagelab{n}"}},
         ("PATCH", "/api/v1/users/<int:user_id>"): {"json": {"role": "reviewer"}},
         ("POST", "/api/v1/users/<int:user_id>/tokens"): {"json": {"label": f"t{n}"}},
@@ -180,6 +224,8 @@ def _path(rule: str, ids: Ids) -> str:
     path = path.replace("<int:image_id>", str(ids.image_id))
     path = path.replace("<int:user_id>", str(ids.user_id))
     path = path.replace("<int:token_id>", str(ids.token_ids.get(rule, 0)))
+    path = path.replace("<int:webhook_id>", str(ids.webhook_id))
+    path = path.replace("<delivery_id>", ids.delivery_id)
     assert "<" not in path, f"no real id for {rule}: extend _path"
     query = {
         "/api/v1/batches/<batch_id>/threshold": "?t=0.3",
@@ -208,7 +254,13 @@ def _session(app, role: str):  # type: ignore[no-untyped-def]
 
 
 def _request(app, clients, tokens, role: str, method: str, rule: str, ids: Ids):  # type: ignore[no-untyped-def]
-    path, body = _path(rule, ids), _body(method, rule, role)
+    # Each role signs a specimen of its own (a second signature would be a 409); laboratory
+    # B's "<role>_b" is sent laboratory A's specimen of that role.
+    page_or_api = "page" if not rule.startswith("/api/") else "api"
+    specimen = f"SPEC-{role.removesuffix('_b')}-{page_or_api}"
+    if rule.endswith("/fhir"):
+        specimen = ids.signed_specimen  # a report exists once signed (409 before)
+    path, body = _path(rule.replace("<specimen_id>", specimen), ids), _body(method, rule, role)
     if rule == "/admin/tokens" and "data" in body:
         body["data"]["user_id"] = str(ids.user_id)
     if path.startswith("/api/") and role != "anonymous":
@@ -283,6 +335,24 @@ def world(db_settings):  # type: ignore[no-untyped-def]
         }
         s.flush()
         ids = Ids(batch_id, image_ids[0], target.id, {r: t.id for r, t in revocable.items()})
+    # A cleared image per role and surface, each its own specimen, ready to sign.
+    specimens = [f"SPEC-{role}-{where}" for role in ROLES for where in ("page", "api")]
+    _, cleared = seed_scored(url, [0.1] * len(specimens))
+    with session_factory(engine_for(url)).begin() as s:
+        for image_id, specimen in zip(cleared, specimens, strict=True):
+            s.execute(update(Image).where(Image.id == image_id).values(specimen_id=specimen))
+    ids.signed_specimen = "SPEC-SIGNED"
+    scored_specimen(url, ids.signed_specimen, [0.1])
+    sign_specimen(url, ids.signed_specimen, "no_leukemia_detected")
+    with session_factory(engine_for(url)).begin() as s:
+        hook = create_webhook(
+            s, LAB_A_HOOK, ["batch.complete"], db_settings.secret_key, None
+        ).webhook
+        s.flush()
+        ids.webhook_id = hook.id
+        ids.delivery_id = emit(
+            s, WebhookEvent.BATCH_COMPLETE, "authz", {}, laboratory_id=DEFAULT_LAB_ID
+        )[0]
     clients = {role: _session(app, role) for role in ROLES}
     clients |= {f"{role}_b": _session(app, f"{role}_b") for role in LAB_B_ROLES}
     return app, clients, tokens, ids
@@ -313,7 +383,15 @@ def test_each_role_gets_exactly_the_status_in_the_table(world, role):
 
 def _lab_a_markers(ids: Ids) -> tuple[str, ...]:
     """Strings that only laboratory A's objects put into an answer."""
-    return (ids.batch_id, TARGET, "seeded-lab-a", f'"name":"{LAB_A}"', f'"name": "{LAB_A}"')
+    return (
+        ids.batch_id,
+        TARGET,
+        "seeded-lab-a",
+        f'"name":"{LAB_A}"',
+        f'"name": "{LAB_A}"',
+        "SPEC-",
+        LAB_A_HOOK,
+    )
 
 
 def _check_cross(resp, kind: str, expected: int | str, cell: str, ids: Ids, client) -> None:  # type: ignore[no-untyped-def]
@@ -348,10 +426,14 @@ def _lab_a_unchanged(database_url: str, ids: Ids) -> None:
         revoked = s.scalar(
             select(func.count()).select_from(ApiToken).where(ApiToken.revoked_at.is_not(None))
         )
+        signoffs = s.scalar(select(func.count()).select_from(SpecimenSignoff))
+        hook_active = s.scalar(select(Webhook.active).where(Webhook.url == LAB_A_HOOK))
     assert images == 2, "images were added to laboratory A's batch"
     assert reviews == 0, "a decision was recorded on laboratory A's image"
     assert target is not None and target.role == "uploader" and target.active
     assert revoked == 0, "laboratory A's token was revoked"
+    assert signoffs == 1, "a specimen of laboratory A was signed"
+    assert hook_active, "laboratory A's webhook was deactivated"
 
 
 @pytest.mark.parametrize("role", LAB_B_ROLES)

@@ -344,3 +344,49 @@ def _batch_of(database_url: str, image_id: int) -> str:
         image = s.get(Image, image_id)
         assert image is not None
         return image.batch_id
+
+
+def test_a_specimen_id_names_one_specimen_per_laboratory(db_settings):
+    from sqlalchemy import update
+
+    from db.models import Image
+
+    url = db_settings.database_url
+    app = create_app(db_settings)
+    lab_b = _lab(url, "lab-b")
+    _, in_a = seed_scored(url, [0.1], name="a")
+    _, in_b = seed_scored(url, [0.1], name="b", laboratory_id=lab_b)
+    with session_factory(engine_for(url)).begin() as s:
+        s.execute(update(Image).where(Image.id.in_(in_a + in_b)).values(specimen_id="S-1"))
+    reviewer_a = _client(app, _user(url, "ana", "reviewer", DEFAULT_LAB_ID))
+    reviewer_b = _client(app, _user(url, "ben", "reviewer", lab_b))
+    signed = {"interpretation": "no_leukemia_detected"}
+    assert reviewer_a.post("/api/v1/specimens/S-1/signoffs", json=signed).status_code == 201
+    seen_by_b = reviewer_b.get("/api/v1/specimens/S-1").json
+    assert [i["image_id"] for i in seen_by_b["images"]] == in_b
+    assert seen_by_b["status"] == "ready_to_sign"  # A's signature is not B's
+    assert reviewer_b.post("/api/v1/specimens/S-1/signoffs", json=signed).status_code == 201
+    listed = reviewer_b.get("/api/v1/specimens").json["specimens"]
+    assert [(s["specimen_id"], s["images"]) for s in listed] == [("S-1", 1)]
+
+
+def test_webhooks_hear_only_their_own_laboratorys_events(db_settings):
+    from db.lifecycle import subscribers
+    from db.models import WebhookEvent
+    from db.webhooks import create_webhook
+
+    url = db_settings.database_url
+    lab_b = _lab(url, "lab-b")
+    with session_factory(engine_for(url)).begin() as s:
+        key = db_settings.secret_key
+        hook_a = create_webhook(s, "https://a.example/h", ["batch.complete"], key, None)
+        hook_b = create_webhook(s, "https://b.example/h", ["batch.complete"], key, None, lab_b)
+        s.flush()
+        event = WebhookEvent.BATCH_COMPLETE
+        assert subscribers(s, event, lab_b) == [hook_b.webhook.id]
+        assert subscribers(s, event, DEFAULT_LAB_ID) == [hook_a.webhook.id]
+    app = create_app(db_settings)
+    admin_b = _client(app, _user(url, "bea", "admin", lab_b))
+    assert [h["url"] for h in admin_b.get("/api/v1/webhooks").json["webhooks"]] == [
+        "https://b.example/h"
+    ]

@@ -3,10 +3,11 @@ refused
 
 Existing users, batches, reviews and audit rows move into the laboratory named "default";
 existing admins become global admins, so nobody loses the access they had before. A
-content's review history (0006) becomes one per laboratory.
+content's review history (0006) becomes one per laboratory, and so does a specimen id (0009):
+its sign-offs are filed under the laboratory; a webhook hears only its laboratory's events.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0009
 Create Date: 2026-11-26
 """
 
@@ -20,7 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | None = "0006"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -100,6 +101,22 @@ def _drop_append_only_lab_column(table: str) -> None:
         op.drop_column(table, "laboratory_id")
 
 
+SIGNOFF_UNIQUE = {3: "uq_signoff_lab_specimen_seq", 2: "uq_signoff_specimen_seq"}
+
+
+def _swap_signoff_unique(old: tuple[str, ...], new: tuple[str, ...]) -> None:
+    """Replace specimen_signoff's unique key (a constraint since 0009). SQLite rebuilds the
+    table for it, dropping its append-only triggers: they are created again."""
+    with op.batch_alter_table(
+        "specimen_signoff", schema=None, recreate="always" if _dialect() == "sqlite" else "auto"
+    ) as batch_op:
+        batch_op.drop_constraint(SIGNOFF_UNIQUE[len(old)], type_="unique")
+        batch_op.create_unique_constraint(SIGNOFF_UNIQUE[len(new)], list(new))
+    if _dialect() == "sqlite":
+        for statement in _sqlite_triggers("specimen_signoff"):
+            op.execute(statement)
+
+
 def _renumber_per_content() -> None:
     """Back to one history per content across laboratories (0006): where two laboratories
     decided on the same bytes, number their rows again as one, in the order they were made
@@ -168,6 +185,16 @@ def upgrade() -> None:
         "uq_review_lab_sha256_seq", "review", ["laboratory_id", "sha256", "seq"], unique=True
     )
 
+    # Sign-offs: a specimen id is unique within a laboratory only.
+    _append_only_lab_column(
+        "specimen_signoff",
+        "coalesce((SELECT min(batch.laboratory_id) FROM image JOIN batch "
+        "ON batch.id = image.batch_id WHERE image.specimen_id = specimen_signoff.specimen_id), "
+        f"{DEFAULT_ID})",
+    )
+    _swap_signoff_unique(("specimen_id", "seq"), ("laboratory_id", "specimen_id", "seq"))
+    _lab_column("webhook")
+
     # 0002's row triggers refuse UPDATE and DELETE; TRUNCATE fires no row trigger, so the
     # append-only tables also get a statement trigger (SQLite has no TRUNCATE).
     if _dialect() == "postgresql":
@@ -182,6 +209,11 @@ def downgrade() -> None:
     if _dialect() == "postgresql":
         for table in APPEND_ONLY:
             op.execute(f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}")
+    with op.batch_alter_table("webhook", schema=None) as batch_op:
+        batch_op.drop_constraint("fk_webhook_laboratory_id_laboratory", type_="foreignkey")
+        batch_op.drop_column("laboratory_id")
+    _swap_signoff_unique(("laboratory_id", "specimen_id", "seq"), ("specimen_id", "seq"))
+    _drop_append_only_lab_column("specimen_signoff")
     op.drop_index("uq_review_lab_sha256_seq", table_name="review")
     _renumber_per_content()
     op.create_index("uq_review_sha256_seq", "review", ["sha256", "seq"], unique=True)
