@@ -48,6 +48,14 @@ OLD_ROWS = [
 ]
 
 
+SPECIMEN_ROWS = [
+    "UPDATE image SET specimen_id = 'S-1' WHERE id = 1",
+    "INSERT INTO specimen_signoff (specimen_id, seq, interpretation, comment, signed_content, "
+    "signed_by_id, created_at) VALUES ('S-1', 1, 'no_leukemia_detected', '', '{}', 2, "
+    "CURRENT_TIMESTAMP)",
+    "INSERT INTO webhook (url, events, secret_encrypted, active, created_at) VALUES "
+    "('https://lis.example/h', '[]', 'x', true, CURRENT_TIMESTAMP)",
+]
 SECOND_LAB_ROWS = [
     "INSERT INTO laboratory (name, created_at) VALUES ('north', CURRENT_TIMESTAMP)",
     "INSERT INTO batch (id, laboratory_id, name, submitted_by, created_at, state) VALUES "
@@ -72,8 +80,16 @@ def test_migration_0008_files_existing_data_in_the_default_laboratory_and_back(e
     with engine.begin() as conn:
         for statement in OLD_ROWS:
             conn.execute(text(statement))
+    migrate.upgrade(empty_database, "0009")
+    with engine.begin() as conn:
+        for statement in SPECIMEN_ROWS:
+            conn.execute(text(statement))
     migrate.upgrade(empty_database, "0008")
     with engine.connect() as conn:
+        assert _rows(conn, "SELECT laboratory_id, seq FROM specimen_signoff") == [
+            (DEFAULT_LAB_ID, 1)
+        ]
+        assert _rows(conn, "SELECT laboratory_id FROM webhook") == [(DEFAULT_LAB_ID,)]
         assert _rows(conn, "SELECT id, name FROM laboratory") == [(DEFAULT_LAB_ID, "default")]
         assert _rows(conn, "SELECT laboratory_id FROM batch") == [(DEFAULT_LAB_ID,)]
         users = _rows(
@@ -113,7 +129,7 @@ def test_migration_0008_files_existing_data_in_the_default_laboratory_and_back(e
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("table", ["review", "audit_event"])
+@pytest.mark.parametrize("table", ["review", "audit_event", "specimen_signoff"])
 def test_truncate_of_an_append_only_table_is_refused(postgres_url, table):
     migrate.upgrade(postgres_url)
     engine = create_engine(postgres_url, poolclass=NullPool)

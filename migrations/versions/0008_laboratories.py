@@ -27,7 +27,7 @@ depends_on: str | Sequence[str] | None = None
 
 DEFAULT_LAB = "default"
 DEFAULT_ID = f"(SELECT id FROM laboratory WHERE name = '{DEFAULT_LAB}')"
-APPEND_ONLY = ("review", "audit_event")
+APPEND_ONLY = ("review", "audit_event", "specimen_signoff")
 
 
 def _dialect() -> str:
