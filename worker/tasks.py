@@ -7,10 +7,11 @@ import os
 from dataclasses import asdict
 
 from billiard import current_process
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from db.lifecycle import fail_unfinished
+from worker import heartbeat
 from worker.celery_app import RECONCILE_TASK, SCORE_TASK, app
 from worker.dispatch import enqueue_images
 from worker.reconcile import reconcile as reconcile_images
@@ -35,6 +36,48 @@ def _pin_gpu(**_: object) -> None:
         os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
 
 
+@worker_init.connect
+def _remember_identity(sender: object, **_: object) -> None:
+    """In the Celery parent, after -Q was applied: what every pool process will report."""
+    concurrency = getattr(sender, "concurrency", 1)
+    heartbeat.IDENTITY.node = str(getattr(sender, "hostname", "") or "")
+    heartbeat.IDENTITY.queues = sorted(sender.app.amqp.queues.consume_from)  # type: ignore[attr-defined]
+    heartbeat.IDENTITY.concurrency = concurrency if isinstance(concurrency, int) else 1
+
+
+def _loaded_model() -> tuple[str, str] | None:
+    # Never loads it: a process that has not scored yet reports no model rather than
+    # spending seconds (and TensorFlow's memory) to say which one it would load.
+    rt = runtime()
+    if "model" not in rt.__dict__:
+        return None
+    return rt.model.card.name, rt.model.sha256
+
+
+@worker_process_init.connect
+def _start_heartbeat(**_: object) -> None:
+    settings = worker_settings()
+    heartbeat.start(
+        heartbeat.Heartbeat(
+            runtime().sessions,
+            heartbeat.IDENTITY,
+            settings.hostname,
+            settings.heartbeat_every_s,
+            _loaded_model,
+        )
+    )
+
+
+@worker_process_shutdown.connect
+def _stop_heartbeat(**_: object) -> None:
+    heartbeat.stop()
+
+
+def _task_done(images: int) -> None:
+    if (beat := heartbeat.current()) is not None:
+        beat.task_done(images)
+
+
 @app.task(name=SCORE_TASK, bind=True, max_retries=MAX_RETRIES, acks_late=True)
 def score_images(self, image_ids: list[int]) -> dict[str, int]:
     rt = runtime()
@@ -55,6 +98,7 @@ def score_images(self, image_ids: list[int]) -> dict[str, int]:
                 len(image_ids),
                 len(groups),
             )
+            _task_done(0)
             return {"split": len(groups)}
         outcome = score_chunk(
             rt.sessions,
@@ -76,10 +120,13 @@ def score_images(self, image_ids: list[int]) -> dict[str, int]:
             raise
         # Exponential backoff: 2, 4, 8, 16, 32 s, capped at a minute.
         raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1))) from exc
+    _task_done(outcome.scored)
     return asdict(outcome)
 
 
 @app.task(name=RECONCILE_TASK)
 def reconcile() -> dict[str, int]:
     rt = runtime()
-    return asdict(reconcile_images(app, rt.sessions, rt.settings))
+    report = reconcile_images(app, rt.sessions, rt.settings)
+    _task_done(0)
+    return asdict(report)
