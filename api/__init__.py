@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         "celery": celery,
     }
 
-    from api import accounts, auth, batches, errors, health, openapi, pages, reviews
+    from api import accounts, auth, batches, errors, health, openapi, pages, reviews, workers
 
     errors.register(app)
     auth.register(app)
@@ -60,4 +60,5 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     app.register_blueprint(reviews.bp)
     app.register_blueprint(accounts.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(workers.bp)
     return app

@@ -39,7 +39,7 @@ bp = Blueprint("auth", __name__)
 login_manager = LoginManager()
 csrf = CSRFProtect()
 
-PUBLIC_ENDPOINTS = {"health.healthz", "auth.login", "static"}
+PUBLIC_ENDPOINTS = {"health.healthz", "health.readyz", "auth.login", "static"}
 # The user's session_version at sign-in, kept in the signed session cookie.
 SESSION_VERSION = "_sv"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}

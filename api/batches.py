@@ -20,6 +20,7 @@ from api.auth import actor
 from api.errors import ApiError, get_or_404
 from api.intake import FileOutcome, Intake
 from api.params import int_arg
+from api.workers import current_stall
 from db import drift, lifecycle
 from db.audit import record_event
 from db.errors import NotFound
@@ -233,6 +234,8 @@ def _batch_json(batch: Batch) -> dict[str, Any]:
     with context.sessions()() as session:
         progress = batch_progress(session, batch.id)
         reviews = decision_counts(session, batch.id)
+        # Only pending work can stall; a finished batch reads no heartbeats.
+        stall = current_stall(session, datetime.now(UTC)) if progress.pending else None
     return {
         "id": batch.id,
         "name": batch.name,
@@ -242,6 +245,8 @@ def _batch_json(batch: Batch) -> dict[str, Any]:
         **progress.as_dict(),
         "drift": batch.drift,
         "drift_warning": drift.describe(batch.drift),
+        "stalled": stall is not None,
+        "stall_message": stall,
         "reviews": reviews,
         "results_url": url_for("batches.batch_results", batch_id=batch.id),
     }

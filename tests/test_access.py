@@ -15,7 +15,7 @@ from leukoscreen.cli import main as cli_main
 from tests.conftest import PASSWORD, browser_login, create_account, csrf_token, token_client
 from tests.reviewdata import seed_scored
 
-PUBLIC = {"/healthz", "/login", "/static/<path:filename>"}
+PUBLIC = {"/healthz", "/readyz", "/login", "/static/<path:filename>"}
 
 
 def _sessions(settings):

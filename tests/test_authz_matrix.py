@@ -27,6 +27,8 @@ LOGIN = "login"  # a 302 to the login page
 MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int]] = {
     # public
     ("GET", "/healthz"): (200, 200, 200, 200),
+    # public, like /healthz; no worker runs in this test, hence "not ready"
+    ("GET", "/readyz"): (503, 503, 503, 503),
     ("GET", "/login"): (200, 200, 200, 200),
     ("POST", "/login"): (401, 302, 302, 302),  # anonymous: a wrong password
     ("GET", "/static/<path:filename>"): (200, 200, 200, 200),
@@ -69,6 +71,7 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int]] = {
     ("GET", "/api/v1/tokens"): (401, 403, 403, 200),
     ("DELETE", "/api/v1/tokens/<int:token_id>"): (401, 403, 403, 200),
     ("GET", "/api/v1/audit"): (401, 403, 403, 200),
+    ("GET", "/api/v1/workers"): (401, 403, 403, 200),
 }
 
 _serial = itertools.count(1000)

@@ -19,7 +19,7 @@ from tests.conftest import create_account, token_client
 def _flask_paths(app) -> set[tuple[str, str]]:
     routes = set()
     for rule in app.url_map.iter_rules():
-        if not rule.rule.startswith(("/api/v1/", "/healthz")):
+        if not rule.rule.startswith(("/api/v1/", "/healthz", "/readyz")):
             continue  # HTML pages are not part of the JSON API
         path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
         for method in rule.methods - {"HEAD", "OPTIONS"}:
