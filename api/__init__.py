@@ -50,7 +50,18 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         "celery": celery,
     }
 
-    from api import accounts, auth, batches, errors, health, openapi, pages, reviews, workers
+    from api import (
+        accounts,
+        auth,
+        batches,
+        errors,
+        health,
+        metrics,
+        openapi,
+        pages,
+        reviews,
+        workers,
+    )
 
     errors.register(app)
     auth.register(app)
@@ -61,4 +72,5 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     app.register_blueprint(accounts.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(workers.bp)
+    app.register_blueprint(metrics.bp)
     return app

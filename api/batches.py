@@ -27,6 +27,7 @@ from db.errors import NotFound
 from db.models import Batch, Image, ImageState
 from db.progress import RESULT_COLUMNS, batch_progress, iter_batch_results
 from db.reviews import decision_counts
+from leukoscreen import metrics
 from leukoscreen.imagetypes import MIME_TYPES
 from worker.dispatch import enqueue_images
 
@@ -137,7 +138,11 @@ def _check_and_record(
     accepted = [o for o in report.outcomes if o.status == "accepted"]
     # A new batch needs one usable image; a part added to an existing batch is recorded even
     # when every file is rejected, so that the batch's export gives the reason for each file.
+    metrics.INTAKE_BYTES.inc(request.content_length or 0)
+    for status in ("accepted", "rejected", "duplicate"):
+        metrics.INTAKE_FILES.labels(status).inc(report.count(status))
     if not accepted and batch is None:
+        metrics.INTAKE_REQUESTS.labels("unusable").inc()
         raise ApiError(
             422,
             "no usable image in the request",
@@ -212,6 +217,7 @@ def _check_and_record(
         )
     if remembered is not None:
         idempotency.complete(remembered, body)
+    metrics.INTAKE_REQUESTS.labels("accepted").inc()
     return _answer(body)
 
 

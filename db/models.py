@@ -139,6 +139,8 @@ class Result(Base):
         Index("ix_result_batch_queue", "batch_id", "p_leukemia", "id"),
         # Batch counts by route (flagged / cleared / manual review).
         Index("ix_result_batch_route", "batch_id", "route"),
+        # The last hour's routes for /metrics (flagged and manual-review rates).
+        Index("ix_result_scored_at", "scored_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

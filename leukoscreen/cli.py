@@ -51,10 +51,19 @@ def _refuse_insecure() -> int:
     return 0
 
 
+def _metrics_dir() -> None:
+    """prometheus-client writes each process's values under PROMETHEUS_MULTIPROC_DIR and fails
+    when the folder is missing (emptying it between runs is the deployment's: see serve)."""
+    folder = load_settings().prometheus_multiproc_dir
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+
+
 def _api(args: argparse.Namespace) -> int:
     # Checked here too: gunicorn would only report "Worker failed to boot".
     if refused := _refuse_insecure():
         return refused
+    _metrics_dir()
     if args.dev:
         from api import create_app
 
@@ -100,6 +109,7 @@ def _worker(args: argparse.Namespace) -> int:
     from worker.runtime import use_settings
 
     settings = load_settings()
+    _metrics_dir()
     queues = [args.queue]
     if args.beat and args.queue != RECONCILE_QUEUE:
         # The host that schedules the reconciler also runs it: its own queue still keeps a

@@ -8,11 +8,14 @@ SQLite and Celery's filesystem transport under ./var.
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from db import migrate
 from leukoscreen.config import Settings, load_settings
@@ -31,6 +34,21 @@ def ensure_first_admin(settings: Settings) -> str | None:
     return password
 
 
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare_metrics_dir(settings: Settings) -> Path:
+    """One prometheus-client multiprocess folder for every process this command starts, so
+    that /metrics adds up the API's gunicorn workers and the Celery pool processes; emptied
+    first, as the library requires: files of a previous run would be counted again."""
+    folder = Path(settings.prometheus_multiproc_dir or settings.var_dir / "prometheus")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    # The children read it from their environment before they import prometheus-client.
+    os.environ[METRICS_ENV] = str(folder)
+    return folder
+
+
 def run_serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     if not settings.model_path.is_file():
@@ -41,6 +59,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     migrate.upgrade(settings.database_url)
     password = ensure_first_admin(settings)
+    prepare_metrics_dir(settings)
     cli = [sys.executable, "-m", "leukoscreen.cli"]
     children = [
         subprocess.Popen([*cli, "worker"]),

@@ -72,6 +72,8 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int]] = {
     ("DELETE", "/api/v1/tokens/<int:token_id>"): (401, 403, 403, 200),
     ("GET", "/api/v1/audit"): (401, 403, 403, 200),
     ("GET", "/api/v1/workers"): (401, 403, 403, 200),
+    # Prometheus: the metrics token or an admin; a JSON 401 rather than a login page
+    ("GET", "/metrics"): (401, 403, 403, 200),
 }
 
 _serial = itertools.count(1000)

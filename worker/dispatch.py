@@ -9,6 +9,7 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.lifecycle import mark_enqueued
+from leukoscreen import metrics
 from worker.celery_app import SCORE_TASK
 
 log = logging.getLogger(__name__)
@@ -45,4 +46,5 @@ def enqueue_images(
         )
     if sent:
         mark_enqueued(sessions, sent)
+        metrics.ENQUEUED.labels(queue).inc(len(sent))
     return len(sent)

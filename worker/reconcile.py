@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.lifecycle import requeue_stale
 from db.models import Image, ImageState
+from leukoscreen import metrics
 from leukoscreen.config import Settings
 from worker.dispatch import enqueue_images
 
@@ -58,4 +59,7 @@ def reconcile(
         report.enqueued = enqueue_images(
             celery, sessions, waiting, settings.chunk_size, settings.default_queue
         )
+    metrics.RECONCILER.labels("requeued").inc(report.requeued_from_scoring)
+    metrics.RECONCILER.labels("failed").inc(report.failed_exhausted)
+    metrics.RECONCILER.labels("enqueued").inc(report.enqueued)
     return report

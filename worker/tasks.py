@@ -11,6 +11,7 @@ from celery.signals import worker_init, worker_process_init, worker_process_shut
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from db.lifecycle import fail_unfinished
+from leukoscreen import metrics
 from worker import heartbeat
 from worker.celery_app import RECONCILE_TASK, SCORE_TASK, app
 from worker.dispatch import enqueue_images
@@ -100,16 +101,17 @@ def score_images(self, image_ids: list[int]) -> dict[str, int]:
             )
             _task_done(0)
             return {"split": len(groups)}
-        outcome = score_chunk(
-            rt.sessions,
-            rt.store,
-            rt.model,
-            rt.version_id,
-            image_ids,
-            rt.settings.max_attempts,
-            rt.decode_pool,
-            rt.settings.hostname,
-        )
+        with metrics.CHUNK_SECONDS.time():
+            outcome = score_chunk(
+                rt.sessions,
+                rt.store,
+                rt.model,
+                rt.version_id,
+                image_ids,
+                rt.settings.max_attempts,
+                rt.decode_pool,
+                rt.settings.hostname,
+            )
     except TRANSIENT as exc:
         if self.request.retries >= self.max_retries:
             log.error("chunk failed after %d retries: %s", self.request.retries, exc)

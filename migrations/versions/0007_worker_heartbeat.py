@@ -1,4 +1,5 @@
-"""worker heartbeats: which pool processes are alive, on which queues, doing what
+"""worker heartbeats: which pool processes are alive, on which queues, doing what; an index
+on result.scored_at for the last hour's routes in /metrics
 
 Revision ID: 0007
 Revises: 0005
@@ -38,9 +39,13 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("worker_heartbeat", schema=None) as batch_op:
         batch_op.create_index("ix_worker_heartbeat_last_beat", ["last_beat_at"], unique=False)
+    with op.batch_alter_table("result", schema=None) as batch_op:
+        batch_op.create_index("ix_result_scored_at", ["scored_at"], unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("result", schema=None) as batch_op:
+        batch_op.drop_index("ix_result_scored_at")
     with op.batch_alter_table("worker_heartbeat", schema=None) as batch_op:
         batch_op.drop_index("ix_worker_heartbeat_last_beat")
     op.drop_table("worker_heartbeat")

@@ -1,0 +1,114 @@
+"""Operations under the real stack: gunicorn with two workers and a Celery worker sharing one
+prometheus-client multiprocess folder, as `leukoscreen serve` and compose run them."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from bench.processes import ProcessGroup, project_env
+from db import migrate
+from tests.conftest import create_account, smear_like_jpeg
+from tests.test_prometheus_metrics import SCRAPER_TOKEN, samples
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+
+def _until(what: str, check: Callable[[], bool], svc: ProcessGroup, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    pytest.fail(f"{what} did not happen within {timeout} s:\n{svc.logs()}")
+
+
+@pytest.fixture
+def stack(tmp_path: Path, model_path: Path) -> Iterator[tuple[ProcessGroup, str, str]]:
+    database_url = f"sqlite:///{tmp_path / 'var' / 'leukoscreen.db'}"
+    env = project_env(
+        DATABASE_URL=database_url,
+        LEUKOSCREEN_VAR_DIR=str(tmp_path / "var"),
+        LEUKOSCREEN_MODEL_PATH=str(model_path),
+        LEUKOSCREEN_CHUNK_SIZE="8",
+        LEUKOSCREEN_BATCH_SIZE="8",
+        LEUKOSCREEN_HEARTBEAT_S="1",
+        LEUKOSCREEN_WORKER_STALE_S="4",
+        LEUKOSCREEN_METRICS_TOKEN=SCRAPER_TOKEN,
+        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prometheus"),
+    )
+    migrate.upgrade(database_url)
+    (tmp_path / "logs").mkdir()
+    svc = ProcessGroup(env, tmp_path / "logs")
+    try:
+        base = svc.start_api(workers=2)
+        yield svc, base, create_account(database_url, "lab", "uploader")
+    finally:
+        svc.stop_all()
+
+
+def test_metrics_move_as_a_batch_is_scored_and_when_the_worker_is_killed(stack):
+    svc, base, token = stack
+    auth = {"Authorization": f"Bearer {token}"}
+
+    def scrape() -> dict:
+        resp = requests.get(
+            f"{base}/metrics", headers={"Authorization": f"Bearer {SCRAPER_TOKEN}"}, timeout=10
+        )
+        assert resp.status_code == 200, resp.text
+        return samples(resp.text)
+
+    worker = svc.start("worker", "--concurrency", "1", name="worker")
+    batch_id = None
+    for part in range(2):  # two requests, answered by either gunicorn worker
+        files = [
+            ("images", (f"p{part}_{i}.jpg", io.BytesIO(smear_like_jpeg(part * 100 + i))))
+            for i in range(10)
+        ]
+        url = f"{base}/api/v1/batches" + (f"/{batch_id}/images" if batch_id else "")
+        sent = requests.post(url, files=files, headers=auth, timeout=60)
+        assert sent.status_code == 202, sent.text
+        batch_id = sent.json()["batch_id"]
+
+    def scored() -> bool:
+        batch = requests.get(f"{base}/api/v1/batches/{batch_id}", headers=auth, timeout=10)
+        return batch.json()["pending"] == 0
+
+    _until("scoring the batch", scored, svc)
+    got = scrape()
+    assert got[("leukoscreen_images", (("state", "scored"),))] == 20
+    # Counted in the Celery pool process and in both gunicorn workers, added up here.
+    assert got[("leukoscreen_images_scored_total", ())] == 20
+    assert got[("leukoscreen_intake_requests_total", (("outcome", "accepted"),))] == 2
+    assert got[("leukoscreen_intake_files_total", (("status", "accepted"),))] == 20
+    assert got[("leukoscreen_enqueued_images_total", (("queue", "cpu"),))] >= 20
+    assert got[("leukoscreen_chunk_seconds_count", ())] >= 3  # chunks of 8
+    assert got[("leukoscreen_model_seconds_per_image_count", ())] >= 3
+    _until(
+        "a heartbeat with the scored images",
+        lambda: scrape()[("leukoscreen_worker_images_last_minute", ())] == 20,
+        svc,
+        timeout=30,
+    )
+    assert scrape()[("leukoscreen_worker_processes", (("queue", "cpu"),))] == 1
+    workers = requests.get(f"{base}/api/v1/workers", headers=auth, timeout=10)
+    assert workers.status_code == 403  # an uploader: worker status is for admins
+
+    svc.kill_group(worker)  # kill -9 of the worker and its pool: no clean goodbye
+    _until(
+        "the killed worker's heartbeat going stale",
+        lambda: scrape()[("leukoscreen_worker_processes", (("queue", "cpu"),))] == 0,
+        svc,
+        timeout=60,
+    )
+    got = scrape()
+    assert got[("leukoscreen_worker_processes_stale", ())] >= 1
+    # Counters of the dead processes stay: a kill does not rewrite what was scored.
+    assert got[("leukoscreen_images_scored_total", ())] == 20
+    ready = requests.get(f"{base}/readyz", timeout=10)
+    assert ready.status_code == 503 and "no live worker on queue cpu" in ready.json()["reasons"]
