@@ -59,10 +59,12 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         metrics,
         openapi,
         pages,
+        request_context,
         reviews,
         workers,
     )
 
+    request_context.register(app)
     errors.register(app)
     auth.register(app)
     app.register_blueprint(health.bp)

@@ -27,7 +27,7 @@ from db.errors import NotFound
 from db.models import Batch, Image, ImageState
 from db.progress import RESULT_COLUMNS, batch_progress, iter_batch_results
 from db.reviews import decision_counts
-from leukoscreen import metrics
+from leukoscreen import logs, metrics
 from leukoscreen.imagetypes import MIME_TYPES
 from worker.dispatch import enqueue_images
 
@@ -206,10 +206,20 @@ def _check_and_record(
         }
         remembered = idempotency.remember(session, key, sent, body) if key is not None else None
 
-    # Enqueue only after the commit: a worker must find the rows it is told about.
-    enqueued = enqueue_images(
-        context.celery(), sessions, queued_ids, settings.chunk_size, settings.default_queue
-    )
+    # Enqueue only after the commit: a worker must find the rows it is told about. The batch
+    # id goes on this request's lines and, in the task headers, on the workers'.
+    with logs.bound(batch_id=batch_id):
+        enqueued = enqueue_images(
+            context.celery(), sessions, queued_ids, settings.chunk_size, settings.default_queue
+        )
+        log.info(
+            "upload recorded: %d accepted, %d rejected, %d duplicate, %d enqueued",
+            len(accepted),
+            report.count("rejected"),
+            report.count("duplicate"),
+            enqueued,
+            extra=logs.image_ids(queued_ids),
+        )
     body["enqueued"] = enqueued
     if enqueued < len(queued_ids):
         body["note"] = (

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -14,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from db.models import Role
+from leukoscreen import logs
 from leukoscreen.config import load_settings
 
 
@@ -89,6 +89,9 @@ def _api(args: argparse.Namespace) -> int:
             "5",
             "--timeout",
             "600",
+            # gunicorn's own lines (master and workers) in the application's log format.
+            "--config",
+            "python:leukoscreen.gunicorn_config",
             "api.wsgi:app",
         ],
     )
@@ -140,6 +143,9 @@ def _worker(args: argparse.Namespace) -> int:
     # The pool processes are forked from this one: each pins its GPU from these settings.
     use_settings(settings)
     argv += ["--concurrency", str(concurrency or 1)]
+    if settings.log_format == "json":
+        # Celery's global option: its start-up banner is not a log line (one JSON object each).
+        argv.insert(0, "--quiet")
     if args.max_tasks_per_child:
         argv += ["--max-tasks-per-child", str(args.max_tasks_per_child)]
     if args.beat:
@@ -403,9 +409,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(load_settings().log_format)
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv[0] if argv else None).parse_args(argv)
     return int(args.func(args) or 0)

@@ -4,6 +4,8 @@ prometheus-client multiprocess folder, as `leukoscreen serve` and compose run th
 from __future__ import annotations
 
 import io
+import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,6 +43,7 @@ def stack(tmp_path: Path, model_path: Path) -> Iterator[tuple[ProcessGroup, str,
         LEUKOSCREEN_WORKER_STALE_S="4",
         LEUKOSCREEN_METRICS_TOKEN=SCRAPER_TOKEN,
         PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prometheus"),
+        LEUKOSCREEN_LOG_FORMAT="json",
     )
     migrate.upgrade(database_url)
     (tmp_path / "logs").mkdir()
@@ -112,3 +115,28 @@ def test_metrics_move_as_a_batch_is_scored_and_when_the_worker_is_killed(stack):
     assert got[("leukoscreen_images_scored_total", ())] == 20
     ready = requests.get(f"{base}/readyz", timeout=10)
     assert ready.status_code == 503 and "no live worker on queue cpu" in ready.json()["reasons"]
+
+    # LEUKOSCREEN_LOG_FORMAT=json: the batch followed from the upload into the worker.
+    api_lines, worker_lines = (json_lines(svc.log_dir / f"{n}.log") for n in ("api", "worker"))
+    uploads = [line for line in api_lines if line.get("batch_id") == batch_id]
+    request_ids = {line["request_id"] for line in uploads if line["logger"] == "api.batches"}
+    assert len(request_ids) == 2  # one per upload request
+    chunks = [line for line in worker_lines if line.get("batch_id") == batch_id]
+    scored_ids = {
+        i for line in chunks if line["logger"] == "worker.tasks" for i in line["image_ids"]
+    }
+    assert len(scored_ids) == 20
+    assert {line["request_id"] for line in chunks} == request_ids
+    assert {line["level"] for line in api_lines + worker_lines} <= {"INFO", "WARNING", "ERROR"}
+
+
+# TensorFlow's C++ runtime writes these to the file descriptor itself, before and outside
+# Python's logging: the only lines a JSON log may not turn into objects.
+NATIVE = re.compile(r"^(WARNING: All log messages before absl|[IWEF]\d{4} )")
+
+
+def json_lines(path: Path) -> list[dict]:
+    lines = [line for line in path.read_text().splitlines() if line and not NATIVE.match(line)]
+    parsed = [json.loads(line) for line in lines]
+    assert all({"time", "level", "logger", "message"} <= line.keys() for line in parsed)
+    return parsed

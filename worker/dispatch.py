@@ -9,7 +9,7 @@ from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.lifecycle import mark_enqueued
-from leukoscreen import metrics
+from leukoscreen import logs, metrics
 from worker.celery_app import SCORE_TASK
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,13 @@ def enqueue_images(
     try:
         for chunk in chunked(image_ids, chunk_size):
             celery.send_task(
-                SCORE_TASK, args=[chunk], queue=queue, retry=True, retry_policy=PUBLISH_RETRY
+                SCORE_TASK,
+                args=[chunk],
+                queue=queue,
+                retry=True,
+                retry_policy=PUBLISH_RETRY,
+                # The request and batch this work came from, for the worker's log lines.
+                headers=logs.task_headers(),
             )
             sent.extend(chunk)
     except Exception as exc:  # kombu raises many transport-specific types

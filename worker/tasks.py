@@ -7,11 +7,17 @@ import os
 from dataclasses import asdict
 
 from billiard import current_process
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from db.lifecycle import fail_unfinished
-from leukoscreen import metrics
+from leukoscreen import logs, metrics
 from worker import heartbeat
 from worker.celery_app import RECONCILE_TASK, SCORE_TASK, app
 from worker.dispatch import enqueue_images
@@ -74,6 +80,26 @@ def _stop_heartbeat(**_: object) -> None:
     heartbeat.stop()
 
 
+_log_tokens: dict[str, logs.Token] = {}
+
+
+@task_prerun.connect
+def _bind_log_context(task_id: str, task: object, args: tuple = (), **_: object) -> None:
+    """The request and batch the task came from (message headers), and its images, on every
+    line logged while it runs."""
+    fields = logs.from_task_request(getattr(task, "request", None))
+    if getattr(task, "name", "") == SCORE_TASK and args:
+        fields.update(logs.image_ids(list(args[0])))
+    _log_tokens[task_id] = logs.bind(task_id=task_id, **fields)
+
+
+@task_postrun.connect
+def _unbind_log_context(task_id: str, **_: object) -> None:
+    token = _log_tokens.pop(task_id, None)
+    if token is not None:
+        logs.unbind(token)
+
+
 def _task_done(images: int) -> None:
     if (beat := heartbeat.current()) is not None:
         beat.task_done(images)
@@ -123,6 +149,12 @@ def score_images(self, image_ids: list[int]) -> dict[str, int]:
         # Exponential backoff: 2, 4, 8, 16, 32 s, capped at a minute.
         raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1))) from exc
     _task_done(outcome.scored)
+    log.info(
+        "chunk done: %d scored, %d failed, %d already done",
+        outcome.scored,
+        outcome.failed,
+        outcome.skipped,
+    )
     return asdict(outcome)
 
 
