@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, g, jsonify
 from sqlalchemy.orm import Session
 
 from api import context
@@ -31,10 +31,15 @@ def known_workers(session: Session, now: datetime) -> list[WorkerView]:
 
 
 def current_stall(session: Session, now: datetime) -> str | None:
-    """Why queued scoring work is not moving, or None; ask only when work is pending."""
-    queues = scoring_queues()
-    presence = queue_presence(known_workers(session, now), queues)
-    return stall_message(presence, queues, now, context.settings().stall_after_s)
+    """Why queued scoring work is not moving, or None; ask only when work is pending.
+
+    Once per request: the batch list asks for each of its pending batches.
+    """
+    if "stall" not in g:
+        queues = scoring_queues()
+        presence = queue_presence(known_workers(session, now), queues)
+        g.stall = stall_message(presence, queues, now, context.settings().stall_after_s)
+    return g.stall
 
 
 def presence_json(workers: list[WorkerView], now: datetime) -> dict[str, Any]:

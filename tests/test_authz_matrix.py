@@ -44,6 +44,7 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int]] = {
     ("GET", "/review/sample/<batch_id>"): (LOGIN, 403, 200, 200),
     # admin pages
     ("GET", "/admin"): (LOGIN, 403, 403, 200),
+    ("GET", "/admin/workers"): (LOGIN, 403, 403, 200),
     ("POST", "/admin/users"): (LOGIN, 403, 403, 302),
     ("POST", "/admin/users/<int:user_id>"): (LOGIN, 403, 403, 302),
     ("POST", "/admin/tokens"): (LOGIN, 403, 403, 200),

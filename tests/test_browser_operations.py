@@ -1,10 +1,12 @@
 """What an operator and a technician see in a browser when workers are missing: the batch page
-says scoring is stalled (instead of "ETA estimating…" for ever)."""
+says scoring is stalled (instead of "ETA estimating…" for ever), and the admins' worker page
+marks a process that stopped reporting."""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,51 @@ def test_a_batch_with_no_worker_consuming_shows_the_stalled_message(api_without_
     expect(page.locator("#progress-text")).to_contain_text("stalled")
     expect(page.locator("#progress-text")).not_to_contain_text("estimating")
     page.screenshot(path=str(ARTIFACTS / "ops-batch-stalled.png"), full_page=True)
+
+
+def test_the_worker_page_lists_processes_and_marks_a_stale_one(api_without_workers, page):
+    from playwright.sync_api import expect
+
+    from db.session import engine_for, session_factory
+    from db.workers import Beat, record_beat
+
+    base, database_url = api_without_workers
+    sessions = session_factory(engine_for(database_url))
+    now = datetime.now(UTC)
+    record_beat(
+        sessions,
+        Beat(
+            "cpu-11@scan-1",
+            "scan-1",
+            11,
+            ["cpu"],
+            2,
+            "lenet_lld_bn",
+            "ab" * 32,
+            now - timedelta(hours=2),
+            now,
+            128,
+        ),
+    )
+    gone = now - timedelta(minutes=10)
+    record_beat(
+        sessions,
+        Beat("cpu-12@scan-2", "scan-2", 12, ["cpu"], 1, None, None, gone, None, 0),
+        now=gone,
+    )
+    _login(page, base, "boss")
+    page.goto(f"{base}/admin")
+    page.click("text=Worker status")
+    rows = page.locator("#processes tbody tr")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0)).to_contain_text("scan-1")
+    expect(rows.nth(0)).to_contain_text("lenet_lld_bn (abababababab)")
+    expect(rows.nth(0)).to_contain_text("128")
+    expect(rows.nth(0)).to_contain_text("live")
+    expect(rows.nth(1)).to_contain_text("scan-2")
+    expect(rows.nth(1)).to_contain_text("stale (no heartbeat)")
+    expect(rows.nth(1)).to_have_class("stale")
+    queues = page.locator("#queues tbody")
+    expect(queues).to_contain_text("reconcile")
+    expect(queues).to_contain_text("none — nothing is taken from this queue")
+    page.screenshot(path=str(ARTIFACTS / "ops-admin-workers.png"), full_page=True)

@@ -91,3 +91,25 @@ def test_a_finished_batch_is_never_stalled(client, db_settings):
     batch_id, _ = seed_scored(db_settings.database_url, [0.9, 0.1])
     batch = client.get(f"/api/v1/batches/{batch_id}").json
     assert batch["pending"] == 0 and batch["stalled"] is False
+
+
+def test_admins_see_every_worker_process_with_stale_ones_marked(app, db_settings):
+    from tests.conftest import token_client
+
+    url = db_settings.database_url
+    _beat(url, 1, ["cpu"], last_task_ago_s=3)
+    old = datetime.now(UTC) - timedelta(seconds=db_settings.worker_stale_s + 30)
+    record_beat(
+        session_factory(engine_for(url)),
+        Beat("cpu-2@lab", "lab", 2, ["cpu"], 1, None, None, old, None, 0),
+        now=old,
+    )
+    admin = token_client(app, url, "boss", "admin")
+    body = admin.get("/api/v1/workers").json
+    assert [(w["pid"], w["stale"]) for w in body["workers"]] == [(1, False), (2, True)]
+    assert body["queues"]["cpu"]["processes"] == 1
+    assert body["queues"]["reconcile"]["processes"] == 0
+    uploader = token_client(app, url, "lab", "uploader")
+    assert uploader.get("/api/v1/workers").status_code == 403
+    page = admin.get("/admin/workers")
+    assert page.status_code == 200 and b'data-api="/api/v1/workers"' in page.data
