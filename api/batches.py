@@ -29,6 +29,7 @@ from db.progress import RESULT_COLUMNS, batch_progress, iter_batch_results
 from db.reviews import decision_counts
 from leukoscreen import logs, metrics
 from leukoscreen.imagetypes import MIME_TYPES
+from worker.celery_app import PRIORITY_QUEUE
 from worker.dispatch import enqueue_images
 
 bp = Blueprint("batches", __name__, url_prefix="/api/v1")
@@ -151,6 +152,7 @@ def _check_and_record(
 
     context.store().flush()
     now = datetime.now(UTC)
+    new_batch = batch is None
     with sessions.begin() as session:
         if batch is None:
             batch = Batch(
@@ -208,16 +210,21 @@ def _check_and_record(
 
     # Enqueue only after the commit: a worker must find the rows it is told about. The batch
     # id goes on this request's lines and, in the task headers, on the workers'.
+    # A new small batch (a /single image) takes the priority lane; a part added to a batch
+    # is bulk work, however small the part.
+    small = new_batch and len(queued_ids) <= settings.priority_max_images
+    queue = PRIORITY_QUEUE if small else settings.default_queue
     with logs.bound(batch_id=batch_id):
         enqueued = enqueue_images(
-            context.celery(), sessions, queued_ids, settings.chunk_size, settings.default_queue
+            context.celery(), sessions, queued_ids, settings.chunk_size, queue
         )
         log.info(
-            "upload recorded: %d accepted, %d rejected, %d duplicate, %d enqueued",
+            "upload recorded: %d accepted, %d rejected, %d duplicate, %d enqueued on %s",
             len(accepted),
             report.count("rejected"),
             report.count("duplicate"),
             enqueued,
+            queue,
             extra=logs.image_ids(queued_ids),
         )
     body["enqueued"] = enqueued

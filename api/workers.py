@@ -16,14 +16,16 @@ from api import context
 from api.auth import require_role
 from db.models import Role
 from db.workers import WorkerView, list_workers, queue_presence, stall_message
-from worker.celery_app import RECONCILE_QUEUE
+from worker.celery_app import PRIORITY_QUEUE, RECONCILE_QUEUE
 
 bp = Blueprint("workers", __name__, url_prefix="/api/v1")
 
 
 def scoring_queues() -> list[str]:
     """The queues this API sends scoring tasks to: their consumers decide whether work moves."""
-    return [context.settings().default_queue]
+    settings = context.settings()
+    lane = [PRIORITY_QUEUE] if settings.priority_max_images > 0 else []
+    return [settings.default_queue, *lane]
 
 
 def known_workers(session: Session, now: datetime) -> list[WorkerView]:

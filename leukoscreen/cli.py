@@ -108,12 +108,13 @@ def _count_gpus() -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from worker.celery_app import RECONCILE_QUEUE, app
+    from worker.celery_app import PRIORITY_QUEUE, RECONCILE_QUEUE, app
     from worker.runtime import use_settings
 
     settings = load_settings()
     _metrics_dir()
-    queues = [args.queue]
+    # Scoring workers take the priority lane first (the broker is asked in this order).
+    queues = [args.queue] if args.queue == RECONCILE_QUEUE else [PRIORITY_QUEUE, args.queue]
     if args.beat and args.queue != RECONCILE_QUEUE:
         # The host that schedules the reconciler also runs it: its own queue still keeps a
         # scoring backlog from delaying a run by more than the chunk in progress.

@@ -100,6 +100,9 @@ class Settings:
     prometheus_multiproc_dir: str = ""
     # "text" (a terminal) or "json" (one object per line, for a log shipper).
     log_format: str = "text"
+    # A new batch of at most this many accepted images (/single's one image, a small upload)
+    # goes to the priority queue, which every scoring worker takes from first; 0: no lane.
+    priority_max_images: int = 16
 
     @property
     def uses_filesystem_broker(self) -> bool:
@@ -120,6 +123,9 @@ class Settings:
                 # fast: the images are in SQL and the reconciler enqueues them later.
                 "socket_timeout": 10,
                 "socket_connect_timeout": 5,
+                # BRPOP over a worker's queues in the order it consumes them (priority lane
+                # first) instead of kombu's default round robin.
+                "queue_order_strategy": "priority",
             }
         folder = str(self.broker_dir)
         return {
@@ -259,6 +265,7 @@ def load_settings() -> Settings:
         metrics_token=_env_str("LEUKOSCREEN_METRICS_TOKEN", ""),
         prometheus_multiproc_dir=_env_str("PROMETHEUS_MULTIPROC_DIR", ""),
         log_format=_env_str("LEUKOSCREEN_LOG_FORMAT", "text").strip().lower(),
+        priority_max_images=_env_int("LEUKOSCREEN_PRIORITY_MAX_IMAGES", 16),
         max_archive_bytes=_env_int("LEUKOSCREEN_MAX_ARCHIVE_BYTES", 1024 * 1024 * 1024),
         max_unpacked_bytes=_env_int("LEUKOSCREEN_MAX_UNPACKED_BYTES", 2 * 1024 * 1024 * 1024),
     )

@@ -76,7 +76,7 @@ def test_readiness_reports_worker_presence_per_queue_and_the_oldest_queued_age(
     # Liveness is about this process and its services, not the workers.
     assert anonymous.get("/healthz").status_code == 200
 
-    _beat(db_settings.database_url, 1, ["cpu"], last_task_ago_s=1)
+    _beat(db_settings.database_url, 1, ["priority", "cpu"], last_task_ago_s=1)
     _beat(db_settings.database_url, 2, ["reconcile"], last_task_ago_s=None)
     ready = anonymous.get("/readyz")
     assert ready.status_code == 200, ready.json

@@ -13,7 +13,10 @@ RECONCILE_TASK = "worker.tasks.reconcile"
 # wait (and expire) exactly when it is needed. `serve`, compose's `reconciler` and
 # `leukoscreen worker --queue reconcile` consume it.
 RECONCILE_QUEUE = "reconcile"
-QUEUES = ("cpu", "gpu", RECONCILE_QUEUE)
+# One-image requests and small batches (LEUKOSCREEN_PRIORITY_MAX_IMAGES): every scoring worker
+# consumes it before its own queue, so /single waits for one chunk at most, not a backlog.
+PRIORITY_QUEUE = "priority"
+QUEUES = ("cpu", "gpu", PRIORITY_QUEUE, RECONCILE_QUEUE)
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
