@@ -11,7 +11,11 @@ them up. It must be set before this module is imported, hence in the environment
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Histogram, disable_created_metrics
+
+# The *_created series say when a counter was created, per process: noise for an operator,
+# and the multiprocess mode (gunicorn, Celery) has none, so one process alone has none either.
+disable_created_metrics()
 
 # Chunks take from tens of milliseconds (a few images on a GPU) to minutes (64 large images
 # on a busy CPU host).
