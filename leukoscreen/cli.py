@@ -151,6 +151,18 @@ def _worker(args: argparse.Namespace) -> int:
         argv += ["--max-tasks-per-child", str(args.max_tasks_per_child)]
     if args.beat:
         argv += ["--beat", "--schedule", _schedule_file()]
+    if args.metrics_port:
+        if not settings.prometheus_multiproc_dir:
+            print(
+                "--metrics-port needs PROMETHEUS_MULTIPROC_DIR (the pool processes' counters "
+                "are read from there)",
+                file=sys.stderr,
+            )
+            return 2
+        from leukoscreen.metrics import serve_host_metrics
+
+        # In this parent, before the pool forks: the children only write their files.
+        serve_host_metrics(settings.prometheus_multiproc_dir, args.metrics_port, args.metrics_addr)
     app.worker_main(argv)
     return 0
 
@@ -337,6 +349,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--max-tasks-per-child", type=int, default=0)
     p.add_argument("--beat", action="store_true", help="also run the reconciler schedule")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve this host's worker counters for Prometheus on this port (no API here); "
+        "needs PROMETHEUS_MULTIPROC_DIR",
+    )
+    p.add_argument(
+        "--metrics-addr",
+        default="127.0.0.1",
+        help="address for --metrics-port: unauthenticated, so loopback or a private network",
+    )
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=_worker)
 

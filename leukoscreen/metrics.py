@@ -11,7 +11,14 @@ them up. It must be set before this module is imported, hence in the environment
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
 
 # The *_created series say when a counter was created, per process: noise for an operator,
 # and the multiprocess mode (gunicorn, Celery) has none, so one process alone has none either.
@@ -56,3 +63,16 @@ RECONCILER = Counter(
     "up), enqueued (sent again, lost or never-sent messages included)",
     ["action"],
 )
+
+
+def serve_host_metrics(folder: str, port: int, addr: str) -> None:
+    """This host's process metrics (every process writing to ``folder``) on
+    ``http://addr:port/metrics``, from a thread of the calling process.
+
+    For worker hosts that run no API: their Celery pool's counters are in their own folder,
+    which the API's /metrics cannot read. Unauthenticated, so bind it to loopback or a
+    private network only (``leukoscreen worker --metrics-port``).
+    """
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=folder)
+    start_http_server(port, addr=addr, registry=registry)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from bench.processes import ProcessGroup, project_env
+from bench.processes import ProcessGroup, free_port, project_env
 from db import migrate
 from tests.conftest import create_account, smear_like_jpeg
 from tests.test_prometheus_metrics import SCRAPER_TOKEN, samples
@@ -66,7 +66,10 @@ def test_metrics_move_as_a_batch_is_scored_and_when_the_worker_is_killed(stack):
         assert resp.status_code == 200, resp.text
         return samples(resp.text)
 
-    worker = svc.start("worker", "--concurrency", "1", name="worker")
+    exporter = free_port()
+    worker = svc.start(
+        "worker", "--concurrency", "1", "--metrics-port", str(exporter), name="worker"
+    )
     batch_id = None
     for part in range(2):  # two requests, answered by either gunicorn worker
         files = [
@@ -92,6 +95,9 @@ def test_metrics_move_as_a_batch_is_scored_and_when_the_worker_is_killed(stack):
     assert got[("leukoscreen_enqueued_images_total", (("queue", "cpu"),))] >= 10  # the added part
     assert got[("leukoscreen_chunk_seconds_count", ())] >= 3  # chunks of 8
     assert got[("leukoscreen_model_seconds_per_image_count", ())] >= 3
+    # The same counts from the worker host's own exporter (for hosts that run no API).
+    host = samples(requests.get(f"http://127.0.0.1:{exporter}/metrics", timeout=10).text)
+    assert host[("leukoscreen_images_scored_total", ())] == 20
     _until(
         "a heartbeat with the scored images",
         lambda: scrape()[("leukoscreen_worker_images_last_minute", ())] == 20,
