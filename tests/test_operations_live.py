@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -108,6 +110,30 @@ def test_metrics_move_as_a_batch_is_scored_and_when_the_worker_is_killed(stack):
     workers = requests.get(f"{base}/api/v1/workers", headers=auth, timeout=10)
     assert workers.status_code == 403  # an uploader: worker status is for admins
 
+    # A paused worker (SIGSTOP: a hung host) stops its heartbeat: a new batch says stalled,
+    # and stops saying so once the worker goes on.
+    os.killpg(worker.pid, signal.SIGSTOP)
+    try:
+        one = [("images", ("paused.jpg", io.BytesIO(smear_like_jpeg(999))))]
+        sent = requests.post(f"{base}/api/v1/batches", files=one, headers=auth, timeout=60)
+        waiting = f"{base}/api/v1/batches/{sent.json()['batch_id']}"
+
+        def stalled() -> bool:
+            return requests.get(waiting, headers=auth, timeout=10).json()["stalled"]
+
+        _until("the stalled message for a paused worker", stalled, svc, timeout=60)
+        message = requests.get(waiting, headers=auth, timeout=10).json()["stall_message"]
+        assert "No worker is taking images" in message
+    finally:
+        os.killpg(worker.pid, signal.SIGCONT)
+    _until(
+        "the paused worker scoring again",
+        lambda: requests.get(waiting, headers=auth, timeout=10).json()["pending"] == 0,
+        svc,
+        timeout=120,
+    )
+    assert not stalled()
+
     svc.kill_group(worker)  # kill -9 of the worker and its pool: no clean goodbye
     _until(
         "the killed worker's heartbeat going stale",
@@ -118,7 +144,7 @@ def test_metrics_move_as_a_batch_is_scored_and_when_the_worker_is_killed(stack):
     got = scrape()
     assert got[("leukoscreen_worker_processes_stale", ())] >= 1
     # Counters of the dead processes stay: a kill does not rewrite what was scored.
-    assert got[("leukoscreen_images_scored_total", ())] == 20
+    assert got[("leukoscreen_images_scored_total", ())] == 21
     ready = requests.get(f"{base}/readyz", timeout=10)
     assert ready.status_code == 503 and "no live worker on queue cpu" in ready.json()["reasons"]
 
@@ -126,7 +152,7 @@ def test_metrics_move_as_a_batch_is_scored_and_when_the_worker_is_killed(stack):
     api_lines, worker_lines = (json_lines(svc.log_dir / f"{n}.log") for n in ("api", "worker"))
     uploads = [line for line in api_lines if line.get("batch_id") == batch_id]
     request_ids = {line["request_id"] for line in uploads if line["logger"] == "api.batches"}
-    assert len(request_ids) == 2  # one per upload request
+    assert len(request_ids) == 2  # one per upload request of this batch
     chunks = [line for line in worker_lines if line.get("batch_id") == batch_id]
     scored_ids = {
         i for line in chunks if line["logger"] == "worker.tasks" for i in line["image_ids"]
