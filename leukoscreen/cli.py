@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -434,7 +435,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logs.configure(load_settings().log_format)
+    # As basicConfig did: a program that already set up logging (a test run) keeps its own.
+    if not logging.getLogger().handlers:
+        logs.configure(load_settings().log_format)
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv[0] if argv else None).parse_args(argv)
     return int(args.func(args) or 0)

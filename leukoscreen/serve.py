@@ -44,8 +44,6 @@ def prepare_metrics_dir(settings: Settings) -> Path:
     folder = Path(settings.prometheus_multiproc_dir or settings.var_dir / "prometheus")
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    # The children read it from their environment before they import prometheus-client.
-    os.environ[METRICS_ENV] = str(folder)
     return folder
 
 
@@ -59,13 +57,14 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     migrate.upgrade(settings.database_url)
     password = ensure_first_admin(settings)
-    prepare_metrics_dir(settings)
+    # The children read it from their environment before they import prometheus-client.
+    env = {**os.environ, METRICS_ENV: str(prepare_metrics_dir(settings))}
     cli = [sys.executable, "-m", "leukoscreen.cli"]
     children = [
-        subprocess.Popen([*cli, "worker"]),
+        subprocess.Popen([*cli, "worker"], env=env),
         # The schedule and its own consumer: a scoring backlog never delays a reconcile run.
-        subprocess.Popen([*cli, "worker", "--queue", "reconcile", "--beat"]),
-        subprocess.Popen([*cli, "api", "--host", args.host, "--port", str(args.port)]),
+        subprocess.Popen([*cli, "worker", "--queue", "reconcile", "--beat"], env=env),
+        subprocess.Popen([*cli, "api", "--host", args.host, "--port", str(args.port)], env=env),
     ]
     print(
         f"LeukoScreen on http://{args.host}:{args.port}  (database {settings.database_url}, "

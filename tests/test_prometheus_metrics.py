@@ -122,3 +122,14 @@ def test_uploads_move_the_intake_counters(metrics_app, db_settings):
     assert moved("leukoscreen_intake_files_total", status="rejected") == 2
     assert moved("leukoscreen_intake_bytes_total") > 0
     assert moved("leukoscreen_enqueued_images_total", queue="priority") == 2  # a small batch
+
+
+def test_serve_gives_its_processes_one_emptied_metrics_folder(settings):
+    from leukoscreen.serve import prepare_metrics_dir
+
+    stale = settings.var_dir / "prometheus" / "counter_123.db"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"counts of a previous run")
+    folder = prepare_metrics_dir(settings)
+    assert folder == settings.var_dir / "prometheus"
+    assert folder.is_dir() and list(folder.iterdir()) == []
