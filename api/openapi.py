@@ -161,6 +161,7 @@ WORKER = {
         "last_beat_age_s": {"type": "number"},
         "last_task_at": {"type": ["string", "null"]},
         "images_last_minute": {"type": "integer"},
+        "task_started_at": {"type": ["string", "null"], "description": "the task in progress"},
         "stale": {"type": "boolean"},
     },
 }

@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 
 from api import context
 from api.auth import require_role
-from db.models import Role
-from db.workers import WorkerView, list_workers, queue_presence, stall_message
+from db.models import ImageState, Role
+from db.workers import WorkerView, list_workers, oldest_age_s, queue_presence, stall_message
 from worker.celery_app import PRIORITY_QUEUE, RECONCILE_QUEUE
 
 bp = Blueprint("workers", __name__, url_prefix="/api/v1")
@@ -40,7 +40,8 @@ def current_stall(session: Session, now: datetime) -> str | None:
     if "stall" not in g:
         queues = scoring_queues()
         presence = queue_presence(known_workers(session, now), queues)
-        g.stall = stall_message(presence, queues, now, context.settings().stall_after_s)
+        waited = oldest_age_s(session, ImageState.QUEUED, now)
+        g.stall = stall_message(presence, queues, now, context.settings().stall_after_s, waited)
     return g.stall
 
 

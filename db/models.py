@@ -318,4 +318,6 @@ class WorkerHeartbeat(Base):
     last_beat_at: Mapped[datetime] = mapped_column(default=utcnow)
     # When the process last finished a task: live processes that stopped taking work show it.
     last_task_at: Mapped[datetime | None] = mapped_column()
+    # Since when the task in progress runs; null when idle. A busy process is not stalled.
+    task_started_at: Mapped[datetime | None] = mapped_column()
     images_last_minute: Mapped[int] = mapped_column(Integer, default=0)

@@ -36,6 +36,7 @@ class Beat:
     started_at: datetime
     last_task_at: datetime | None
     images_last_minute: int
+    task_started_at: datetime | None = None  # the task in progress; None when idle
 
 
 def record_beat(sessions: sessionmaker[Session], beat: Beat, now: datetime | None = None) -> None:
@@ -51,6 +52,7 @@ def record_beat(sessions: sessionmaker[Session], beat: Beat, now: datetime | Non
         "last_beat_at": now,
         "last_task_at": beat.last_task_at,
         "images_last_minute": beat.images_last_minute,
+        "task_started_at": beat.task_started_at,
     }
     with sessions.begin() as session:
         # Only this process writes its row (host, pid), so update-then-insert cannot race.
@@ -74,7 +76,7 @@ def forget(sessions: sessionmaker[Session], host: str, pid: int) -> None:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WorkerView(Beat):
     """A recorded process as readers see it: its beat, when it came, and whether it is stale."""
 
@@ -95,6 +97,7 @@ class WorkerView(Beat):
             "last_beat_age_s": round((now - self.last_beat_at).total_seconds(), 1),
             "last_task_at": self.last_task_at.isoformat() if self.last_task_at else None,
             "images_last_minute": self.images_last_minute,
+            "task_started_at": self.task_started_at.isoformat() if self.task_started_at else None,
             "stale": self.stale,
         }
 
@@ -116,6 +119,7 @@ def list_workers(session: Session, now: datetime, stale_after_s: float) -> list[
             last_beat_at=r.last_beat_at,
             last_task_at=r.last_task_at,
             images_last_minute=r.images_last_minute,
+            task_started_at=r.task_started_at,
             stale=r.last_beat_at < horizon,
         )
         for r in rows
@@ -128,6 +132,7 @@ class QueuePresence:
     """Live processes consuming one queue, and when any of them last finished a task."""
 
     processes: int = 0
+    busy: int = 0  # live processes running a task now
     last_beat_at: datetime | None = None
     last_task_at: datetime | None = None
     hosts: set[str] = field(default_factory=set)
@@ -145,6 +150,7 @@ def queue_presence(
                 p.last_beat_at = max(filter(None, (p.last_beat_at, w.last_beat_at)))
                 continue
             p.processes += 1
+            p.busy += w.task_started_at is not None
             p.hosts.add(w.host)
             p.last_beat_at = max(filter(None, (p.last_beat_at, w.last_beat_at)))
             # A process that never finished a task has been idle since it started.
@@ -171,12 +177,18 @@ def _ago(seconds: float) -> str:
 
 
 def stall_message(
-    presence: dict[str, QueuePresence], queues: Sequence[str], now: datetime, stall_after_s: float
+    presence: dict[str, QueuePresence],
+    queues: Sequence[str],
+    now: datetime,
+    stall_after_s: float,
+    oldest_queued_age_s: float | None,
 ) -> str | None:
     """Why queued work on ``queues`` is not moving, in a sentence for a technician; None when
-    a live worker consumes them and one finished a task within ``stall_after_s``.
+    a live worker consumes them and is working or took work within ``stall_after_s``.
 
-    Call it only when there is queued work: idle workers with nothing to do are not stalled.
+    Call it only when there is pending work: idle workers with nothing to do are not stalled.
+    Live workers are only called stalled once work has waited ``stall_after_s`` too: a worker
+    idle for hours needs a moment (loading its model) to take a batch that just arrived.
     """
     live = [presence[q] for q in queues if q in presence and presence[q].processes]
     if not live:
@@ -186,6 +198,8 @@ def stall_message(
             f"No worker is taking images from queue {' or '.join(queues)}{last}: scoring is "
             "stalled until one starts. Tell the operator; nothing is lost meanwhile."
         )
+    if any(p.busy for p in live) or (oldest_queued_age_s or 0) <= stall_after_s:
+        return None
     last_task = max(p.last_task_at for p in live if p.last_task_at)
     idle = (now - last_task).total_seconds()
     if idle > stall_after_s:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import io
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import update
+
+from db.models import Image
 from db.session import engine_for, session_factory
 from db.workers import Beat, record_beat
 from tests.conftest import smear_like_jpeg
@@ -54,6 +57,11 @@ def test_a_batch_with_no_worker_says_it_is_stalled_instead_of_estimating(client,
 def test_live_workers_that_take_nothing_for_too_long_are_a_stall(client, db_settings):
     batch_id = _upload(client)
     _beat(db_settings.database_url, 1, ["cpu"], last_task_ago_s=db_settings.stall_after_s + 60)
+    # Just queued: an idle worker gets its time to take the batch.
+    assert client.get(f"/api/v1/batches/{batch_id}").json["stalled"] is False
+    waited = datetime.now(UTC) - timedelta(seconds=db_settings.stall_after_s + 30)
+    with session_factory(engine_for(db_settings.database_url)).begin() as s:
+        s.execute(update(Image).values(updated_at=waited))
     batch = client.get(f"/api/v1/batches/{batch_id}").json
     assert batch["stalled"] is True
     assert "Workers are running but none has taken an image" in batch["stall_message"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
@@ -87,14 +88,26 @@ def _view(beat: Beat, stale: bool):  # type: ignore[no-untyped-def]
 
 def test_stall_is_reported_without_a_live_worker_or_when_none_takes_work():
     nobody = queue_presence([_view(_beat(pid=3), stale=True)], ["cpu"])
-    message = stall_message(nobody, ["cpu"], NOW, stall_after_s=120)
+    # No live worker: stalled at once, however fresh the work.
+    message = stall_message(nobody, ["cpu"], NOW, 120, oldest_queued_age_s=1)
     assert message and "No worker is taking images from queue cpu" in message
     assert "last seen 2 minutes ago" in message
     idle = queue_presence([_view(_beat(last_task_at=NOW - timedelta(minutes=10)), False)], ["cpu"])
-    message = stall_message(idle, ["cpu"], NOW, stall_after_s=120)
+    message = stall_message(idle, ["cpu"], NOW, 120, oldest_queued_age_s=600)
     assert message and "none has taken an image for 10 minutes" in message
-    busy = queue_presence([_view(_beat(last_task_at=NOW - timedelta(seconds=3)), False)], ["cpu"])
-    assert stall_message(busy, ["cpu"], NOW, stall_after_s=120) is None
+    recent = queue_presence([_view(_beat(last_task_at=NOW - timedelta(seconds=3)), False)], ["cpu"])
+    assert stall_message(recent, ["cpu"], NOW, 120, oldest_queued_age_s=600) is None
+
+
+def test_an_idle_worker_is_not_stalled_by_work_that_just_arrived_or_while_it_works():
+    long_idle = _beat(last_task_at=NOW - timedelta(hours=3))
+    idle = queue_presence([_view(long_idle, False)], ["cpu"])
+    # A batch queued 5 s ago: the worker may still be loading its model for it.
+    assert stall_message(idle, ["cpu"], NOW, 120, oldest_queued_age_s=5) is None
+    working = replace(long_idle, task_started_at=NOW - timedelta(seconds=30))
+    busy = queue_presence([_view(working, False)], ["cpu"])
+    assert busy["cpu"].busy == 1
+    assert stall_message(busy, ["cpu"], NOW, 120, oldest_queued_age_s=600) is None
 
 
 def test_the_heartbeat_thread_writes_counts_and_removes_its_row_on_stop(db_settings):
@@ -110,6 +123,7 @@ def test_the_heartbeat_thread_writes_counts_and_removes_its_row_on_stop(db_setti
     beat.task_done(10)
     beat.task_done(0)
     assert beat.images_last_minute() == 74
+    beat.task_started()
     beat.start()
     try:
         deadline = time.monotonic() + 30
@@ -120,7 +134,13 @@ def test_the_heartbeat_thread_writes_counts_and_removes_its_row_on_stop(db_setti
             time.sleep(0.05)
         assert row is not None
         assert (row.node, row.images_last_minute, row.model_name) == ("cpu-1@lab1", 74, "m")
-        assert row.last_task_at is not None
+        assert row.last_task_at is not None and row.task_started_at is not None
+        beat.task_done(1)
+        while row.task_started_at is not None and time.monotonic() < deadline:
+            with sessions() as s:
+                row = s.scalar(select(WorkerHeartbeat))
+            time.sleep(0.05)
+        assert row.task_started_at is None and row.images_last_minute == 75
     finally:
         beat.stop()
     with sessions() as s:

@@ -48,15 +48,25 @@ class Heartbeat:
         self.pid = os.getpid()
         self.started_at = datetime.now(UTC)
         self.last_task_at: datetime | None = None
+        self.task_started_at: datetime | None = None
         self._done: deque[tuple[float, int]] = deque()
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def task_started(self) -> None:
+        """A task began: said at once (not at the next beat), so that a batch that wakes an
+        idle worker never reads as stalled."""
+        with self._lock:
+            self.task_started_at = self.last_task_at = datetime.now(UTC)
+        self._wake.set()
 
     def task_done(self, images: int) -> None:
         """A task finished (any outcome): it took work, and scored ``images``."""
         with self._lock:
             self.last_task_at = datetime.now(UTC)
+            self.task_started_at = None
             if images:
                 self._done.append((time.monotonic(), images))
 
@@ -82,6 +92,7 @@ class Heartbeat:
                 started_at=self.started_at,
                 last_task_at=self.last_task_at,
                 images_last_minute=self.images_last_minute(),
+                task_started_at=self.task_started_at,
             ),
         )
 
@@ -91,7 +102,8 @@ class Heartbeat:
                 self.beat()
             except Exception as exc:  # a database outage must not kill the pool process
                 log.warning("heartbeat not recorded: %s: %s", type(exc).__name__, exc)
-            self._stop.wait(self.every_s)
+            self._wake.wait(self.every_s)
+            self._wake.clear()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
@@ -99,6 +111,7 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         try:

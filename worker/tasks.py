@@ -91,18 +91,19 @@ def _bind_log_context(task_id: str, task: object, args: tuple = (), **_: object)
     if getattr(task, "name", "") == SCORE_TASK and args:
         fields.update(logs.image_ids(list(args[0])))
     _log_tokens[task_id] = logs.bind(task_id=task_id, **fields)
+    if (beat := heartbeat.current()) is not None:
+        beat.task_started()
 
 
 @task_postrun.connect
-def _unbind_log_context(task_id: str, **_: object) -> None:
+def _task_finished(task_id: str, retval: object = None, **_: object) -> None:
+    """Whatever the outcome (a retry or an error too): the process is idle again."""
     token = _log_tokens.pop(task_id, None)
     if token is not None:
         logs.unbind(token)
-
-
-def _task_done(images: int) -> None:
     if (beat := heartbeat.current()) is not None:
-        beat.task_done(images)
+        scored = retval.get("scored", 0) if isinstance(retval, dict) else 0
+        beat.task_done(int(scored))
 
 
 @app.task(name=SCORE_TASK, bind=True, max_retries=MAX_RETRIES, acks_late=True)
@@ -125,7 +126,6 @@ def score_images(self, image_ids: list[int]) -> dict[str, int]:
                 len(image_ids),
                 len(groups),
             )
-            _task_done(0)
             return {"split": len(groups)}
         with metrics.CHUNK_SECONDS.time():
             outcome = score_chunk(
@@ -148,7 +148,6 @@ def score_images(self, image_ids: list[int]) -> dict[str, int]:
             raise
         # Exponential backoff: 2, 4, 8, 16, 32 s, capped at a minute.
         raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1))) from exc
-    _task_done(outcome.scored)
     log.info(
         "chunk done: %d scored, %d failed, %d already done",
         outcome.scored,
@@ -161,6 +160,4 @@ def score_images(self, image_ids: list[int]) -> dict[str, int]:
 @app.task(name=RECONCILE_TASK)
 def reconcile() -> dict[str, int]:
     rt = runtime()
-    report = reconcile_images(app, rt.sessions, rt.settings)
-    _task_done(0)
-    return asdict(report)
+    return asdict(reconcile_images(app, rt.sessions, rt.settings))

@@ -33,6 +33,7 @@ def upgrade() -> None:
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_beat_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_task_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("task_started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("images_last_minute", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("host", "pid", name="uq_worker_heartbeat_process"),
