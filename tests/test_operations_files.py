@@ -23,6 +23,7 @@ from tests.test_prometheus_metrics import SCRAPER_TOKEN
 from worker.celery_app import QUEUES
 
 RULES = REPO / "deploy" / "prometheus" / "leukoscreen-alerts.yml"
+RULE_TESTS = REPO / "deploy" / "prometheus" / "leukoscreen-alerts.test.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "leukoscreen-dashboard.json"
 KEDA = REPO / "deploy" / "keda" / "scaledobject.yaml"
 OPERATIONS = REPO / "docs" / "operations.md"
@@ -92,12 +93,13 @@ def test_every_alert_rule_parses_and_names_exported_metrics(exported):
     assert {"LeukoScreenQueueUnserved", "LeukoScreenQueuedWorkOld"} <= alerts
 
 
-def test_promtool_accepts_the_rule_file():
+def test_promtool_accepts_the_rules_and_they_fire_on_their_unit_tests():
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool is not installed (Debian's prometheus package); parsed above")
-    done = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
+    for command in (["check", "rules", str(RULES)], ["test", "rules", str(RULE_TESTS)]):
+        done = subprocess.run([promtool, *command], capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_the_grafana_dashboard_queries_exported_metrics(exported):
