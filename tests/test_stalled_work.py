@@ -121,3 +121,10 @@ def test_admins_see_every_worker_process_with_stale_ones_marked(app, db_settings
     assert uploader.get("/api/v1/workers").status_code == 403
     page = admin.get("/admin/workers")
     assert page.status_code == 200 and b'data-api="/api/v1/workers"' in page.data
+
+
+def test_probes_answer_a_wrong_method_in_json_with_allow(app):
+    for path in ("/readyz", "/metrics"):
+        resp = app.test_client().post(path, headers={"Accept": "text/html"})
+        assert resp.status_code == 405 and resp.is_json, path
+        assert "GET" in resp.headers["Allow"], path
