@@ -7,6 +7,7 @@ token requests need none, since a browser never attaches a bearer token by itsel
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
@@ -19,6 +20,7 @@ from flask import (
     abort,
     current_app,
     flash,
+    g,
     redirect,
     render_template,
     request,
@@ -39,7 +41,8 @@ bp = Blueprint("auth", __name__)
 login_manager = LoginManager()
 csrf = CSRFProtect()
 
-PUBLIC_ENDPOINTS = {"health.healthz", "auth.login", "static"}
+METRICS_ENDPOINT = "metrics.metrics"
+PUBLIC_ENDPOINTS = {"health.healthz", "health.readyz", "auth.login", "static"}
 # The user's session_version at sign-in, kept in the signed session cookie.
 SESSION_VERSION = "_sv"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -90,7 +93,8 @@ def _load_user(user_id: str) -> Principal | None:
 
 
 def is_api_request() -> bool:
-    return request.path.startswith("/api/")
+    # /metrics is read by Prometheus, not a browser: a JSON 401, never a login redirect.
+    return request.path.startswith("/api/") or request.endpoint == METRICS_ENDPOINT
 
 
 def _bearer_token() -> str:
@@ -101,11 +105,19 @@ def _bearer_token() -> str:
     return token.strip()
 
 
+def _is_metrics_token(token: str) -> bool:
+    expected = context.settings().metrics_token
+    return bool(expected) and hmac.compare_digest(token.encode(), expected.encode())
+
+
 def _authenticate() -> Any:
     if request.endpoint is None:
         return None  # unknown URL: let the 404/405 handlers answer
     if "Authorization" in request.headers:
         token = _bearer_token()
+        if request.endpoint == METRICS_ENDPOINT and _is_metrics_token(token):
+            g.metrics_scraper = True  # no user: the view admits it by this mark alone
+            return None
         with context.sessions()() as session:
             user = user_for_token(session, token)
         if user is None:

@@ -130,6 +130,13 @@ def admin():
     return render_template("admin.html", users=users, tokens=tokens, events=events, roles=ROLES)
 
 
+@bp.get("/admin/workers")
+@require_role(ADMIN)
+def admin_workers():
+    # The table is filled and refreshed by workers.js from GET /api/v1/workers.
+    return render_template("workers.html", stale_after_s=context.settings().worker_stale_s)
+
+
 @bp.post("/admin/users")
 @require_role(ADMIN)
 def admin_add_user():

@@ -32,6 +32,8 @@ LOGIN = "login"  # a 302 to the login page
 MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int]] = {
     # public
     ("GET", "/healthz"): (200, 200, 200, 200),
+    # public, like /healthz; no worker runs in this test, hence "not ready"
+    ("GET", "/readyz"): (503, 503, 503, 503),
     ("GET", "/login"): (200, 200, 200, 200),
     ("POST", "/login"): (401, 302, 302, 302),  # anonymous: a wrong password
     ("GET", "/static/<path:filename>"): (200, 200, 200, 200),
@@ -50,6 +52,7 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int]] = {
     ("GET", "/review/sample/<batch_id>"): (LOGIN, 403, 200, 200),
     # admin pages
     ("GET", "/admin"): (LOGIN, 403, 403, 200),
+    ("GET", "/admin/workers"): (LOGIN, 403, 403, 200),
     ("POST", "/admin/users"): (LOGIN, 403, 403, 302),
     ("POST", "/admin/users/<int:user_id>"): (LOGIN, 403, 403, 302),
     ("POST", "/admin/tokens"): (LOGIN, 403, 403, 200),
@@ -90,6 +93,9 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int]] = {
     ("DELETE", "/api/v1/webhooks/<int:webhook_id>"): (401, 403, 403, 200),
     ("GET", "/api/v1/webhooks/<int:webhook_id>/deliveries"): (401, 403, 403, 200),
     ("POST", "/api/v1/webhook-deliveries/<delivery_id>/resend"): (401, 403, 403, 202),
+    ("GET", "/api/v1/workers"): (401, 403, 403, 200),
+    # Prometheus: the metrics token or an admin; a JSON 401 rather than a login page
+    ("GET", "/metrics"): (401, 403, 403, 200),
 }
 
 _serial = itertools.count(1000)

@@ -105,9 +105,11 @@ def _every_get_answer(app, client, batch_id: str, image_id: int, with_image: boo
             "reviews.explore_threshold": ["?t=0.05"],
             "reviews.qc_sample": ["?n=10"],
         }.get(rule.endpoint, [""])
+        # /readyz is 503 without workers, and its answer is checked all the same.
+        answers = (200, 302, 503) if rule.endpoint == "health.readyz" else (200, 302)
         for query in queries:
             resp = client.get(path + query)
-            assert resp.status_code in (200, 302), (path + query, resp.status_code)
+            assert resp.status_code in answers, (path + query, resp.status_code)
             yield path + query, resp.get_data()
 
 

@@ -148,7 +148,9 @@ def test_no_route_answers_500_to_extreme_input(fuzz_app):
         for method, path, kwargs in _requests(rule, batch_id):
             resp = client.open(path, method=method, **kwargs)
             sent += 1
-            if resp.status_code >= 500:
+            # /readyz answers 503 by design here: no worker runs in this test.
+            not_ready = rule.endpoint == "health.readyz" and resp.status_code == 503
+            if resp.status_code >= 500 and not not_ready:
                 failures.append(f"{method} {path[:120]} {str(kwargs)[:120]} -> {resp.status_code}")
     print(f"\n{sent} fuzzed requests over {len(rules)} routes, {len(failures)} server errors")
     assert not failures, "\n".join(failures[:40])

@@ -62,7 +62,9 @@ def test_session_cookie_is_secure_when_secure_cookies_is_on(sqlite_settings, mon
 def _page_paths(app, batch_id: str) -> list[str]:  # type: ignore[no-untyped-def]
     paths = []
     for rule in app.url_map.iter_rules():
-        if rule.rule.startswith(("/api/", "/static/")) or rule.endpoint == "health.healthz":
+        # Machine endpoints, not pages: probes and the Prometheus scrape.
+        machine = ("health.healthz", "health.readyz", "metrics.metrics")
+        if rule.rule.startswith(("/api/", "/static/")) or rule.endpoint in machine:
             continue
         if "GET" not in rule.methods:
             continue

@@ -89,9 +89,13 @@
     root.querySelector(".bar.done").style.width = pct(b.done - b.failed);
     root.querySelector(".bar.failed").style.width = pct(b.failed);
     set("state", b.state);
+    // A stall (no live worker, or none taking work) replaces an ETA that would never come.
+    const eta = b.stalled ? "stalled" : `ETA ${LS.duration(b.eta_seconds)}`;
     set("progress-text", b.pending
-      ? `${b.done} of ${b.total} done (${b.failed} failed) · ETA ${LS.duration(b.eta_seconds)}`
+      ? `${b.done} of ${b.total} done (${b.failed} failed) · ${eta}`
       : `${b.done} of ${b.total} done (${b.failed} failed) · complete`);
+    document.getElementById("stall-warning").hidden = !b.stalled;
+    set("stall-text", b.stall_message || "");
     set("n-total", b.total);
     set("n-flagged", b.flagged);
     set("n-manual", b.manual_review);
