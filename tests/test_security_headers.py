@@ -68,7 +68,8 @@ def _page_paths(app, batch_id: str) -> list[str]:  # type: ignore[no-untyped-def
             continue
         if "GET" not in rule.methods:
             continue
-        paths.append(re.sub(r"<(?:\w+:)?\w+>", batch_id, rule.rule))
+        rule_path = rule.rule.replace("<specimen_id>", "ACC-H1")
+        paths.append(re.sub(r"<(?:\w+:)?\w+>", batch_id, rule_path))
     return paths
 
 
@@ -89,7 +90,8 @@ def test_every_page_carries_csp_nosniff_no_framing_and_referrer_policy(sqlite_se
     app = create_app(sqlite_settings)
     uploader = token_client(app, sqlite_settings.database_url, "lab", "uploader")
     batch_id = uploader.post(
-        "/api/v1/batches", data={"images": [(io.BytesIO(smear_like_jpeg(1)), "a.jpg")]}
+        "/api/v1/batches",
+        data={"images": [(io.BytesIO(smear_like_jpeg(1)), "a.jpg")], "specimen_id": "ACC-H1"},
     ).json["batch_id"]
     signed_in, _ = _login(app, sqlite_settings.database_url)
     anonymous = app.test_client()
