@@ -111,6 +111,10 @@ BATCH = {
         "results_url": {"type": "string"},
     },
 }
+FALSE_NEGATIVE = {
+    "type": ["boolean", "null"],
+    "description": "cleared by the model, leukemia by its current review (found in QC)",
+}
 RESULT_ROW = {
     "type": "object",
     "required": ["image_id", "file_name", "sha256", "state"],
@@ -129,6 +133,7 @@ RESULT_ROW = {
         "model_sha256": {"type": ["string", "null"]},
         "scored_at": {"type": ["string", "null"]},
         "error": {"type": ["string", "null"]},
+        "false_negative": FALSE_NEGATIVE,
     },
 }
 
@@ -148,6 +153,7 @@ QUEUE_ITEM = {
         },
         "domain_distance": {"type": ["number", "null"]},
         "state": {"type": "string"},
+        "false_negative": FALSE_NEGATIVE,
     },
 }
 QUEUE_PAGE = {
@@ -286,10 +292,21 @@ def review_and_account_paths() -> dict[str, Any]:
                     }
                 ),
                 "responses": {
-                    "201": _json(OBJECT, "decision recorded"),
+                    "201": _json(OBJECT, "decision recorded, with undo_until"),
                     **_errors(400, 404, 409, 503),
                 },
             },
+        },
+        "/api/v1/images/{image_id}/reviews/{seq}/undo": {
+            "post": {
+                "summary": "take back your own latest decision (seq) shortly after making it: "
+                "appends a withdrawn row, the image is undecided again",
+                "parameters": [_id("image_id"), _id("seq")],
+                "responses": {
+                    "201": _json(OBJECT, "withdrawn row recorded"),
+                    **_errors(404, 409, 503),
+                },
+            }
         },
         "/api/v1/batches/{batch_id}/threshold": {
             "get": {

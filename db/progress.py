@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from db.lifecycle import PENDING
 from db.models import Image, ImageState, ModelVersion, Result, Review, User
-from db.reviews import latest_review_condition
+from db.reviews import LEUKEMIA, WITHDRAWN, latest_review_condition
 from model.gate import Route
 
 
@@ -104,6 +104,7 @@ RESULT_COLUMNS = (
     "reviewed_by",
     "reviewed_at",
     "review_comment",
+    "false_negative",
 )
 
 
@@ -143,7 +144,9 @@ def iter_batch_results(
     )
     pending: dict[str, Any] | None = None
     emitted = 0
-    for image, result, version, review, reviewer in session.execute(stmt):
+    for image, result, version, latest, reviewer in session.execute(stmt):
+        # An undone decision (withdrawn) leaves the image with no current decision.
+        review = latest if latest is not None and latest.decision != WITHDRAWN else None
         row = {
             "image_id": image.id,
             "file_name": image.original_name,
@@ -161,9 +164,15 @@ def iter_batch_results(
             "error": image.error,
             "review_decision": review.decision if review else None,
             "review_label": review.label if review else None,
-            "reviewed_by": reviewer,
+            "reviewed_by": reviewer if review else None,
             "reviewed_at": review.created_at.isoformat() if review else None,
             "review_comment": review.comment if review else None,
+            # Cleared by the model, leukemia by a reviewer (found in QC); null until scored.
+            "false_negative": (
+                not result.flagged and review is not None and review.label == LEUKEMIA
+                if result
+                else None
+            ),
         }
         # Rows of one image are adjacent and ordered by time: keep the newest.
         if pending is not None and pending["image_id"] != row["image_id"]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, tuple_
@@ -18,11 +18,31 @@ from sqlalchemy.orm import Session, aliased
 
 from db.audit import Actor, record_event
 from db.errors import Conflict, Invalid, NotFound
-from db.models import Batch, Decision, Image, ImageState, ModelVersion, Result, Review, User
+from db.models import (
+    Batch,
+    Decision,
+    Image,
+    ImageState,
+    ModelVersion,
+    Result,
+    Review,
+    User,
+    utcnow,
+)
 from model.gate import REASON_TEXT, Route
 
-STATES = ("unreviewed", *(d.value for d in Decision))
 LEUKEMIA, NO_LEUKEMIA = "leukemia", "no_leukemia"
+# An undo is a row of its own: ``withdrawn`` takes back the decision just before it (whose
+# value it keeps in ``previous_decision``) and leaves the image undecided, back in the
+# unreviewed queue. It never guesses which earlier decision should stand again: a person decides.
+WITHDRAWN = "withdrawn"
+# How long a reviewer may take back their own latest decision (the page offers it as long).
+UNDO_WINDOW_S = 60
+# A cleared image that a reviewer overturned to leukemia (in QC): the model missed it.
+FALSE_NEGATIVE = "false_negative"
+# Queue states: the current decision, none (``unreviewed``, withdrawn included), or the
+# false negatives found in QC (cleared images only; every other state is about flagged ones).
+STATES = ("unreviewed", *(d.value for d in Decision), FALSE_NEGATIVE)
 # Which images the queue shows: every image that goes to a person (``all``: flagged and
 # manual review), or one of those routes alone. Cleared images go to the QC sample instead.
 ALL_ROUTES = "all"
@@ -100,6 +120,7 @@ def _item_select() -> Select:
 
 
 def _item_json(row: Any) -> dict[str, Any]:
+    decided = row.decision is not None and row.decision != WITHDRAWN
     return {
         "image_id": row.image_id,
         "file_name": row.file_name,
@@ -116,12 +137,15 @@ def _item_json(row: Any) -> dict[str, Any]:
         "domain_distance": row.domain_distance,
         "model_version": row.model_version,
         "scored_at": row.scored_at.isoformat(),
-        "state": row.decision or "unreviewed",
+        "state": row.decision if decided else "unreviewed",
         "label": row.label,
+        # A QC finding: the model cleared the image and a reviewer says leukemia.
+        "false_negative": decided and not row.flagged and row.label == LEUKEMIA,
+        # The latest row's seq even when it withdrew a decision: the next decision extends it.
         "seq": row.seq or 0,
-        "comment": row.comment,
-        "reviewed_by": row.reviewed_by,
-        "reviewed_at": row.reviewed_at.isoformat() if row.reviewed_at else None,
+        "comment": row.comment if decided else None,
+        "reviewed_by": row.reviewed_by if decided else None,
+        "reviewed_at": row.reviewed_at.isoformat() if decided else None,
     }
 
 
@@ -146,7 +170,20 @@ def queue_statement(f: QueueFilter, after: tuple[float, int] | None, limit: int)
         raise Invalid(f"route must be one of {', '.join(QUEUE_ROUTES)}")
     stmt = _item_select()
     manual = Result.route == Route.MANUAL_REVIEW.value
-    if f.threshold is None:
+    if f.state == FALSE_NEGATIVE:
+        # Cleared images, outside the flagged index: start from the few leukemia labels.
+        stmt = stmt.where(
+            Result.flagged.is_(False),
+            Review.label == LEUKEMIA,
+            Image.id.in_(
+                select(Review.image_id).where(
+                    Review.decision == Decision.OVERTURNED.value, Review.label == LEUKEMIA
+                )
+            ),
+        )
+        if f.route != ALL_ROUTES:
+            stmt = stmt.where(Result.route == f.route)
+    elif f.threshold is None:
         # ``flagged`` is true for both routes that go to a person: the queue index's prefix.
         stmt = stmt.where(Result.flagged.is_(True))
         if f.route != ALL_ROUTES:
@@ -171,8 +208,8 @@ def queue_statement(f: QueueFilter, after: tuple[float, int] | None, limit: int)
     if f.max_p is not None:
         stmt = stmt.where(Result.p_leukemia <= f.max_p)
     if f.state == "unreviewed":
-        stmt = stmt.where(Review.id.is_(None))
-    elif f.state is not None:
+        stmt = stmt.where(or_(Review.id.is_(None), Review.decision == WITHDRAWN))
+    elif f.state is not None and f.state != FALSE_NEGATIVE:
         stmt = stmt.where(Review.decision == f.state)
     key = tuple_(Result.p_leukemia, Result.id)
     if after is not None:
@@ -236,6 +273,65 @@ def record_decision(
     """Append a decision. Raises Conflict when someone decided since ``expected_seq``."""
     if decision not in {d.value for d in Decision}:
         raise Invalid(f"decision must be one of {', '.join(d.value for d in Decision)}")
+    result, previous = _current(session, image_id)
+    seq = previous.seq if previous else 0
+    if expected_seq is not None and expected_seq != seq:
+        raise Conflict(_changed_meanwhile(session, image_id, previous))
+    return _append(
+        session,
+        image_id,
+        result,
+        previous,
+        reviewer,
+        decision=decision,
+        label=label_for(decision, result.flagged),
+        comment=comment,
+        action="review.decide",
+    )
+
+
+def undo_decision(
+    session: Session, image_id: int, seq: int, reviewer: Actor, now: datetime | None = None
+) -> Review:
+    """Take back the reviewer's own latest decision ``seq`` within UNDO_WINDOW_S.
+
+    Appends a ``withdrawn`` row (nothing is updated or deleted), which leaves the image
+    undecided. Raises Conflict when ``seq`` is no longer the latest decision, is someone
+    else's, is already withdrawn or is older than the window.
+    """
+    result, previous = _current(session, image_id)
+    if previous is None or previous.seq != seq:
+        raise Conflict(_changed_meanwhile(session, image_id, previous))
+    if previous.decision == WITHDRAWN:
+        raise Conflict(f"decision {seq} of image {image_id} is an undo already")
+    if previous.reviewer_id != reviewer.id:
+        raise Conflict("only the reviewer who made a decision can undo it; decide again instead")
+    if ((now or utcnow()) - previous.created_at).total_seconds() > UNDO_WINDOW_S:
+        raise Conflict(
+            f"a decision can be undone for {UNDO_WINDOW_S} seconds only; decide again instead"
+        )
+    return _append(
+        session,
+        image_id,
+        result,
+        previous,
+        reviewer,
+        decision=WITHDRAWN,
+        label=None,
+        comment="",
+        action="review.undo",
+    )
+
+
+def undo_until(review: Review) -> datetime | None:
+    """Until when the reviewer may undo this decision (None for an undo itself)."""
+    if review.decision == WITHDRAWN:
+        return None
+    return review.created_at + timedelta(seconds=UNDO_WINDOW_S)
+
+
+def _current(session: Session, image_id: int) -> tuple[Result, Review | None]:
+    """The image's latest result and latest review row; refuses an image with no score."""
     image = session.get(Image, image_id)
     if image is None:
         raise NotFound(f"no image {image_id}")
@@ -247,15 +343,43 @@ def record_decision(
     previous = session.scalar(
         select(Review).where(Review.image_id == image_id).order_by(Review.seq.desc()).limit(1)
     )
-    seq = previous.seq if previous else 0
-    if expected_seq is not None and expected_seq != seq:
-        raise Conflict(f"image {image_id} was reviewed again meanwhile (decision {seq}); reload it")
+    return result, previous
+
+
+def _changed_meanwhile(session: Session, image_id: int, latest: Review | None) -> str:
+    """The 409 message: what the image's history says now, in words a reviewer can act on."""
+    if latest is None:
+        return f"image {image_id} has no decision now; reload it"
+    who = session.scalar(select(User.name).where(User.id == latest.reviewer_id))
+    now = (
+        "its decision was withdrawn"
+        if latest.decision == WITHDRAWN
+        else f"it is now {latest.decision.replace('_', ' ')}"
+    )
+    return (
+        f"image {image_id} was reviewed again meanwhile by {who}: {now} "
+        f"(decision {latest.seq}); reload it"
+    )
+
+
+def _append(
+    session: Session,
+    image_id: int,
+    result: Result,
+    previous: Review | None,
+    reviewer: Actor,
+    *,
+    decision: str,
+    label: str | None,
+    comment: str,
+    action: str,
+) -> Review:
     review = Review(
         image_id=image_id,
         result_id=result.id,
-        seq=seq + 1,
+        seq=(previous.seq if previous else 0) + 1,
         decision=decision,
-        label=label_for(decision, result.flagged),
+        label=label,
         comment=comment[:4000],
         previous_decision=previous.decision if previous else None,
         reviewer_id=reviewer.id,
@@ -272,7 +396,7 @@ def record_decision(
     record_event(
         session,
         reviewer,
-        "review.decide",
+        action,
         f"image:{image_id}",
         decision=decision,
         previous=review.previous_decision,
@@ -306,6 +430,12 @@ def review_json(review: Review, reviewer_name: str) -> dict[str, Any]:
     }
 
 
+def decision_json(review: Review, reviewer_name: str) -> dict[str, Any]:
+    """A decision just recorded, with until when its reviewer may still undo it."""
+    until = undo_until(review)
+    return review_json(review, reviewer_name) | {"undo_until": until.isoformat() if until else None}
+
+
 def threshold_counts(session: Session, batch_id: str, threshold: float) -> dict[str, Any]:
     """How many of the batch's scored images a given threshold would flag; stores nothing.
 
@@ -334,11 +464,18 @@ def threshold_counts(session: Session, batch_id: str, threshold: float) -> dict[
 
 
 def decision_counts(session: Session, batch_id: str) -> dict[str, int]:
+    """The batch's images per current decision, and the false negatives found among them."""
     rows = session.execute(
-        select(Review.decision, func.count())
+        select(
+            Review.decision,
+            func.count(),
+            func.count().filter(Result.flagged.is_(False), Review.label == LEUKEMIA),
+        )
         .select_from(Image)
         .join(Review, latest_review_condition())
-        .where(Image.batch_id == batch_id)
+        .join(Result, Result.id == Review.result_id)
+        .where(Image.batch_id == batch_id, Review.decision != WITHDRAWN)
         .group_by(Review.decision)
     ).all()
-    return {d.value: 0 for d in Decision} | {decision: n for decision, n in rows}
+    counts = {d.value: 0 for d in Decision} | {decision: n for decision, n, _ in rows}
+    return counts | {FALSE_NEGATIVE: sum(int(fn or 0) for _, _, fn in rows)}
