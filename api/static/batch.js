@@ -20,6 +20,9 @@
     const pct = (n) => (b.total ? (100 * n) / b.total : 0) + "%";
     root.querySelector(".bar.done").style.width = pct(b.done - b.failed);
     root.querySelector(".bar.failed").style.width = pct(b.failed);
+    const bar = document.getElementById("batch-progress");
+    bar.setAttribute("aria-valuemax", b.total);
+    bar.setAttribute("aria-valuenow", b.done);
     set("state", b.state);
     set("progress-text", b.pending
       ? `${b.done} of ${b.total} done (${b.failed} failed) · ETA ${LS.duration(b.eta_seconds)}`
@@ -39,6 +42,8 @@
     set("n-failed", b.failed);
     const r = b.reviews;
     set("n-reviewed", r.confirmed + r.overturned + r.second_opinion);
+    // Cleared images a reviewer overturned to leukemia in QC: the model missed them.
+    set("n-false-negative", r.false_negative);
     if (!problemsLoaded || b.pending) {
       problemsLoaded = true;
       await loadProblems();
