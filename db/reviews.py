@@ -87,6 +87,16 @@ class QueueFilter:
 
 
 def _item_select() -> Select:
+    # The newest row's seq, even when that row withdrew a decision: the next decision must
+    # extend the history from there. Evaluated for the rows returned only.
+    latest_seq = (
+        select(Review.seq)
+        .where(Review.image_id == Image.id)
+        .order_by(Review.seq.desc())
+        .limit(1)
+        .correlate(Image)
+        .scalar_subquery()
+    )
     return (
         select(
             Image.id.label("image_id"),
@@ -102,7 +112,7 @@ def _item_select() -> Select:
             Result.domain_distance,
             Result.scored_at,
             ModelVersion.name.label("model_version"),
-            Review.seq,
+            latest_seq.label("seq"),
             Review.decision,
             Review.label,
             Review.comment,
@@ -113,14 +123,16 @@ def _item_select() -> Select:
         .join(Image, Image.id == Result.image_id)
         .join(Batch, Batch.id == Image.batch_id)
         .join(ModelVersion, ModelVersion.id == Result.model_version_id)
-        .outerjoin(Review, latest_review_condition())
+        # The current decision: the newest row, unless it withdrew one (then none), so that
+        # "unreviewed" stays the plain IS NULL the queue's index walk is planned for.
+        .outerjoin(Review, and_(latest_review_condition(), Review.decision != WITHDRAWN))
         .outerjoin(User, User.id == Review.reviewer_id)
         .where(latest_result_condition())
     )
 
 
 def _item_json(row: Any) -> dict[str, Any]:
-    decided = row.decision is not None and row.decision != WITHDRAWN
+    decided = row.decision is not None
     return {
         "image_id": row.image_id,
         "file_name": row.file_name,
@@ -137,14 +149,13 @@ def _item_json(row: Any) -> dict[str, Any]:
         "domain_distance": row.domain_distance,
         "model_version": row.model_version,
         "scored_at": row.scored_at.isoformat(),
-        "state": row.decision if decided else "unreviewed",
+        "state": row.decision or "unreviewed",
         "label": row.label,
         # A QC finding: the model cleared the image and a reviewer says leukemia.
         "false_negative": decided and not row.flagged and row.label == LEUKEMIA,
-        # The latest row's seq even when it withdrew a decision: the next decision extends it.
         "seq": row.seq or 0,
-        "comment": row.comment if decided else None,
-        "reviewed_by": row.reviewed_by if decided else None,
+        "comment": row.comment,
+        "reviewed_by": row.reviewed_by,
         "reviewed_at": row.reviewed_at.isoformat() if decided else None,
     }
 
@@ -208,7 +219,7 @@ def queue_statement(f: QueueFilter, after: tuple[float, int] | None, limit: int)
     if f.max_p is not None:
         stmt = stmt.where(Result.p_leukemia <= f.max_p)
     if f.state == "unreviewed":
-        stmt = stmt.where(or_(Review.id.is_(None), Review.decision == WITHDRAWN))
+        stmt = stmt.where(Review.id.is_(None))
     elif f.state is not None and f.state != FALSE_NEGATIVE:
         stmt = stmt.where(Review.decision == f.state)
     key = tuple_(Result.p_leukemia, Result.id)

@@ -593,4 +593,6 @@ def test_queue_items_are_reachable_with_tab_and_open_with_enter(site, pages):
     page.keyboard.press("Enter")
     expect(page.locator("#item-name")).to_have_text("tab_01.jpg")
     expect(page.locator("#queue li.current button")).to_have_attribute("aria-current", "true")
+    # The focus stays on the item opened, so Tab goes on from there.
+    assert page.evaluate("document.activeElement.textContent").endswith("tab_01.jpgunreviewed")
     expect(page.locator("#position")).to_have_attribute("aria-live", "polite")

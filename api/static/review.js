@@ -71,6 +71,8 @@
   const cannotJudge = (item) => item.route === "manual_review";
 
   function renderList() {
+    // Re-rendering must not take the keyboard focus away from a queue item (Tab, Enter).
+    const focused = [...$("queue").querySelectorAll(".q-open")].indexOf(document.activeElement);
     $("queue").replaceChildren(...state.items.map((item, i) => {
       // A button per image: reachable with Tab, opened with Enter or Space as with a click.
       const open = LS.el("button", { type: "button", className: "q-open" },
@@ -85,6 +87,7 @@
       const label = item.state === "unreviewed" ? "" : ` l-${item.label || "none"}`;
       return LS.el("li", { className: `q-item s-${item.state}${label}` + (i === state.index ? " current" : "") }, open);
     }));
+    if (focused >= 0) $("queue").querySelectorAll(".q-open")[focused]?.focus({ preventScroll: true });
   }
 
   // Only the list scrolls to the current image, never the page: on a narrow screen the list
@@ -154,9 +157,10 @@
   async function refreshDetails(item) {
     const fresh = await LS.getJSON(LS.withId(root.dataset.item, item.image_id));
     if (current() !== item) return;
+    const changed = fresh.seq !== item.seq;
     Object.assign(item, fresh);
     renderItemState(item);
-    renderList();
+    if (changed) renderList(); // someone decided meanwhile: the list says so too
     $("history").replaceChildren(...fresh.history.map((h) => LS.el("li", {},
       LS.el("strong", {}, h.decision.replace("_", " ")), ` by ${h.reviewer}, ${h.created_at.slice(0, 19).replace("T", " ")} UTC`,
       h.decision === "withdrawn" ? ` (undid ${h.previous_decision.replace("_", " ")})`
