@@ -14,7 +14,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, tuple_
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
+from sqlalchemy.sql.selectable import ScalarSelect
 
 from db.audit import Actor, record_event
 from db.errors import Conflict, Invalid, NotFound
@@ -49,21 +50,25 @@ ALL_ROUTES = "all"
 QUEUE_ROUTES = (ALL_ROUTES, Route.FLAGGED.value, Route.MANUAL_REVIEW.value)
 
 
-def latest_review_condition() -> ColumnElement[bool]:
-    """Join condition picking each image's newest review row (there may be none).
+def newest_review(column: InstrumentedAttribute[Any]) -> ScalarSelect[Any]:
+    """``column`` of each image's newest review row, as a correlated scalar subquery.
 
-    The newest row's id comes from a correlated LIMIT 1 on (image_id, seq): one index probe
-    per image actually read, so a page of the queue never touches the whole review table.
+    A LIMIT 1 on (image_id, seq): one index probe per image actually read, so a page of the
+    queue never touches the whole review table.
     """
-    newest = (
-        select(Review.id)
+    return (
+        select(column)
         .where(Review.image_id == Image.id)
         .order_by(Review.seq.desc())
         .limit(1)
         .correlate(Image)
         .scalar_subquery()
     )
-    return Review.id == newest
+
+
+def latest_review_condition() -> ColumnElement[bool]:
+    """Join condition picking each image's newest review row (there may be none)."""
+    return Review.id == newest_review(Review.id)
 
 
 def latest_result_condition() -> ColumnElement[bool]:
@@ -87,16 +92,6 @@ class QueueFilter:
 
 
 def _item_select() -> Select:
-    # The newest row's seq, even when that row withdrew a decision: the next decision must
-    # extend the history from there. Evaluated for the rows returned only.
-    latest_seq = (
-        select(Review.seq)
-        .where(Review.image_id == Image.id)
-        .order_by(Review.seq.desc())
-        .limit(1)
-        .correlate(Image)
-        .scalar_subquery()
-    )
     return (
         select(
             Image.id.label("image_id"),
@@ -112,7 +107,9 @@ def _item_select() -> Select:
             Result.domain_distance,
             Result.scored_at,
             ModelVersion.name.label("model_version"),
-            latest_seq.label("seq"),
+            # The newest row's seq, even when that row withdrew a decision: the next decision
+            # extends the history from there. Evaluated for the rows returned only.
+            newest_review(Review.seq).label("seq"),
             Review.decision,
             Review.label,
             Review.comment,
