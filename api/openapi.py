@@ -108,6 +108,11 @@ BATCH = {
             "type": ["string", "null"],
             "description": "what differs, in one sentence, when the drift alarm is raised",
         },
+        "reviews": {
+            "type": "object",
+            "description": "images per current decision (confirmed, overturned, "
+            "second_opinion), and false_negative: cleared images overturned to leukemia",
+        },
         "results_url": {"type": "string"},
     },
 }

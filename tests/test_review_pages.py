@@ -240,6 +240,10 @@ def test_a_conflict_and_an_ended_session_keep_the_comment_and_offer_the_way_out(
     expect(page.locator("#item-name")).to_have_text("conflict_01.jpg")
     expect(page.locator("#comment")).to_have_value("look again at the nucleus")
     expect(page.locator("#comment-note")).to_contain_text("not saved yet")
+    # Reloading the page loses neither the place nor the comment.
+    page.reload()
+    expect(page.locator("#item-name")).to_have_text("conflict_01.jpg")
+    expect(page.locator("#comment")).to_have_value("look again at the nucleus")
 
     # The session ends (signed out in another browser): sign in and come back, comment kept.
     elsewhere = _signed_in(pages, site, "dr.path", problems)

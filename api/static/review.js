@@ -52,9 +52,8 @@
     $("more").hidden = !state.next;
     $("queue-empty").hidden = state.items.length > 0;
     if (state.index < 0 && state.items.length) {
-      // Back from signing in: the image whose decision was interrupted, if it is listed.
+      // Back from a reload or from signing in: the image last shown, if it is still listed.
       const back = Number(sessionStorage.getItem(RETURN_KEY));
-      sessionStorage.removeItem(RETURN_KEY);
       show(Math.max(0, state.items.findIndex((x) => x.image_id === back)));
     }
     if (!state.items.length) { $("panel").hidden = true; $("big").removeAttribute("src"); }
@@ -109,6 +108,8 @@
     state.index = i;
     state.warnedAbout = null;
     const item = state.items[i];
+    // A reload, or a sign-in after the session ended, comes back to this image.
+    sessionStorage.setItem(RETURN_KEY, String(item.image_id));
     resetView();
     $("big").src = LS.withId(root.dataset.image, item.image_id);
     $("big").alt = item.file_name;
@@ -216,8 +217,7 @@
     const kept = $("comment").value.trim() ? " Your comment is kept." : "";
     if (e.status === 401) {
       // Signed out (here or in another window) or the account changed: the comment waits
-      // in this tab, and signing in brings the reviewer back to this image.
-      sessionStorage.setItem(RETURN_KEY, String(item.image_id));
+      // in this tab, and signing in brings the reviewer back to this image (RETURN_KEY).
       const back = `${root.dataset.login}?next=${encodeURIComponent(location.pathname + location.search)}`;
       problem(`${what}: you are no longer signed in.${kept} Sign in and you come back to this image.`,
         LS.el("a", { className: "button primary", href: back, id: "sign-in-again" }, "Sign in and come back"));
