@@ -10,6 +10,7 @@ from api.params import reject_out_of_range_ids
 from db.session import engine_for, session_factory
 from leukoscreen.config import Settings, load_settings, resolve_secret_key
 from leukoscreen.storage import ContentStore
+from worker.dispatch import watch_outbox
 
 
 def create_app(settings: Settings | None = None, celery: Celery | None = None) -> Flask:
@@ -43,14 +44,29 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         celery = make_celery(settings)
     store = ContentStore(settings.storage_dir)
     store.sweep_temporary()
+    sessions = session_factory(engine_for(settings.database_url))
+    # Webhook deliveries written by a request (a sign-off, a re-send) go out after its commit.
+    watch_outbox(sessions, celery)
     app.extensions["leukoscreen"] = {
         "settings": settings,
-        "sessions": session_factory(engine_for(settings.database_url)),
+        "sessions": sessions,
         "store": store,
         "celery": celery,
     }
 
-    from api import accounts, auth, batches, errors, health, openapi, pages, reviews
+    from api import (
+        accounts,
+        auth,
+        batches,
+        errors,
+        fhir,
+        health,
+        openapi,
+        pages,
+        reviews,
+        specimens,
+        webhooks,
+    )
 
     errors.register(app)
     auth.register(app)
@@ -60,4 +76,8 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     app.register_blueprint(reviews.bp)
     app.register_blueprint(accounts.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(specimens.bp)
+    app.register_blueprint(specimens.pages)
+    app.register_blueprint(fhir.bp)
+    app.register_blueprint(webhooks.bp)
     return app

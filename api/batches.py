@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import logging
@@ -11,20 +10,37 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from defusedcsv import csv as defused_csv
 from flask import Blueprint, Response, jsonify, request, send_file, stream_with_context, url_for
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from api import context, idempotency
 from api.auth import actor
 from api.errors import ApiError, get_or_404
 from api.intake import FileOutcome, Intake
-from api.params import int_arg
+from api.params import MAX_SMALL_ID, int_arg
+from api.specimen_ids import (
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    Specimen,
+    SpecimenError,
+    assign,
+    parse_manifest,
+)
+from api.thumbnails import thumbnail_jpeg
 from db import drift, lifecycle
 from db.audit import record_event
-from db.errors import NotFound
+from db.errors import Gone, NotFound
 from db.models import Batch, Image, ImageState
-from db.progress import RESULT_COLUMNS, batch_progress, iter_batch_results
+from db.progress import (
+    RESULT_COLUMNS,
+    batch_images,
+    batch_progress,
+    iter_batch_results,
+    parse_list_cursor,
+)
 from db.reviews import decision_counts
 from leukoscreen.imagetypes import MIME_TYPES
 from worker.dispatch import enqueue_images
@@ -44,24 +60,66 @@ def _submitter() -> str:
     )
 
 
-def _outcome_json(o: FileOutcome, image_id: int | None) -> dict[str, Any]:
+def _outcome_json(o: FileOutcome, image: Image | None) -> dict[str, Any]:
     body: dict[str, Any] = {"file": o.name, "status": o.status}
-    if image_id is not None:
-        body["image_id"] = image_id
+    if image is not None:
+        body["image_id"] = image.id
+        if image.specimen_id:
+            body["specimen_id"] = image.specimen_id
+        if image.duplicate_of_id is not None:
+            body["duplicate_of"] = image.duplicate_of_id
     if o.sha256:
         body["sha256"] = o.sha256
     if o.reason:
         body["reason"] = o.reason
+        body["reason_code"] = o.code
     return body
 
 
-def _uploads() -> list[tuple[str, Any]]:
-    files = request.files.getlist("images") + request.files.getlist("archive")
-    if not files:
+def _is_manifest(name: str) -> bool:
+    return name.replace("\\", "/").rsplit("/", 1)[-1].lower() == MANIFEST_NAME
+
+
+def _uploads() -> tuple[list[tuple[str, Any]], list[Any]]:
+    """The request's files, and which of their streams are specimen manifests.
+
+    A manifest is the ``manifest`` field's file, or a ``manifest.csv`` sent among the images.
+    """
+    fields = request.files.getlist("images") + request.files.getlist("archive")
+    manifests = request.files.getlist("manifest")
+    manifests += [f for f in fields if _is_manifest(f.filename or "")]
+    if len(manifests) == len(fields) + len(request.files.getlist("manifest")):
         other = sorted(request.files.keys())
         hint = f" (got file fields {other})" if other else ""
         raise ApiError(400, f"no files: send them as multipart form field 'images'{hint}")
-    return [(f.filename or "unnamed", f.stream) for f in files]
+    files = fields + request.files.getlist("manifest")
+    return [(f.filename or "unnamed", f.stream) for f in files], [f.stream for f in manifests]
+
+
+def _specimens(intake: Intake, manifests: list[bytes]) -> dict[str, Specimen]:
+    """Each file's specimen, or a 422 listing every problem (nothing is recorded then)."""
+    outcomes = intake.report.outcomes
+    try:
+        if intake.manifest_problems:
+            raise SpecimenError(intake.manifest_problems)
+        if len(manifests) > 1:
+            raise SpecimenError([f"{len(manifests)} manifests sent: send one {MANIFEST_NAME}"])
+        return assign(
+            [o.name for o in outcomes],
+            archives=intake.archives,
+            manifest=parse_manifest(manifests[0]) if manifests else None,
+            folders=request.form.get("specimen_folders", "").lower() in ("1", "true", "yes"),
+            upload_id=request.form.get("specimen_id") or None,
+            # A rejected file is answered with its reason whether or not it has an id.
+            required={o.name for o in outcomes if o.status != "rejected"},
+        )
+    except SpecimenError as exc:
+        raise ApiError(
+            422,
+            "the specimen identities of this upload are unusable: nothing was recorded",
+            problems=exc.problems,
+            files=[_outcome_json(o, None) for o in outcomes],
+        ) from None
 
 
 def _answer(body: dict[str, Any], replayed: bool = False) -> tuple[Response, int]:
@@ -74,7 +132,7 @@ def _answer(body: dict[str, Any], replayed: bool = False) -> tuple[Response, int
 
 def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
     key = idempotency.request_key()
-    uploads = _uploads()
+    uploads, manifest_streams = _uploads()
     sent = idempotency.fingerprint(uploads)
     if key is not None and (first := idempotency.first_answer(key, sent)) is not None:
         return _answer(first, replayed=True)
@@ -84,14 +142,12 @@ def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
         with sessions() as session:
             known = dict(
                 session.execute(
-                    select(Image.sha256, Image.original_name).where(
-                        Image.batch_id == batch.id, Image.state != ImageState.REJECTED.value
-                    )
+                    select(Image.sha256, Image.original_name).where(*_originals(batch.id))
                 ).all()
             )
     intake = Intake(settings, context.store(), known)
     try:
-        return _check_and_record(intake, uploads, batch, name, key, sent)
+        return _check_and_record(intake, uploads, manifest_streams, batch, name, key, sent)
     except IntegrityError:
         # A copy of this request with the same key committed first: answer as it did.
         _remove_unrecorded(intake.created)
@@ -102,6 +158,29 @@ def _intake(batch: Batch | None, name: str | None) -> tuple[Response, int]:
     except BaseException:
         _remove_unrecorded(intake.created)
         raise
+
+
+def _originals(batch_id: str) -> tuple[ColumnElement[bool], ...]:
+    """The batch's images that a later file with the same bytes duplicates: neither rejected
+    (those bytes are checked again) nor duplicates themselves."""
+    return (
+        Image.batch_id == batch_id,
+        Image.state.not_in((ImageState.REJECTED.value, ImageState.DUPLICATE.value)),
+    )
+
+
+def _twins(session: Session, batch: Batch, outcomes: list[FileOutcome]) -> dict[str, Image]:
+    """The images of earlier parts that this part's duplicates repeat, by sha256."""
+    wanted = {o.sha256 for o in outcomes if o.status == "duplicate" and o.sha256}
+    if not wanted:
+        return {}
+    rows = session.scalars(
+        select(Image).where(*_originals(batch.id), Image.sha256.in_(wanted)).order_by(Image.id)
+    )
+    twins: dict[str, Image] = {}
+    for image in rows:
+        twins.setdefault(image.sha256, image)
+    return twins
 
 
 def _remove_unrecorded(keys: list[str]) -> None:
@@ -123,14 +202,21 @@ def _remove_unrecorded(keys: list[str]) -> None:
 def _check_and_record(
     intake: Intake,
     uploads: list[tuple[str, Any]],
+    manifest_streams: list[Any],
     batch: Batch | None,
     name: str | None,
     key: str | None,
     sent: str,
 ) -> tuple[Response, int]:
     settings, sessions = context.settings(), context.sessions()
+    manifests: list[bytes] = []
     for filename, stream in uploads:
-        intake.add_upload(filename, stream)
+        if any(stream is m for m in manifest_streams):
+            manifests.append(stream.read(MAX_MANIFEST_BYTES + 1))
+        else:
+            intake.add_upload(filename, stream)
+    manifests += intake.manifests
+    specimens = _specimens(intake, manifests)
     report = intake.report
 
     accepted = [o for o in report.outcomes if o.status == "accepted"]
@@ -157,26 +243,39 @@ def _check_and_record(
             batch = session.merge(batch)
             if accepted:  # a part of only rejected or duplicate files leaves the state alone
                 lifecycle.reopen_batch(batch)
-        images: list[tuple[FileOutcome, Image | None]] = []
+        twins = _twins(session, batch, report.outcomes)
+        images: list[tuple[FileOutcome, Image]] = []
         for o in report.outcomes:
-            if o.status == "duplicate":
-                images.append((o, None))
-                continue
+            # Every file sent gets its row: a duplicate points at its twin (and shows the
+            # twin's stored copy) rather than vanishing from the batch and its exports.
+            twin = twins.get(o.sha256 or "") if o.status == "duplicate" else None
+            if twin is not None and twin.id is None:
+                # Written before the duplicate that points at it, so that ids (and exports)
+                # keep the order the files were sent in.
+                session.flush()
+            source = twin or o
+            specimen = specimens.get(o.name)
             image = lifecycle.admit(
                 session,
                 batch,
                 accepted=o.status == "accepted",
                 now=now,
+                duplicate_of=twin,
                 sha256=o.sha256 or "",
                 # PostgreSQL text cannot hold NUL; keep the rest of the name as sent.
                 original_name=_text(o.name, 1024),
-                storage_key=o.storage_key if o.status == "accepted" else None,
+                storage_key=source.storage_key if o.status != "rejected" else None,
                 size_bytes=o.size,
-                width=o.width,
-                height=o.height,
-                format=o.format,
+                width=source.width,
+                height=source.height,
+                format=source.format,
                 error=o.reason,
+                specimen_id=specimen.specimen_id if specimen else None,
+                specimen_source=specimen.source or None if specimen else None,
+                reason_code=o.code,
             )
+            if o.status == "accepted" and o.sha256:
+                twins.setdefault(o.sha256, image)
             images.append((o, image))
         session.flush()
         batch_id = batch.id
@@ -189,14 +288,14 @@ def _check_and_record(
             rejected=report.count("rejected"),
             duplicate=report.count("duplicate"),
         )
-        queued_ids = [img.id for o, img in images if img is not None and o.status == "accepted"]
+        queued_ids = [img.id for o, img in images if o.status == "accepted"]
         body: dict[str, Any] = {
             "batch_id": batch_id,
             "accepted": len(accepted),
             "rejected": report.count("rejected"),
             "duplicate": report.count("duplicate"),
             "enqueued": 0,
-            "files": [_outcome_json(o, img.id if img else None) for o, img in images],
+            "files": [_outcome_json(o, img) for o, img in images],
         }
         remembered = idempotency.remember(session, key, sent, body) if key is not None else None
 
@@ -250,10 +349,14 @@ def _batch_json(batch: Batch) -> dict[str, Any]:
 @bp.get("/batches")
 def list_batches():
     limit = int_arg("limit", 50, minimum=1, maximum=500)
+    # ``min_images=2`` hides the one-image batches that /single makes.
+    min_images = int_arg("min_images", 0, minimum=0, maximum=MAX_SMALL_ID)
+    stmt = select(Batch).order_by(Batch.created_at.desc()).limit(limit)
+    if min_images:
+        files = select(func.count()).where(Image.batch_id == Batch.id).scalar_subquery()
+        stmt = stmt.where(files >= min_images)
     with context.sessions()() as session:
-        batches = session.scalars(
-            select(Batch).order_by(Batch.created_at.desc()).limit(limit)
-        ).all()
+        batches = session.scalars(stmt).all()
     return jsonify(batches=[_batch_json(b) for b in batches])
 
 
@@ -262,13 +365,30 @@ def get_batch(batch_id: str):
     return jsonify(_batch_json(_load_batch(batch_id)))
 
 
+# Leading characters that make a spreadsheet run a cell as a formula or split it. defusedcsv
+# neutralises = + - @ | % (numbers aside); a leading tab or carriage return is added here.
+UNSAFE_LEADING_WHITESPACE = ("\t", "\r")
+
+
+def _csv_cell(value: Any) -> Any:
+    """One export value as the CSV shows it: the same words for booleans and one fixed-point
+    form for numbers in every row (never 1e-05 beside 0.5), text made inert."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    if isinstance(value, str) and value.startswith(UNSAFE_LEADING_WHITESPACE):
+        return "'" + value
+    return value
+
+
 def _csv_lines(batch_id: str) -> Iterator[str]:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS)
+    writer = defused_csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS)
     writer.writeheader()
     with context.sessions()() as session:
         for row in iter_batch_results(session, batch_id):
-            writer.writerow(row)
+            writer.writerow({k: _csv_cell(v) for k, v in row.items()})
             yield buffer.getvalue()
             buffer.seek(0)
             buffer.truncate()
@@ -313,20 +433,51 @@ def batch_results(batch_id: str):
     return jsonify(body)
 
 
-@bp.get("/images/<int:image_id>")
-def get_image(image_id: int):
+@bp.get("/batches/<batch_id>/images")
+def list_batch_images(batch_id: str):
+    """The batch page's list: every file sent, what needs a person first, keyset-paged."""
+    batch = _load_batch(batch_id)
+    limit = int_arg("limit", 50, minimum=1, maximum=500)
+    after = parse_list_cursor(request.args.get("after"))
+    with context.sessions()() as session:
+        items, cursor = batch_images(session, batch.id, after, limit)
+    return jsonify(batch_id=batch.id, items=items, next=cursor)
+
+
+def _stored(image_id: int) -> tuple[Image, str]:
     with context.sessions()() as session:
         image = get_or_404(session, Image, image_id)
         if image.storage_key is None:
             raise NotFound(f"image {image_id} was rejected and not stored: {image.error}")
-    path = context.store().path_for(image.storage_key)
+        if image.purged_at is not None:
+            raise Gone(f"image purged: image {image_id}'s pixels were removed by retention")
+    return image, image.storage_key
+
+
+def _private(response: Response) -> Response:
+    # Patient images are behind a login: a browser may keep them, a shared proxy may not.
+    response.cache_control.public = False
+    response.cache_control.private = True
+    return response
+
+
+@bp.get("/images/<int:image_id>/thumbnail")
+def get_thumbnail(image_id: int):
+    _, key = _stored(image_id)
+    preview = thumbnail_jpeg(context.store().path_for(key))
+    response = Response(preview, mimetype="image/jpeg")
+    response.cache_control.max_age = 3600
+    return _private(response)
+
+
+@bp.get("/images/<int:image_id>")
+def get_image(image_id: int):
+    image, key = _stored(image_id)
+    path = context.store().path_for(key)
     # Served with the type Pillow detected, never guessed from the uploaded name.
     mimetype = MIME_TYPES.get(image.format or "", "application/octet-stream")
     ext = mimetypes.guess_extension(mimetype) or ""
     response = send_file(
         path, mimetype=mimetype, download_name=f"image-{image_id}{ext}", max_age=3600
     )
-    # Patient images are behind a login: a browser may keep them, a shared proxy may not.
-    response.cache_control.public = False
-    response.cache_control.private = True
-    return response
+    return _private(response)

@@ -17,14 +17,19 @@ from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
-from db.errors import Conflict, DomainError, Invalid, NotFound
+from db.errors import Conflict, DomainError, Gone, Invalid, NotFound
 from leukoscreen.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DOMAIN_STATUS: dict[type[DomainError], int] = {NotFound: 404, Invalid: 400, Conflict: 409}
+DOMAIN_STATUS: dict[type[DomainError], int] = {
+    NotFound: 404,
+    Invalid: 400,
+    Conflict: 409,
+    Gone: 410,
+}
 
 
 class ApiError(Exception):

@@ -6,6 +6,7 @@ originals to the content store, and returns what happened to every file.
 
 from __future__ import annotations
 
+import enum
 import io
 import struct
 import zipfile
@@ -17,6 +18,7 @@ from typing import IO, BinaryIO
 from PIL import Image, UnidentifiedImageError
 
 from api.deidentify import StripError, strip_metadata
+from api.specimen_ids import MANIFEST_NAME, MAX_MANIFEST_BYTES
 from leukoscreen.config import Settings
 from leukoscreen.imagetypes import canonical_format, describe_formats
 from leukoscreen.storage import ContentStore, Staged, TooLarge
@@ -27,11 +29,30 @@ LOCAL_HEADER_BYTES = 30
 ARCHIVE_NOISE = ("__MACOSX/", ".DS_Store", "Thumbs.db")
 
 
+class Code(enum.StrEnum):
+    """Why a file was not scored, as a stable machine code beside the reason's words (exports
+    carry both: the words for the technician, the code for a laboratory's own software)."""
+
+    EMPTY_FILE = "empty_file"
+    NOT_AN_IMAGE = "not_an_image"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    TOO_MANY_PIXELS = "too_many_pixels"
+    DAMAGED_IMAGE = "damaged_image"
+    METADATA_NOT_REMOVED = "metadata_not_removed"
+    FILE_TOO_LARGE = "file_too_large"
+    NOT_READ = "not_read"  # the request's or archive's allowance was used up before it
+    UNREADABLE_ARCHIVE = "unreadable_archive"
+    ARCHIVE_TOO_LARGE = "archive_too_large"
+    UNSAFE_ARCHIVE = "unsafe_archive"  # zip bomb guards, unsafe paths, encryption, nesting
+    DUPLICATE = "duplicate"
+
+
 @dataclass
 class FileOutcome:
     name: str
     status: str  # accepted | rejected | duplicate
     reason: str | None = None
+    code: Code | None = None
     sha256: str | None = None
     size: int = 0
     width: int | None = None
@@ -51,7 +72,9 @@ class IntakeReport:
 
 
 class ImageCheckError(ValueError):
-    pass
+    def __init__(self, code: Code, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
 
 
 def check_image(path: str, max_pixels: int) -> tuple[int, int, str]:
@@ -61,16 +84,18 @@ def check_image(path: str, max_pixels: int) -> tuple[int, int, str]:
             fmt = canonical_format(img.format)
             if fmt is None:
                 raise ImageCheckError(
-                    f"{img.format or 'unknown'} is not an accepted format ({describe_formats()})"
+                    Code.UNSUPPORTED_FORMAT,
+                    f"{img.format or 'unknown'} is not an accepted format ({describe_formats()})",
                 )
             width, height = img.size
             # Checked before decoding so a tiny file claiming huge dimensions costs nothing.
             if width * height > max_pixels:
                 raise ImageCheckError(
-                    f"image is {width}x{height} pixels, over the {max_pixels} pixel limit"
+                    Code.TOO_MANY_PIXELS,
+                    f"image is {width}x{height} pixels, over the {max_pixels} pixel limit",
                 )
             if width < 1 or height < 1:
-                raise ImageCheckError("image has no pixels")
+                raise ImageCheckError(Code.DAMAGED_IMAGE, "image has no pixels")
             if fmt == "JPEG":
                 # Reduced-scale decoding still reads every byte of the entropy-coded data, so
                 # truncation is caught, at about half the cost of a full decode.
@@ -80,11 +105,20 @@ def check_image(path: str, max_pixels: int) -> tuple[int, int, str]:
     except ImageCheckError:
         raise
     except UnidentifiedImageError:
-        raise ImageCheckError("not an image file Pillow can decode") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageCheckError(f"decompression bomb refused: {exc}") from None
+        raise ImageCheckError(
+            Code.NOT_AN_IMAGE, f"not an image: the file is not a {describe_formats()} picture"
+        ) from None
+    except Image.DecompressionBombError:
+        raise ImageCheckError(
+            Code.TOO_MANY_PIXELS,
+            "image declares far more pixels than any smear photograph: not opened "
+            "(decompression bomb guard)",
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageCheckError(f"image cannot be decoded: {exc}") from None
+        # The decoder's own words stay in brackets: they help whoever looks at the file.
+        raise ImageCheckError(
+            Code.DAMAGED_IMAGE, f"image cannot be decoded: damaged or incomplete file ({exc})"
+        ) from None
 
 
 def _unsafe_zip_path(name: str) -> str | None:
@@ -142,6 +176,11 @@ class Intake:
         self.created: list[str] = []
         # Bytes this request may still unpack (plain files and archive entries, as read).
         self.unpacked_left = settings.max_unpacked_bytes
+        # Zip uploads' names (their entries are reported as "archive.zip/inner/path") and the
+        # specimen manifests found at the top of them (``api.specimen_ids``).
+        self.archives: set[str] = set()
+        self.manifests: list[bytes] = []
+        self.manifest_problems: list[str] = []
 
     def _request_spent(self) -> str:
         return (
@@ -169,14 +208,15 @@ class Intake:
 
     def add_upload(self, name: str, stream: BinaryIO) -> None:
         if self.unpacked_left <= 0:
-            self._reject(name, self._request_spent())
+            self._reject(name, self._request_spent(), code=Code.NOT_READ)
             return
         try:
             staged = self.store.stage(stream, self.settings.max_file_bytes)
         except TooLarge as exc:
-            self._reject(name, str(exc))
+            self._reject(name, str(exc), code=Code.FILE_TOO_LARGE)
             return
         if self._is_zip(staged):
+            self.archives.add(name)
             try:
                 self._add_zip(name, staged)
             finally:
@@ -185,7 +225,7 @@ class Intake:
         if staged.size > self.unpacked_left:
             self.store.discard(staged)
             self.unpacked_left = 0
-            self._reject(name, self._request_spent(), staged.size)
+            self._reject(name, self._request_spent(), staged.size, Code.NOT_READ)
             return
         self.unpacked_left -= staged.size
         self._add_staged(name, staged)
@@ -200,14 +240,17 @@ class Intake:
         outcome = FileOutcome(name=name, status="accepted", sha256=received, size=staged.size)
         if staged.size == 0:
             self.store.discard(staged)
-            outcome.status, outcome.reason = "rejected", "empty file"
+            outcome.status, outcome.reason, outcome.code = "rejected", "empty file", Code.EMPTY_FILE
             self.report.outcomes.append(outcome)
             return
         if staged.sha256 in self.seen:
             self.store.discard(staged)
-            outcome.status = "duplicate"
+            outcome.status, outcome.code = "duplicate", Code.DUPLICATE
             outcome.duplicate_of = self.seen[staged.sha256]
-            outcome.reason = f"same bytes as {outcome.duplicate_of} in this batch"
+            outcome.reason = (
+                f"same file as {outcome.duplicate_of} in this batch: scored once, its result "
+                "is shown for both"
+            )
             self.report.outcomes.append(outcome)
             return
         try:
@@ -216,7 +259,7 @@ class Intake:
             )
         except ImageCheckError as exc:
             self.store.discard(staged)
-            outcome.status, outcome.reason = "rejected", str(exc)
+            outcome.status, outcome.reason, outcome.code = "rejected", str(exc), exc.code
             self.report.outcomes.append(outcome)
             return
         if self.settings.strip_metadata:
@@ -224,7 +267,8 @@ class Intake:
                 staged = self._without_metadata(staged, outcome.format or "")
             except (StripError, ImageCheckError, OSError, ValueError) as exc:
                 self.store.discard(staged)
-                outcome.status, outcome.reason = "rejected", f"metadata cannot be removed: {exc}"
+                outcome.status, outcome.code = "rejected", Code.METADATA_NOT_REMOVED
+                outcome.reason = f"metadata cannot be removed: {exc}"
                 self.report.outcomes.append(outcome)
                 return
         stored_before = self.store.exists(staged.sha256)
@@ -246,22 +290,27 @@ class Intake:
         self.store.discard(staged)
         return clean
 
-    def _reject(self, name: str, reason: str, size: int = 0) -> None:
+    def _reject(
+        self, name: str, reason: str, size: int = 0, code: Code = Code.UNSAFE_ARCHIVE
+    ) -> None:
         self.report.outcomes.append(
-            FileOutcome(name=name, status="rejected", reason=reason, size=size)
+            FileOutcome(name=name, status="rejected", reason=reason, code=code, size=size)
         )
 
     def _add_zip(self, name: str, staged: Staged) -> None:
         try:
             archive = zipfile.ZipFile(staged.path)
         except (zipfile.BadZipFile, OSError) as exc:
-            self._reject(name, f"not a readable zip archive: {exc}", staged.size)
+            self._reject(
+                name, f"not a readable zip archive: {exc}", staged.size, Code.UNREADABLE_ARCHIVE
+            )
             return
         with archive, open(staged.path, "rb") as raw:
             infos = archive.infolist()
             entries = [i for i in infos if not i.is_dir()]
             declared = sum(i.file_size for i in infos)
             limit = self.settings.max_archive_bytes
+            code = Code.ARCHIVE_TOO_LARGE
             if len(entries) > self.settings.max_zip_entries:
                 reason: str | None = (
                     f"archive has {len(entries)} files, over the limit of "
@@ -273,9 +322,9 @@ class Intake:
                     "per archive"
                 )
             else:
-                reason = zip_layout_problem(archive, raw)
+                reason, code = zip_layout_problem(archive, raw), Code.UNSAFE_ARCHIVE
             if reason:
-                self._reject(name, reason, staged.size)
+                self._reject(name, reason, staged.size, code)
                 return
             self._add_zip_entries(name, archive, entries, limit)
 
@@ -284,17 +333,23 @@ class Intake:
     ) -> None:
         archive_left = limit
         spent: str | None = None
-        for info, reason in self._zip_entries(entries):
+        for info, reason, code in self._zip_entries(entries):
             entry_name = f"{name}/{info.filename}"
-            if spent or reason:
-                self._reject(entry_name, spent or reason or "", info.file_size)
+            if info.filename == MANIFEST_NAME and not reason and not spent:
+                self._read_manifest(archive, info, entry_name)
+                continue
+            if spent:
+                self._reject(entry_name, spent, info.file_size, Code.NOT_READ)
+                continue
+            if reason:
+                self._reject(entry_name, reason, info.file_size, code)
                 continue
             before = self.unpacked_left
             try:
                 with archive.open(info) as member:
                     entry = self._stage_entry(member, archive_left)
             except TooLarge as exc:
-                self._reject(entry_name, str(exc), info.file_size)
+                self._reject(entry_name, str(exc), info.file_size, Code.FILE_TOO_LARGE)
                 continue
             except BudgetSpent:
                 # Stop reading this archive at once; the rest of it is answered unread.
@@ -303,17 +358,33 @@ class Intake:
                     if self.unpacked_left <= 0
                     else f"the archive's limit of {limit} uncompressed bytes is used up: not read"
                 )
-                self._reject(entry_name, spent, info.file_size)
+                self._reject(entry_name, spent, info.file_size, Code.NOT_READ)
                 continue
             except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
-                self._reject(entry_name, f"archive entry cannot be read: {exc}")
+                self._reject(
+                    entry_name, f"archive entry cannot be read: {exc}", code=Code.UNREADABLE_ARCHIVE
+                )
                 continue
             archive_left -= before - self.unpacked_left
             self._add_staged(entry_name, entry)
 
+    def _read_manifest(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> None:
+        # A manifest that cannot be read refuses the whole request (see api.specimen_ids).
+        if info.file_size > MAX_MANIFEST_BYTES:
+            self.manifest_problems.append(f"{name} is larger than {MAX_MANIFEST_BYTES} bytes")
+            return
+        try:
+            with archive.open(info) as member:
+                data = member.read(MAX_MANIFEST_BYTES + 1)
+        except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
+            self.manifest_problems.append(f"{name} cannot be read: {exc}")
+            return
+        self.unpacked_left -= len(data)
+        self.manifests.append(data)
+
     def _zip_entries(
         self, entries: list[zipfile.ZipInfo]
-    ) -> Iterator[tuple[zipfile.ZipInfo, str | None]]:
+    ) -> Iterator[tuple[zipfile.ZipInfo, str | None, Code]]:
         for info in entries:
             if info.filename.startswith(ARCHIVE_NOISE) or info.filename.endswith(ARCHIVE_NOISE):
                 continue
@@ -324,6 +395,8 @@ class Intake:
                 reason = "nested archives are not accepted; upload the inner archive itself"
             elif reason is None and info.file_size > self.settings.max_file_bytes:
                 reason = f"file is larger than the {self.settings.max_file_bytes} byte limit"
+                yield info, reason, Code.FILE_TOO_LARGE
+                continue
             elif (
                 reason is None
                 and info.compress_size > 0
@@ -333,4 +406,4 @@ class Intake:
                     f"compression ratio {info.file_size // info.compress_size}:1 is over the "
                     f"{self.settings.max_zip_ratio}:1 limit (zip bomb guard)"
                 )
-            yield info, reason
+            yield info, reason, Code.UNSAFE_ARCHIVE

@@ -11,10 +11,20 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
+from api.intake import Code
 from api.params import MAX_ID, id_limit
-from db.models import BatchState, Decision, ImageState, Role
+from db.models import (
+    BatchState,
+    Decision,
+    DeliveryState,
+    ImageState,
+    Interpretation,
+    Role,
+    WebhookEvent,
+)
 from db.reviews import QUEUE_ROUTES
 from db.reviews import STATES as REVIEW_STATES
+from db.specimens import SpecimenStatus
 from leukoscreen.imagetypes import MIME_TYPES
 from model.gate import Route, RouteReason
 
@@ -33,7 +43,17 @@ FILE_ROW = {
         "status": {"type": "string", "enum": ["accepted", "rejected", "duplicate"]},
         "image_id": {"type": "integer"},
         "sha256": {"type": "string"},
-        "reason": {"type": "string"},
+        "reason": {"type": "string", "description": "why it was rejected, in plain words"},
+        "reason_code": {
+            "type": "string",
+            "enum": [c.value for c in Code],
+            "description": "the same reason as a stable code",
+        },
+        "duplicate_of": {
+            "type": "integer",
+            "description": "a duplicate's twin: the image of the batch with the same bytes",
+        },
+        "specimen_id": {"type": "string"},
     },
 }
 INTAKE = {
@@ -58,7 +78,15 @@ IDEMPOTENCY_KEY = {
 UNUSABLE = {
     "type": "object",
     "required": ["error", "status", "files"],
-    "properties": {**ERROR["properties"], "files": {"type": "array", "items": FILE_ROW}},
+    "properties": {
+        **ERROR["properties"],
+        "files": {"type": "array", "items": FILE_ROW},
+        "problems": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "every problem of the specimen identities (manifest, folders, id)",
+        },
+    },
 }
 # Every scored image's route and its machine-readable reason (model.gate); null until scored.
 ROUTE = {
@@ -91,6 +119,10 @@ BATCH = {
         "pending": {"type": "integer"},
         "failed": {"type": "integer"},
         "rejected": {"type": "integer"},
+        "duplicate": {
+            "type": "integer",
+            "description": "files repeating another file of the batch (scored once)",
+        },
         "flagged": {"type": "integer", "description": "scored images routed flagged"},
         "cleared": {"type": "integer", "description": "scored images routed cleared"},
         "manual_review": {
@@ -126,6 +158,7 @@ RESULT_ROW = {
     "properties": {
         "image_id": {"type": "integer"},
         "file_name": {"type": "string"},
+        "specimen_id": {"type": ["string", "null"]},
         "sha256": {"type": "string"},
         "state": {"type": "string", "enum": [s.value for s in ImageState]},
         "p_leukemia": {"type": ["number", "null"]},
@@ -137,8 +170,37 @@ RESULT_ROW = {
         "model_version": {"type": ["string", "null"]},
         "model_sha256": {"type": ["string", "null"]},
         "scored_at": {"type": ["string", "null"]},
+        "batch_name": {"type": "string"},
+        "duplicate_of": {
+            "type": ["integer", "null"],
+            "description": "a duplicate's twin, whose result and decision the row shows",
+        },
+        "reason": {
+            "type": ["string", "null"],
+            "description": "why the file has no plain verdict (rejected, duplicate, failed, "
+            "manual review), in words a technician reads",
+        },
+        "reason_code": {"type": ["string", "null"], "description": "the reason as a code"},
         "error": {"type": ["string", "null"]},
         "false_negative": FALSE_NEGATIVE,
+    },
+}
+LIST_ITEM = {
+    "type": "object",
+    "required": ["image_id", "file_name", "state"],
+    "properties": {
+        "image_id": {"type": "integer"},
+        "file_name": {"type": "string"},
+        "state": {"type": "string", "enum": [s.value for s in ImageState]},
+        "duplicate_of": {"type": ["integer", "null"]},
+        "duplicate_of_file": {"type": ["string", "null"], "description": "the twin's file name"},
+        "has_image": {"type": "boolean"},
+        "p_leukemia": {"type": ["number", "null"]},
+        "route": ROUTE,
+        "reason": {"type": ["string", "null"]},
+        "reason_code": {"type": ["string", "null"]},
+        "review_decision": {"type": ["string", "null"]},
+        "review_label": {"type": ["string", "null"]},
     },
 }
 
@@ -159,6 +221,13 @@ QUEUE_ITEM = {
         "domain_distance": {"type": ["number", "null"]},
         "state": {"type": "string"},
         "false_negative": FALSE_NEGATIVE,
+        "specimen_id": {"type": ["string", "null"]},
+        "copies": {
+            "type": "array",
+            "description": "the other images, in any batch, with the same bytes: they share "
+            "this image's decision",
+            "items": {"type": "object"},
+        },
     },
 }
 QUEUE_PAGE = {
@@ -182,6 +251,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         403: "role not allowed",
         404: "not found",
         409: "conflicts with the current state (a newer decision, the last active admin)",
+        410: "gone on purpose (the image's pixels were purged by retention)",
         413: "request too large",
         422: "nothing usable",
         503: "a dependency is down",
@@ -233,12 +303,156 @@ UPLOAD_BODY = {
                     # Multipart text fields are text whatever they look like: no type to violate.
                     "name": {"description": "batch name (text)"},
                     "submitted_by": {"description": "who submits (text)"},
+                    "manifest": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "CSV with columns file, specimen_id, optional source "
+                        "(or a manifest.csv among the images or at the top of a zip)",
+                    },
+                    "specimen_id": {"description": "one specimen id for every file (text)"},
+                    "specimen_folders": {
+                        "description": "1: each file's folder name is its specimen id"
+                    },
                 },
             }
         }
     },
 }
 BATCH_ID = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"}}
+SPECIMEN_ID = {
+    "name": "specimen_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "maxLength": 64},
+}
+SPECIMEN_COUNTS = {
+    "type": "object",
+    "properties": {
+        k: {"type": "integer"}
+        for k in ("images", *(r.value for r in Route), "not_scored", "awaiting_decision")
+    },
+}
+SIGNOFF = {
+    "type": "object",
+    "required": ["id", "seq", "interpretation", "signed_by", "signed_at"],
+    "properties": {
+        "id": {"type": "integer"},
+        "seq": {"type": "integer"},
+        "interpretation": {"type": "string", "enum": [i.value for i in Interpretation]},
+        "interpretation_text": {"type": "string"},
+        "comment": {"type": "string"},
+        "signed_by": {"type": "string"},
+        "signed_at": {"type": "string", "format": "date-time"},
+        "amends_id": {"type": ["integer", "null"]},
+    },
+}
+SPECIMEN_STATUS = {
+    "type": "string",
+    "enum": [s.value for s in SpecimenStatus],
+    "description": "db.specimens rules: scoring, needs_review, ready_to_sign, "
+    "changed_since_signing, signed",
+}
+SPECIMEN_ROW = {
+    "type": "object",
+    "required": ["specimen_id", "status", "images"],
+    "properties": {
+        "specimen_id": {"type": "string"},
+        "status": SPECIMEN_STATUS,
+        "status_text": {"type": "string"},
+        "images": {"type": "integer"},
+        "flagged": {"type": "integer"},
+        "manual_review": {"type": "integer"},
+        "awaiting_decision": {"type": "integer"},
+        "max_p_leukemia": {"type": ["number", "null"]},
+        "last_upload": {"type": "string", "format": "date-time"},
+    },
+}
+SPECIMEN = {
+    "type": "object",
+    "required": ["specimen_id", "status", "counts", "images", "signoffs"],
+    "properties": {
+        "specimen_id": {"type": "string"},
+        "source": {"type": "string"},
+        "status": SPECIMEN_STATUS,
+        "status_text": {"type": "string"},
+        "counts": SPECIMEN_COUNTS,
+        "max_p_leukemia": {"type": ["number", "null"]},
+        "batches": {"type": "array", "items": {"type": "string"}},
+        "signoff": {"oneOf": [SIGNOFF, {"type": "null"}]},
+        "signoffs": {"type": "array", "items": SIGNOFF},
+        "images": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+
+def specimen_paths() -> dict[str, Any]:
+    """Specimens and their sign-offs (see api/specimens.py)."""
+    return {
+        "/api/v1/specimens": {
+            "get": {
+                "summary": "specimens, most recently extended first, keyset-paged",
+                "parameters": [
+                    _query("before", {"type": "integer", "minimum": 0}),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}),
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["specimens"],
+                            "properties": {
+                                "specimens": {"type": "array", "items": SPECIMEN_ROW},
+                                "next_before": {"type": "integer"},
+                            },
+                        },
+                        "specimens",
+                    ),
+                    **_errors(400, 503),
+                },
+            }
+        },
+        "/api/v1/specimens/{specimen_id}": {
+            "get": {
+                "summary": "one specimen: images (most suspicious first), status, sign-offs",
+                "parameters": [SPECIMEN_ID],
+                "responses": {"200": _json(SPECIMEN, "specimen"), **_errors(404, 503)},
+            }
+        },
+        "/api/v1/specimens/{specimen_id}/signoffs": {
+            "post": {
+                "summary": "sign the specimen, or amend its latest sign-off (amends_id)",
+                "parameters": [SPECIMEN_ID],
+                "requestBody": _json_body(
+                    {
+                        "type": "object",
+                        "required": ["interpretation"],
+                        "properties": {
+                            "interpretation": {
+                                "type": "string",
+                                "enum": [i.value for i in Interpretation],
+                            },
+                            "comment": {"type": "string", "maxLength": 4000},
+                            "amends_id": {"type": "integer", "minimum": 1},
+                        },
+                    }
+                ),
+                "responses": {
+                    "201": _json(
+                        {
+                            "type": "object",
+                            "required": ["signoff_id", "specimen"],
+                            "properties": {
+                                "signoff_id": {"type": "integer"},
+                                "specimen": SPECIMEN,
+                            },
+                        },
+                        "signed",
+                    ),
+                    **_errors(400, 404, 409, 503),
+                },
+            }
+        },
+    }
 
 
 def review_and_account_paths() -> dict[str, Any]:
@@ -254,6 +468,7 @@ def review_and_account_paths() -> dict[str, Any]:
                         "description": "all (default): flagged and manual_review; or one of them",
                     },
                     _query("batch", {"type": "string"}),
+                    _query("specimen", {"type": "string"}),
                     _query("since", {"type": "string", "format": "date"}),
                     _query("until", {"type": "string", "format": "date"}),
                     _query("min_p", UNIT),
@@ -404,6 +619,159 @@ def review_and_account_paths() -> dict[str, Any]:
     }
 
 
+FHIR = {
+    "type": "object",
+    "required": ["resourceType"],
+    "description": "FHIR R4 JSON (built and validated with fhir.resources)",
+    "properties": {"resourceType": {"type": "string"}},
+}
+WEBHOOK = {
+    "type": "object",
+    "required": ["id", "url", "events", "active"],
+    "properties": {
+        "id": {"type": "integer"},
+        "url": {"type": "string"},
+        "events": {"type": "array", "items": {"type": "string"}},
+        "active": {"type": "boolean"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "secret": {"type": "string", "description": "only in the answer that creates it"},
+    },
+}
+DELIVERY = {
+    "type": "object",
+    "required": ["id", "webhook_id", "event", "state", "attempts"],
+    "properties": {
+        "id": {"type": "string", "description": "the X-LeukoScreen-Delivery header"},
+        "webhook_id": {"type": "integer"},
+        "event": {"type": "string"},
+        "subject": {"type": "string"},
+        "state": {"type": "string", "enum": [s.value for s in DeliveryState]},
+        "attempts": {"type": "integer"},
+        "last_status": {"type": ["integer", "null"]},
+        "last_error": {"type": ["string", "null"]},
+        "created_at": {"type": "string"},
+        "updated_at": {"type": "string"},
+        "delivered_at": {"type": ["string", "null"]},
+    },
+}
+
+
+def _fhir(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/fhir+json": {"schema": FHIR}}}
+
+
+def delivery_paths() -> dict[str, Any]:
+    """Reports for other systems: FHIR (api/fhir.py) and webhooks (api/webhooks.py)."""
+    return {
+        "/api/v1/specimens/{specimen_id}/fhir": {
+            "get": {
+                "summary": "the FHIR DiagnosticReport of a signed specimen (latest sign-off)",
+                "parameters": [
+                    {
+                        "name": "specimen_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": _fhir("DiagnosticReport with contained Specimen and Observations"),
+                    **_errors(404, 409, 503),
+                },
+            }
+        },
+        "/api/v1/batches/{batch_id}/fhir": {
+            "get": {
+                "summary": "a FHIR Bundle (collection) of the batch's signed specimens' reports",
+                "parameters": [BATCH_ID],
+                "responses": {"200": _fhir("Bundle"), **_errors(404, 503)},
+            }
+        },
+        "/api/v1/webhooks": {
+            "get": {
+                "summary": "webhooks (admin)",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["webhooks"],
+                            "properties": {"webhooks": {"type": "array", "items": WEBHOOK}},
+                        },
+                        "webhooks",
+                    ),
+                    **_errors(503),
+                },
+            },
+            "post": {
+                "summary": "add a webhook; its signing secret is shown once (admin)",
+                "requestBody": _json_body(
+                    {
+                        "type": "object",
+                        "required": ["url", "events"],
+                        "properties": {
+                            "url": {"type": "string"},
+                            "events": {
+                                "type": "array",
+                                "minItems": 1,
+                                "items": {
+                                    "type": "string",
+                                    "enum": [e.value for e in WebhookEvent],
+                                },
+                            },
+                        },
+                    }
+                ),
+                "responses": {"201": _json(WEBHOOK, "created"), **_errors(400, 503)},
+            },
+        },
+        "/api/v1/webhooks/{webhook_id}": {
+            "delete": {
+                "summary": "deactivate a webhook; its log stays (admin)",
+                "parameters": [_id("webhook_id")],
+                "responses": {"200": _json(WEBHOOK, "deactivated"), **_errors(404, 503)},
+            }
+        },
+        "/api/v1/webhooks/{webhook_id}/deliveries": {
+            "get": {
+                "summary": "the delivery log of a webhook, newest first (admin)",
+                "parameters": [
+                    _id("webhook_id"),
+                    _query("state", {"type": "string", "enum": [s.value for s in DeliveryState]}),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                ],
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["webhook", "deliveries"],
+                            "properties": {
+                                "webhook": WEBHOOK,
+                                "deliveries": {"type": "array", "items": DELIVERY},
+                            },
+                        },
+                        "deliveries",
+                    ),
+                    **_errors(400, 404, 503),
+                },
+            }
+        },
+        "/api/v1/webhook-deliveries/{delivery_id}/resend": {
+            "post": {
+                "summary": "send a delivery again, same delivery id (admin)",
+                "parameters": [
+                    {
+                        "name": "delivery_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {"202": _json(DELIVERY, "queued"), **_errors(404, 409, 503)},
+            }
+        },
+    }
+
+
 @functools.cache
 def spec() -> dict[str, Any]:
     intake_responses = {
@@ -418,6 +786,8 @@ def spec() -> dict[str, Any]:
         "security": [{"token": []}],
         "paths": {
             **review_and_account_paths(),
+            **specimen_paths(),
+            **delivery_paths(),
             "/healthz": {
                 "get": {
                     "summary": "database and broker reachable",
@@ -442,7 +812,14 @@ def spec() -> dict[str, Any]:
                             "name": "limit",
                             "in": "query",
                             "schema": {"type": "integer", "minimum": 1},
-                        }
+                        },
+                        {
+                            "name": "min_images",
+                            "in": "query",
+                            "description": "only batches of at least this many files "
+                            "(2 hides one-image batches)",
+                            "schema": {"type": "integer", "minimum": 0},
+                        },
                     ],
                     "responses": {
                         "200": _json(
@@ -471,12 +848,40 @@ def spec() -> dict[str, Any]:
                 }
             },
             "/api/v1/batches/{batch_id}/images": {
+                "get": {
+                    "summary": "the batch's files for its page: flagged and manual review "
+                    "first, keyset-paged (next is the following page's cursor)",
+                    "parameters": [
+                        BATCH_ID,
+                        {"name": "after", "in": "query", "schema": {"type": "string"}},
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["batch_id", "items", "next"],
+                                "properties": {
+                                    "batch_id": {"type": "string"},
+                                    "items": {"type": "array", "items": LIST_ITEM},
+                                    "next": {"type": ["string", "null"]},
+                                },
+                            },
+                            "one page of files",
+                        ),
+                        **_errors(400, 404, 503),
+                    },
+                },
                 "post": {
                     "summary": "add files to a batch",
                     "parameters": [BATCH_ID, IDEMPOTENCY_KEY],
                     "requestBody": UPLOAD_BODY,
                     "responses": {**intake_responses, **_errors(404)},
-                }
+                },
             },
             "/api/v1/batches/{batch_id}/results": {
                 "get": {
@@ -539,6 +944,21 @@ def spec() -> dict[str, Any]:
                             "content": {
                                 t: {"schema": {"type": "string", "format": "binary"}}
                                 for t in MIME_TYPES.values()
+                            },
+                        },
+                        **_errors(404, 410, 503),
+                    },
+                }
+            },
+            "/api/v1/images/{image_id}/thumbnail": {
+                "get": {
+                    "summary": "a small JPEG preview of the stored original (batch page list)",
+                    "parameters": [_id("image_id")],
+                    "responses": {
+                        "200": {
+                            "description": "JPEG bytes, at most 128 pixels a side",
+                            "content": {
+                                "image/jpeg": {"schema": {"type": "string", "format": "binary"}}
                             },
                         },
                         **_errors(404, 503),

@@ -89,6 +89,7 @@ def queue():
         threshold=threshold,
         ascending=_order_arg() == "asc",
         route=request.args.get("route") or ALL_ROUTES,  # db.reviews checks it
+        specimen_id=request.args.get("specimen") or None,
     )
     limit = int_arg("limit", 50, minimum=1, maximum=500)
     with context.sessions()() as session:

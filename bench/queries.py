@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import migrate
-from db.progress import batch_progress, iter_batch_results
+from db.progress import batch_images, batch_progress, iter_batch_results
 from db.reviews import QueueFilter, review_queue
 
 BATCH = 2000
@@ -100,6 +100,15 @@ def run(args: argparse.Namespace) -> int:
             with sessions() as s:
                 list(iter_batch_results(s, rng.choice(ids), after_id=0, limit=100))
 
+        def batch_list_page() -> None:
+            # The batch page's list, flagged first: each page ranks the batch's 2,000 rows.
+            with sessions() as s:
+                batch_images(s, rng.choice(ids), None, 50)
+
+        def batch_list_deep_page() -> None:
+            with sessions() as s:
+                batch_images(s, rng.choice(ids), (3, 10**12), 50)
+
         def queue_first_page() -> None:
             with sessions() as s:
                 review_queue(s, QueueFilter(), None, 50)
@@ -117,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
         for name, fn in (
             ("batch progress", progress),
             ("results page (100 rows)", results_page),
+            ("batch image list, page 1", batch_list_page),
+            ("batch image list, deep", batch_list_deep_page),
             ("review queue, first page", queue_first_page),
             ("review queue, deep page", queue_deep_page),
             ("review queue, one batch", queue_one_batch),

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from db.models import AuditEvent, Review
+from db.models import AuditEvent, Review, SpecimenSignoff
 
 
 class Actor(Protocol):
@@ -51,7 +51,7 @@ def record_event(
 def _refuse_changes_to_history(session: Session, _context: Any, _instances: Any) -> None:
     # The database triggers refuse these too; failing here gives a clear error before SQL runs.
     for obj in list(session.dirty) + list(session.deleted):
-        if isinstance(obj, Review | AuditEvent) and (
+        if isinstance(obj, Review | AuditEvent | SpecimenSignoff) and (
             obj in session.deleted or session.is_modified(obj)
         ):
             raise AppendOnlyError(f"{type(obj).__name__} rows are append-only")

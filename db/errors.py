@@ -20,3 +20,7 @@ class Invalid(DomainError, ValueError):
 
 class Conflict(DomainError):
     """The request contradicts the current state: someone decided meanwhile, the last admin."""
+
+
+class Gone(DomainError):
+    """The record exists but what was asked of it was removed on purpose (purged pixels)."""

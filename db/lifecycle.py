@@ -3,7 +3,7 @@
 An image row's ``state`` is the source of truth for the whole service (tasks carry ids only),
 so every transition is written here and nowhere else (``tests/test_lifecycle.py`` checks):
 
-    (intake)     → queued | rejected          ``admit``
+    (intake)     → queued | rejected | duplicate   ``admit``
     queued       → scoring   (attempts + 1)   ``claim``
     scoring      → scoring   (redelivered)    ``claim``
     scoring      → scored                     ``claim`` (result already there), ``mark_scored``
@@ -12,8 +12,17 @@ so every transition is written here and nowhere else (``tests/test_lifecycle.py`
     scoring      → queued    (worker lost)    ``requeue_stale``, ``release`` (split to retry)
 
 A batch is ``complete`` once none of its images is pending (``complete_batches``, which every
-transition that can finish an image calls in the same transaction), and goes back to
-``scoring`` when a part is added (``reopen_batch``).
+transition that can finish an image calls in the same transaction, and which writes the
+``batch.complete`` webhook deliveries in that transaction too), and goes back to ``scoring``
+when a part is added (``reopen_batch``).
+
+Webhook deliveries (``webhook_delivery`` rows, the outbox) have states of their own:
+
+    (event)      → pending                    ``emit`` (in the event's own transaction)
+    pending      → pending   (attempts + 1)   ``claim_delivery`` (a sender took it)
+    pending      → delivered | failed         ``finish_delivery``, ``claim_delivery`` (attempts
+                                              used up, webhook deactivated)
+    any          → pending   (attempts 0)     ``resend_delivery`` (an admin's re-send)
 
 Every function that takes a ``sessionmaker`` runs its change in one transaction of its own:
 an image's new state, its result and its batch's completion commit together or not at all.
@@ -21,17 +30,30 @@ an image's new state, its result and its batch's completion commit together or n
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import and_, insert, inspect, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.drift import check_completed
-from db.models import Batch, BatchState, Image, ImageState, Result
+from db.errors import Conflict
+from db.models import (
+    Base,
+    Batch,
+    BatchState,
+    DeliveryState,
+    Image,
+    ImageState,
+    Result,
+    Webhook,
+    WebhookDelivery,
+    WebhookEvent,
+)
 
 # Images a worker still has to finish: a batch with none of these is complete.
 PENDING = (ImageState.QUEUED.value, ImageState.SCORING.value)
@@ -94,13 +116,26 @@ class Requeued:
 
 
 def admit(
-    session: Session, batch: Batch, *, accepted: bool, now: datetime, **columns: Any
+    session: Session,
+    batch: Batch,
+    *,
+    accepted: bool,
+    now: datetime,
+    duplicate_of: Image | None = None,
+    **columns: Any,
 ) -> Image:
-    """Add the intake's row for one file: ``queued`` if it was accepted (and stored), else
-    ``rejected`` (never stored, never scored; ``columns["error"]`` says why)."""
+    """Add the intake's row for one file: ``queued`` if it was accepted (and stored);
+    ``duplicate`` when ``duplicate_of``, an image of the same batch, brought the same bytes
+    (finished at once: its twin is scored for both); else ``rejected`` (never stored, never
+    scored; ``columns["error"]`` says why)."""
+    if duplicate_of is not None:
+        state = ImageState.DUPLICATE
+    else:
+        state = ImageState.QUEUED if accepted else ImageState.REJECTED
     image = Image(
         batch=batch,
-        state=(ImageState.QUEUED if accepted else ImageState.REJECTED).value,
+        state=state.value,
+        duplicate_of=duplicate_of,
         created_at=now,
         updated_at=now,
         **columns,
@@ -129,6 +164,17 @@ def mark_enqueued(sessions: sessionmaker[Session], image_ids: Sequence[int]) -> 
                 .values(enqueued_at=now)
                 .execution_options(synchronize_session=False)
             )
+
+
+def mark_purged(session: Session, image_ids: Sequence[int]) -> None:
+    """Record that retention removed these images' pixels (``db.retention``); not a state:
+    the image stays ``scored`` (or ``failed``) with its results."""
+    session.execute(
+        update(Image)
+        .where(Image.id.in_(image_ids))
+        .values(purged_at=datetime.now(UTC))
+        .execution_options(synchronize_session=False)
+    )
 
 
 def pending_attempts(sessions: sessionmaker[Session], image_ids: Sequence[int]) -> dict[int, int]:
@@ -223,7 +269,9 @@ def mark_scored(session: Session, results: Sequence[NewResult]) -> None:
     """
     if not results:
         return
-    _insert_ignoring_duplicates(session, [asdict(r) for r in results])
+    _insert_ignoring_duplicates(
+        session, Result, ["image_id", "model_version_id"], [asdict(r) for r in results]
+    )
     _set_state(
         session,
         [r.image_id for r in results],
@@ -306,13 +354,244 @@ def complete_batches(session: Session, batch_ids: set[str]) -> None:
     waiting = (
         select(Image.id).where(and_(Image.batch_id == Batch.id, Image.state.in_(PENDING))).exists()
     )
-    session.execute(
+    completed = session.scalars(
         update(Batch)
-        .where(Batch.id.in_(batch_ids), ~waiting)
+        .where(Batch.id.in_(batch_ids), Batch.state != BatchState.COMPLETE.value, ~waiting)
         .values(state=BatchState.COMPLETE.value)
+        .returning(Batch.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    check_completed(session, batch_ids)
+    if completed and (webhooks := subscribers(session, WebhookEvent.BATCH_COMPLETE)):
+        for batch_id in completed:
+            _emit_batch_complete(session, batch_id, webhooks)
+
+
+def _emit_batch_complete(session: Session, batch_id: str, webhooks: list[int]) -> None:
+    # Imported here: db.progress reads this module's PENDING.
+    from db.progress import batch_progress, batch_specimen_ids
+
+    batch = session.get(Batch, batch_id)
+    if batch is None:
+        return
+    progress = batch_progress(session, batch_id)
+    emit(
+        session,
+        WebhookEvent.BATCH_COMPLETE,
+        # A batch completes again after a part is added: each completion is its own event.
+        f"{batch_id}/{progress.total}",
+        {
+            "batch_id": batch_id,
+            "name": batch.name,
+            "submitted_by": batch.submitted_by,
+            "images": progress.total,
+            "counts": progress.counts,
+            "routes": progress.routes,
+            "specimens": batch_specimen_ids(session, batch_id),
+            "drift_alarm": bool((batch.drift or {}).get("alarm")),
+            "results_path": f"/api/v1/batches/{batch_id}/results",
+            "fhir_path": f"/api/v1/batches/{batch_id}/fhir",
+        },
+        webhooks,
+    )
+
+
+# The session.info key under which ``emit`` lists the deliveries its transaction wrote:
+# ``worker.dispatch.watch_outbox`` enqueues them once that transaction has committed.
+OUTBOX = "leukoscreen_outbox"
+
+
+def subscribers(session: Session, event: WebhookEvent) -> list[int]:
+    """Ids of the active webhooks subscribed to ``event`` (a handful: filtered here)."""
+    rows = session.execute(select(Webhook.id, Webhook.events).where(Webhook.active)).all()
+    return [r.id for r in rows if event.value in (r.events or [])]
+
+
+def emit(
+    session: Session,
+    event: WebhookEvent,
+    subject: str,
+    payload: dict[str, Any],
+    webhooks: list[int] | None = None,
+) -> list[str]:
+    """Write one pending delivery per active webhook subscribed to ``event``, in the caller's
+    transaction: the event and its deliveries commit together or not at all (the outbox).
+
+    ``subject`` names the occurrence (a batch's completion, a sign-off): emitting the same
+    event for the same subject again writes nothing, so a retried transaction or a re-run task
+    never notifies twice. Returns the new delivery ids (also listed in ``session.info``).
+    """
+    targets = subscribers(session, event) if webhooks is None else webhooks
+    if not targets:
+        return []
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "id": str(uuid.uuid4()),
+            "webhook_id": webhook_id,
+            "event": event.value,
+            "subject": subject[:255],
+            "payload": payload,
+            "state": DeliveryState.PENDING.value,
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for webhook_id in targets
+    ]
+    created = _insert_ignoring_duplicates(
+        session, WebhookDelivery, ["webhook_id", "event", "subject"], rows
+    )
+    session.info.setdefault(OUTBOX, []).extend(created)
+    return created
+
+
+@dataclass(frozen=True)
+class DeliveryClaim:
+    """A delivery a sender has taken (attempts + 1) and must now send and finish."""
+
+    delivery_id: str
+    event: str
+    payload: dict[str, Any]
+    created_at: datetime
+    url: str
+    secret_encrypted: str
+    attempt: int
+
+
+def claim_delivery(
+    sessions: sessionmaker[Session], delivery_id: str, max_attempts: int
+) -> DeliveryClaim | None:
+    """Take a pending delivery for one send, or None: already delivered or failed (a
+    re-delivered task sends nothing), taken by a concurrent sender, its webhook deactivated
+    or its attempts used up (those two are marked ``failed`` here)."""
+    now = datetime.now(UTC)
+    with sessions.begin() as session:
+        row = session.execute(
+            select(WebhookDelivery, Webhook.url, Webhook.secret_encrypted, Webhook.active)
+            .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
+            .where(WebhookDelivery.id == delivery_id)
+        ).one_or_none()
+        if row is None or row[0].state != DeliveryState.PENDING.value:
+            return None
+        delivery: WebhookDelivery = row[0]
+        if not row.active or delivery.attempts >= max_attempts:
+            why = (
+                "webhook deactivated"
+                if not row.active
+                else f"gave up after {max_attempts} attempts (sender lost each time)"
+            )
+            _finish(session, delivery_id, DeliveryState.FAILED, now, last_error=why)
+            return None
+        # Compare-and-set on attempts: of two senders holding the same delivery, one sends.
+        taken = session.scalar(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.id == delivery_id,
+                WebhookDelivery.state == DeliveryState.PENDING.value,
+                WebhookDelivery.attempts == delivery.attempts,
+            )
+            .values(attempts=delivery.attempts + 1, updated_at=now)
+            .returning(WebhookDelivery.id)
+            .execution_options(synchronize_session=False)
+        )
+        if taken is None:
+            return None
+        return DeliveryClaim(
+            delivery_id=delivery_id,
+            event=delivery.event,
+            payload=delivery.payload,
+            created_at=delivery.created_at,
+            url=row.url,
+            secret_encrypted=row.secret_encrypted,
+            attempt=delivery.attempts + 1,
+        )
+
+
+def finish_delivery(
+    sessions: sessionmaker[Session],
+    claim: DeliveryClaim,
+    *,
+    delivered: bool,
+    status: int | None,
+    error: str | None,
+    max_attempts: int,
+) -> DeliveryState:
+    """Record one send: ``delivered``, ``failed`` once attempts are used up, else still
+    ``pending`` (the sender retries later). Returns the state written."""
+    if delivered:
+        state = DeliveryState.DELIVERED
+    elif claim.attempt >= max_attempts:
+        state = DeliveryState.FAILED
+    else:
+        state = DeliveryState.PENDING
+    now = datetime.now(UTC)
+    with sessions.begin() as session:
+        _finish(
+            session,
+            claim.delivery_id,
+            state,
+            now,
+            last_status=status,
+            last_error=None if delivered else (error or "")[:ERROR_LIMIT],
+            delivered_at=now if delivered else None,
+        )
+    return state
+
+
+def _finish(
+    session: Session, delivery_id: str, state: DeliveryState, now: datetime, **values: Any
+) -> None:
+    session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == delivery_id,
+            WebhookDelivery.state == DeliveryState.PENDING.value,
+        )
+        .values(state=state.value, updated_at=now, **values)
         .execution_options(synchronize_session=False)
     )
-    check_completed(session, batch_ids)
+
+
+def resend_delivery(session: Session, delivery: WebhookDelivery) -> None:
+    """Send a delivery again, whatever its state, with the same id (a receiver that has it
+    already drops it) and a fresh count of attempts; enqueued once the caller commits."""
+    webhook = session.get(Webhook, delivery.webhook_id)
+    if webhook is None or not webhook.active:
+        raise Conflict(f"webhook {delivery.webhook_id} is deactivated: nothing is sent to it")
+    delivery.state = DeliveryState.PENDING.value
+    delivery.attempts = 0
+    delivery.updated_at = datetime.now(UTC)
+    session.info.setdefault(OUTBOX, []).append(delivery.id)
+
+
+def stale_deliveries(
+    sessions: sessionmaker[Session], stale_before: datetime, limit: int
+) -> list[str]:
+    """Pending deliveries untouched since ``stale_before``: their message was lost (broker
+    down at commit, a flushed Redis) or their sender died. Touched here, so that the next
+    reconciler run waits another period before sending them again."""
+    now = datetime.now(UTC)
+    with sessions.begin() as session:
+        ids = list(
+            session.scalars(
+                select(WebhookDelivery.id)
+                .where(
+                    WebhookDelivery.state == DeliveryState.PENDING.value,
+                    WebhookDelivery.updated_at < stale_before,
+                )
+                .order_by(WebhookDelivery.updated_at)
+                .limit(limit)
+            )
+        )
+        if ids:
+            session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id.in_(ids))
+                .values(updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+    return ids
 
 
 def _set_state(
@@ -330,17 +609,18 @@ def _set_state(
     )
 
 
-def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) -> None:
+def _insert_ignoring_duplicates(
+    session: Session, model: type[Base], unique: list[str], rows: list[dict[str, Any]]
+) -> list[Any]:
+    """Insert ``rows``, dropping those whose ``unique`` columns exist already; returns the
+    primary keys of the rows inserted."""
     dialect = session.get_bind().dialect.name
     stmt: Any
     if dialect == "postgresql":
-        stmt = postgresql.insert(Result).on_conflict_do_nothing(
-            index_elements=["image_id", "model_version_id"]
-        )
+        stmt = postgresql.insert(model).on_conflict_do_nothing(index_elements=unique)
     elif dialect == "sqlite":
-        stmt = sqlite.insert(Result).on_conflict_do_nothing(
-            index_elements=["image_id", "model_version_id"]
-        )
-    else:  # the unique constraint still guarantees one result; other databases just fail loudly
-        stmt = insert(Result)
-    session.execute(stmt, rows)
+        stmt = sqlite.insert(model).on_conflict_do_nothing(index_elements=unique)
+    else:  # the unique constraint still guarantees one row; other databases just fail loudly
+        stmt = insert(model)
+    key = inspect(model).primary_key[0]
+    return list(session.scalars(stmt.returning(key), rows))

@@ -55,6 +55,9 @@ class ImageState(enum.StrEnum):
     SCORED = "scored"
     FAILED = "failed"
     REJECTED = "rejected"
+    # A file whose bytes another file of the same batch already brought: recorded (every file
+    # sent has its row) but never stored twice nor scored; ``duplicate_of_id`` names the twin.
+    DUPLICATE = "duplicate"
 
 
 class BatchState(enum.StrEnum):
@@ -91,6 +94,8 @@ class Image(Base):
         # The reconciler looks for stale queued/scoring images across all batches.
         Index("ix_image_state_updated", "state", "updated_at"),
         Index("ix_image_sha256", "sha256"),
+        # A specimen's images, and the specimen list's GROUP BY.
+        Index("ix_image_specimen", "specimen_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -105,12 +110,27 @@ class Image(Base):
     state: Mapped[str] = mapped_column(String(16), default=ImageState.QUEUED.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # Why a file was rejected, as a stable code beside ``error``'s words (``api.intake``).
+    reason_code: Mapped[str | None] = mapped_column(String(32))
+    # The image of the same batch with these bytes that is scored in this one's stead. No
+    # foreign key: both rows are in one batch and go together, and adding one would make
+    # SQLite rebuild a table that results and reviews point at.
+    duplicate_of_id: Mapped[int | None] = mapped_column(BigId)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     enqueued_at: Mapped[datetime | None] = mapped_column()
+    # The laboratory's specimen (accession number) the image is a field of, checked by
+    # ``api.specimen_ids``; None when the upload named none.
+    specimen_id: Mapped[str | None] = mapped_column(String(64))
+    specimen_source: Mapped[str | None] = mapped_column(String(255))
+    # Set when retention removed the stored pixels; the row, results and decisions stay.
+    purged_at: Mapped[datetime | None] = mapped_column()
 
     batch: Mapped[Batch] = relationship(back_populates="images")
     results: Mapped[list[Result]] = relationship(back_populates="image")
+    duplicate_of: Mapped[Image | None] = relationship(
+        remote_side="Image.id", primaryjoin="foreign(Image.duplicate_of_id) == Image.id"
+    )
 
 
 class ModelVersion(Base):
@@ -207,18 +227,28 @@ class ApiToken(Base):
 
 
 class Review(Base):
-    """One pathologist decision. Rows are only ever inserted; the latest seq is the current one."""
+    """One pathologist decision about an image's content. Rows are only ever inserted; the
+    latest seq of the content is its current decision, whichever copy was decided on."""
 
     __tablename__ = "review"
     __table_args__ = (
-        # seq = previous seq + 1: two reviewers deciding at once cannot both extend the same
-        # history (the second insert fails), and (image_id, seq) finds the latest row directly.
+        # Implied by the content's sequence below; kept from 0002 (dropping it would make
+        # SQLite rebuild an append-only table).
         UniqueConstraint("image_id", "seq", name="uq_review_image_seq"),
+        # seq = previous seq + 1 per content: two reviewers deciding at once, on one copy or
+        # on two byte-identical copies, cannot both extend the same history (the second
+        # insert fails), and (sha256, seq) finds the latest row directly.
+        Index("uq_review_sha256_seq", "sha256", "seq", unique=True),
         Index("ix_review_reviewer_created", "reviewer_id", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # The copy the reviewer was looking at.
     image_id: Mapped[int] = mapped_column(ForeignKey("image.id", ondelete="CASCADE"))
+    # The content decided on: ``image.sha256``, the bytes the laboratory sent, so the
+    # decision holds for every batch that holds those bytes (issue 11: one content, one review).
+    # The empty default only lets SQLite add the column without rebuilding the table.
+    sha256: Mapped[str] = mapped_column(String(64), server_default="")
     result_id: Mapped[int | None] = mapped_column(ForeignKey("result.id"))
     seq: Mapped[int] = mapped_column(Integer)
     decision: Mapped[str] = mapped_column(String(16))
@@ -285,3 +315,92 @@ class IdempotencyKey(Base):
     status: Mapped[int] = mapped_column(Integer)
     body: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Interpretation(enum.StrEnum):
+    """A pathologist's conclusion for a whole specimen."""
+
+    LEUKEMIA_SUSPECTED = "leukemia_suspected"
+    NO_LEUKEMIA_DETECTED = "no_leukemia_detected"
+    INADEQUATE_SAMPLE = "inadequate_sample"
+
+
+class SpecimenSignoff(Base):
+    """A signed interpretation of a specimen. Append-only: an amendment is a new row.
+
+    ``seq`` = previous seq + 1 (unique), so two people signing at once cannot both extend the
+    same history; an amendment names the row it replaces in ``amends_id``.
+    """
+
+    __tablename__ = "specimen_signoff"
+    __table_args__ = (
+        UniqueConstraint("specimen_id", "seq", name="uq_signoff_specimen_seq"),
+        Index("ix_signoff_created", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    specimen_id: Mapped[str] = mapped_column(String(64))
+    seq: Mapped[int] = mapped_column(Integer)
+    interpretation: Mapped[str] = mapped_column(String(32))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    amends_id: Mapped[int | None] = mapped_column(ForeignKey("specimen_signoff.id"))
+    # What was signed: image ids, their results and decisions at that moment, so that an
+    # image added to the specimen afterwards shows the sign-off no longer covers everything.
+    signed_content: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    signed_by_id: Mapped[int] = mapped_column(ForeignKey("user_account.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    signed_by: Mapped[User] = relationship()
+
+
+class WebhookEvent(enum.StrEnum):
+    BATCH_COMPLETE = "batch.complete"
+    SPECIMEN_SIGNED = "specimen.signed"
+
+
+class Webhook(Base):
+    """An admin-configured receiver of events, each delivery signed with its secret."""
+
+    __tablename__ = "webhook"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Encrypted with a key derived from the server's secret key (``db.webhooks``): the sender
+    # needs the secret itself to sign, so it cannot be hashed; it is never shown again.
+    secret_encrypted: Mapped[str] = mapped_column(Text)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("user_account.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DeliveryState(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook (an outbox row, written with the event's own transaction).
+
+    Its id is the delivery id the receiver deduplicates on: retries and re-sends reuse it.
+    """
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        UniqueConstraint("webhook_id", "event", "subject", name="uq_delivery_event"),
+        Index("ix_delivery_state_updated", "state", "updated_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("webhook.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(255))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column()

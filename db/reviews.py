@@ -1,8 +1,12 @@
-"""Pathologist decisions: an append-only history per image, the review queue and QC samples.
+"""Pathologist decisions: an append-only history per image content, the review queue and QC
+samples.
 
-The current decision of an image is its review row with the highest ``seq``; nothing is ever
-updated. The queue is keyset-paginated on (p_leukemia, result id) so that page 1000 costs
-what page 1 costs, whatever the number of results.
+A decision is about what the laboratory sent, the image's bytes (``image.sha256``): the same
+file in two batches is one history, decided once, and every copy, its page and its batch's
+export show that decision (issue 11). The current decision is the content's review row with
+the highest ``seq``; nothing is ever updated. The queue is keyset-paginated on (p_leukemia,
+result id) so that page 1000 costs what page 1 costs, whatever the number of results, and
+shows each content once across batches, naming every batch that holds it.
 """
 
 from __future__ import annotations
@@ -51,14 +55,15 @@ QUEUE_ROUTES = (ALL_ROUTES, Route.FLAGGED.value, Route.MANUAL_REVIEW.value)
 
 
 def newest_review(column: InstrumentedAttribute[Any]) -> ScalarSelect[Any]:
-    """``column`` of each image's newest review row, as a correlated scalar subquery.
+    """``column`` of the newest review row of each image's content, whichever copy it was
+    recorded on, as a correlated scalar subquery.
 
-    A LIMIT 1 on (image_id, seq): one index probe per image actually read, so a page of the
+    A LIMIT 1 on (sha256, seq): one index probe per image actually read, so a page of the
     queue never touches the whole review table.
     """
     return (
         select(column)
-        .where(Review.image_id == Image.id)
+        .where(Review.sha256 == Image.sha256)
         .order_by(Review.seq.desc())
         .limit(1)
         .correlate(Image)
@@ -69,6 +74,27 @@ def newest_review(column: InstrumentedAttribute[Any]) -> ScalarSelect[Any]:
 def latest_review_condition() -> ColumnElement[bool]:
     """Join condition picking each image's newest review row (there may be none)."""
     return Review.id == newest_review(Review.id)
+
+
+def current_review_condition() -> ColumnElement[bool]:
+    """Join condition picking each image's current decision: its newest review row, unless
+    that row withdrew a decision (an undo leaves the image undecided). An outer join on it
+    keeps "unreviewed" a plain IS NULL, which the queue's index walk is planned for."""
+    return and_(latest_review_condition(), Review.decision != WITHDRAWN)
+
+
+def first_copy_condition() -> ColumnElement[bool]:
+    """True for the copy of a content that the queue shows: no other copy with the same bytes
+    has an earlier result that currently goes to a person. Copies scored by one model share
+    their score, so the content appears once, at its place in the queue."""
+    other_image, other, newer = aliased(Image), aliased(Result), aliased(Result)
+    return ~exists().where(
+        other_image.sha256 == Image.sha256,
+        other.image_id == other_image.id,
+        other.flagged.is_(True),
+        other.id < Result.id,
+        ~exists().where(newer.image_id == other.image_id, newer.id > other.id),
+    )
 
 
 def latest_result_condition() -> ColumnElement[bool]:
@@ -89,6 +115,7 @@ class QueueFilter:
     threshold: float | None = None
     ascending: bool = False
     route: str = ALL_ROUTES  # one of QUEUE_ROUTES
+    specimen_id: str | None = None  # one specimen's images (review grouped by specimen)
 
 
 def _item_select() -> Select:
@@ -97,6 +124,7 @@ def _item_select() -> Select:
             Image.id.label("image_id"),
             Image.original_name.label("file_name"),
             Image.batch_id,
+            Image.specimen_id,
             Batch.name.label("batch_name"),
             Result.id.label("result_id"),
             Result.p_leukemia,
@@ -120,9 +148,7 @@ def _item_select() -> Select:
         .join(Image, Image.id == Result.image_id)
         .join(Batch, Batch.id == Image.batch_id)
         .join(ModelVersion, ModelVersion.id == Result.model_version_id)
-        # The current decision: the newest row, unless it withdrew one (then none), so that
-        # "unreviewed" stays the plain IS NULL the queue's index walk is planned for.
-        .outerjoin(Review, and_(latest_review_condition(), Review.decision != WITHDRAWN))
+        .outerjoin(Review, current_review_condition())
         .outerjoin(User, User.id == Review.reviewer_id)
         .where(latest_result_condition())
     )
@@ -135,6 +161,7 @@ def _item_json(row: Any) -> dict[str, Any]:
         "file_name": row.file_name,
         "batch_id": row.batch_id,
         "batch_name": row.batch_name,
+        "specimen_id": row.specimen_id,
         "result_id": row.result_id,
         "p_leukemia": row.p_leukemia,
         "flagged": row.flagged,
@@ -183,8 +210,8 @@ def queue_statement(f: QueueFilter, after: tuple[float, int] | None, limit: int)
         stmt = stmt.where(
             Result.flagged.is_(False),
             Review.label == LEUKEMIA,
-            Image.id.in_(
-                select(Review.image_id).where(
+            Image.sha256.in_(
+                select(Review.sha256).where(
                     Review.decision == Decision.OVERTURNED.value, Review.label == LEUKEMIA
                 )
             ),
@@ -207,6 +234,10 @@ def queue_statement(f: QueueFilter, after: tuple[float, int] | None, limit: int)
         )
     if f.batch_id:
         stmt = stmt.where(Result.batch_id == f.batch_id)
+    else:
+        stmt = stmt.where(first_copy_condition())
+    if f.specimen_id:
+        stmt = stmt.where(Image.specimen_id == f.specimen_id)
     if f.since:
         stmt = stmt.where(Result.scored_at >= f.since)
     if f.until:
@@ -234,7 +265,7 @@ def review_queue(
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of the queue and the cursor of the next page (None on the last page)."""
     rows = session.execute(queue_statement(f, after, limit)).all()
-    items = [_item_json(r) for r in rows[:limit]]
+    items = with_copies(session, [_item_json(r) for r in rows[:limit]])
     cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]
@@ -244,7 +275,48 @@ def review_queue(
 
 def queue_item(session: Session, image_id: int) -> dict[str, Any] | None:
     row = session.execute(_item_select().where(Image.id == image_id)).first()
-    return _item_json(row) if row else None
+    return with_copies(session, [_item_json(row)])[0] if row else None
+
+
+def with_copies(session: Session, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add to each item ``copies``: every other image (any batch) with the same bytes, which
+    shares its decision; empty for most images."""
+    if not items:
+        return items
+    by_image = {item["image_id"]: item for item in items}
+    rows = session.execute(
+        select(
+            Image.id,
+            Image.original_name,
+            Image.batch_id,
+            Batch.name,
+            Image.state,
+            Image.sha256,
+        )
+        .join(Batch, Batch.id == Image.batch_id)
+        .where(
+            Image.sha256.in_(select(Image.sha256).where(Image.id.in_(by_image))),
+            Image.state != ImageState.REJECTED.value,
+        )
+        .order_by(Image.id)
+    ).all()
+    copies: dict[str, list[dict[str, Any]]] = {}
+    for image_id, file_name, batch_id, batch_name, state, sha256 in rows:
+        copies.setdefault(sha256, []).append(
+            {
+                "image_id": image_id,
+                "file_name": file_name,
+                "batch_id": batch_id,
+                "batch_name": batch_name,
+                "state": state,
+            }
+        )
+    sha_of = {r.id: r.sha256 for r in rows}
+    for image_id, item in by_image.items():
+        item["copies"] = [
+            c for c in copies.get(sha_of.get(image_id, ""), []) if c["image_id"] != image_id
+        ]
+    return items
 
 
 def sample_unflagged(session: Session, batch_id: str, n: int) -> list[dict[str, Any]]:
@@ -281,13 +353,13 @@ def record_decision(
     """Append a decision. Raises Conflict when someone decided since ``expected_seq``."""
     if decision not in {d.value for d in Decision}:
         raise Invalid(f"decision must be one of {', '.join(d.value for d in Decision)}")
-    result, previous = _current(session, image_id)
+    image, result, previous = _current(session, image_id)
     seq = previous.seq if previous else 0
     if expected_seq is not None and expected_seq != seq:
         raise Conflict(_changed_meanwhile(session, image_id, previous))
     return _append(
         session,
-        image_id,
+        image,
         result,
         previous,
         reviewer,
@@ -307,7 +379,7 @@ def undo_decision(
     undecided. Raises Conflict when ``seq`` is no longer the latest decision, is someone
     else's, is already withdrawn or is older than the window.
     """
-    result, previous = _current(session, image_id)
+    image, result, previous = _current(session, image_id)
     if previous is None or previous.seq != seq:
         raise Conflict(_changed_meanwhile(session, image_id, previous))
     if previous.decision == WITHDRAWN:
@@ -320,7 +392,7 @@ def undo_decision(
         )
     return _append(
         session,
-        image_id,
+        image,
         result,
         previous,
         reviewer,
@@ -338,8 +410,9 @@ def undo_until(review: Review) -> datetime | None:
     return review.created_at + timedelta(seconds=UNDO_WINDOW_S)
 
 
-def _current(session: Session, image_id: int) -> tuple[Result, Review | None]:
-    """The image's latest result and latest review row; refuses an image with no score."""
+def _current(session: Session, image_id: int) -> tuple[Image, Result, Review | None]:
+    """The image, its latest result and its content's latest review row; refuses an image
+    with no score."""
     image = session.get(Image, image_id)
     if image is None:
         raise NotFound(f"no image {image_id}")
@@ -348,10 +421,11 @@ def _current(session: Session, image_id: int) -> tuple[Result, Review | None]:
     )
     if image.state != ImageState.SCORED.value or result is None:
         raise Conflict(f"image {image_id} has no score to review (state {image.state})")
+    # The content's history, whichever copy each earlier decision was made on.
     previous = session.scalar(
-        select(Review).where(Review.image_id == image_id).order_by(Review.seq.desc()).limit(1)
+        select(Review).where(Review.sha256 == image.sha256).order_by(Review.seq.desc()).limit(1)
     )
-    return result, previous
+    return image, result, previous
 
 
 def _changed_meanwhile(session: Session, image_id: int, latest: Review | None) -> str:
@@ -372,7 +446,7 @@ def _changed_meanwhile(session: Session, image_id: int, latest: Review | None) -
 
 def _append(
     session: Session,
-    image_id: int,
+    image: Image,
     result: Result,
     previous: Review | None,
     reviewer: Actor,
@@ -382,8 +456,10 @@ def _append(
     comment: str,
     action: str,
 ) -> Review:
+    image_id = image.id
     review = Review(
         image_id=image_id,
+        sha256=image.sha256,
         result_id=result.id,
         seq=(previous.seq if previous else 0) + 1,
         decision=decision,
@@ -415,10 +491,13 @@ def _append(
 
 
 def history(session: Session, image_id: int) -> list[dict[str, Any]]:
+    """Every decision on this image's content, on this copy or another (``image_id`` says
+    which copy each was made on)."""
+    content = select(Image.sha256).where(Image.id == image_id).scalar_subquery()
     rows = session.execute(
         select(Review, User.name)
         .join(User, User.id == Review.reviewer_id)
-        .where(Review.image_id == image_id)
+        .where(Review.sha256 == content)
         .order_by(Review.seq)
     ).all()
     return [review_json(r, name) for r, name in rows]
@@ -482,7 +561,12 @@ def decision_counts(session: Session, batch_id: str) -> dict[str, int]:
         .select_from(Image)
         .join(Review, latest_review_condition())
         .join(Result, Result.id == Review.result_id)
-        .where(Image.batch_id == batch_id, Review.decision != WITHDRAWN)
+        # A duplicate shows its twin's decision but is not a second image reviewed.
+        .where(
+            Image.batch_id == batch_id,
+            Image.state != ImageState.DUPLICATE.value,
+            Review.decision != WITHDRAWN,
+        )
         .group_by(Review.decision)
     ).all()
     counts = {d.value: 0 for d in Decision} | {decision: n for decision, n, _ in rows}

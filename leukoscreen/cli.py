@@ -96,7 +96,7 @@ def _count_gpus() -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from worker.celery_app import RECONCILE_QUEUE, app
+    from worker.celery_app import RECONCILE_QUEUE, WEBHOOK_QUEUE, app
     from worker.runtime import use_settings
 
     settings = load_settings()
@@ -105,6 +105,9 @@ def _worker(args: argparse.Namespace) -> int:
         # The host that schedules the reconciler also runs it: its own queue still keeps a
         # scoring backlog from delaying a run by more than the chunk in progress.
         queues.append(RECONCILE_QUEUE)
+    if RECONCILE_QUEUE in queues:
+        # Webhook sends need no model either: the housekeeping worker takes them.
+        queues.append(WEBHOOK_QUEUE)
     argv = [
         "worker",
         "-Q",
@@ -127,6 +130,9 @@ def _worker(args: argparse.Namespace) -> int:
             return 2
         settings = replace(settings, gpu_count=gpus)
         concurrency = concurrency or gpus
+    if args.queue == RECONCILE_QUEUE:
+        # Two processes: one waiting on a slow webhook receiver leaves one for the reconciler.
+        concurrency = concurrency or 2
     # The pool processes are forked from this one: each pins its GPU from these settings.
     use_settings(settings)
     argv += ["--concurrency", str(concurrency or 1)]
@@ -169,6 +175,27 @@ def _reconcile(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     report = reconcile(app, session_factory(engine_for(settings.database_url)), settings)
+    print(json.dumps(asdict(report)))
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from db.retention import purge_old_images
+    from leukoscreen.storage import ContentStore
+
+    settings = load_settings()
+    if settings.retain_images_days <= 0:
+        print("LEUKOSCREEN_RETAIN_IMAGES_DAYS is 0 or unset: images are kept for ever")
+        return 0
+    report = purge_old_images(
+        _sessions(),
+        ContentStore(settings.storage_dir),
+        settings.retain_images_days,
+        _operator(),
+        dry_run=args.dry_run,
+    )
     print(json.dumps(asdict(report)))
     return 0
 
@@ -330,6 +357,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("reconcile", help="re-enqueue stale images once, now")
     p.set_defaults(func=_reconcile)
 
+    p = sub.add_parser(
+        "purge",
+        help="remove the stored pixels of images older than LEUKOSCREEN_RETAIN_IMAGES_DAYS "
+        "(results, decisions, sign-offs and audit stay)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="count what would go, change nothing")
+    p.set_defaults(func=_purge)
+
     p = sub.add_parser("submit", help="upload a folder or files as a batch")
     p.add_argument("paths", nargs="+")
     p.add_argument("--url", default=os.environ.get("LEUKOSCREEN_URL", "http://127.0.0.1:8000"))
@@ -339,6 +374,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--part-bytes", type=int, default=64 * 1024 * 1024)
     p.add_argument("--wait", action="store_true", help="wait until every image is scored")
     p.add_argument("--csv", help="write the results CSV here (implies --wait)")
+    specimen = p.add_mutually_exclusive_group()
+    specimen.add_argument(
+        "--manifest",
+        help="CSV with columns file, specimen_id[, source] naming every file's specimen "
+        "(default: a manifest.csv at the top of the folder)",
+    )
+    specimen.add_argument(
+        "--specimen-folders",
+        action="store_true",
+        help="each file's folder name is its specimen id (DIR/S-0001/field1.jpg)",
+    )
+    specimen.add_argument("--specimen-id", help="one specimen id for every file")
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument(
         "--token",

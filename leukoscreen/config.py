@@ -86,6 +86,13 @@ class Settings:
     # GPUs of a `--queue gpu` worker, one pool process pinned to each; 0 means "count them with
     # nvidia-smi" (the CLI fills in the count before the pool forks).
     gpu_count: int = 0
+    # Outbound webhooks: seconds a receiver has to answer, and attempts (first send and
+    # retries with exponential backoff) before a delivery is marked failed.
+    webhook_timeout_s: int = 10
+    webhook_max_attempts: int = 8
+    # Days the stored pixels of an image are kept (results, decisions, sign-offs and the audit
+    # trail stay for ever); 0 keeps the pixels for ever too.
+    retain_images_days: int = 0
 
     @property
     def uses_filesystem_broker(self) -> bool:
@@ -241,4 +248,7 @@ def load_settings() -> Settings:
         gpu_count=_env_int("LEUKOSCREEN_GPU_COUNT", 0),
         max_archive_bytes=_env_int("LEUKOSCREEN_MAX_ARCHIVE_BYTES", 1024 * 1024 * 1024),
         max_unpacked_bytes=_env_int("LEUKOSCREEN_MAX_UNPACKED_BYTES", 2 * 1024 * 1024 * 1024),
+        webhook_timeout_s=_env_int("LEUKOSCREEN_WEBHOOK_TIMEOUT_S", 10),
+        webhook_max_attempts=_env_int("LEUKOSCREEN_WEBHOOK_MAX_ATTEMPTS", 8),
+        retain_images_days=_env_int("LEUKOSCREEN_RETAIN_IMAGES_DAYS", 0),
     )

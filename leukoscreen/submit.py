@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import sys
 import time
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import requests
 from tqdm import tqdm
+
+from api.specimen_ids import MANIFEST_NAME, ManifestRow, SpecimenError, parse_manifest
 
 
 def collect_files(paths: list[str]) -> list[tuple[Path, str]]:
@@ -29,6 +33,51 @@ def collect_files(paths: list[str]) -> list[tuple[Path, str]]:
         else:
             raise FileNotFoundError(f"no such file or folder: {raw}")
     return found
+
+
+def take_manifest(
+    files: list[tuple[Path, str]], given: str | None
+) -> tuple[list[tuple[Path, str]], list[ManifestRow] | None]:
+    """The files without the manifest, and its rows checked against them, all before any upload.
+
+    The upload goes in parts, and the server checks each part's manifest against that part:
+    so every row must name a file here and every file must be named, or nothing is sent.
+    """
+    top = [(p, n) for p, n in files if n == MANIFEST_NAME]
+    path = Path(given) if given else (top[0][0] if top else None)
+    files = [(p, n) for p, n in files if n != MANIFEST_NAME and (path is None or p != path)]
+    if path is None:
+        return files, None
+    rows = parse_manifest(path.read_bytes())
+    names = {n for _, n in files}
+    bases: dict[str, list[str]] = {}
+    for n in names:
+        bases.setdefault(Path(n).name, []).append(n)
+    problems = [
+        f"manifest line {r.line}: {r.file!r} is not among the files to upload"
+        for r in rows
+        if r.file not in names and len(bases.get(r.file, [])) != 1
+    ]
+    named = {r.file if r.file in names else bases[r.file][0] for r in rows if not problems}
+    problems += (
+        [f"{n} is not in the manifest" for n in sorted(names - named)] if not problems else []
+    )
+    if problems:
+        raise SpecimenError(problems)
+    return files, rows
+
+
+def part_manifest(rows: list[ManifestRow], part: list[tuple[Path, str]]) -> bytes:
+    """The manifest rows of one part's files, as the CSV sent with it."""
+    names = {n for _, n in part}
+    bases = {Path(n).name for n in names}
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["file", "specimen_id", "source"])
+    for r in rows:
+        if r.file in names or r.file in bases:
+            writer.writerow([r.file, r.specimen_id, r.source])
+    return out.getvalue().encode()
 
 
 def plan_parts(
@@ -69,24 +118,28 @@ def upload_part(
     submitted_by: str,
     key: str | None = None,
     delays: tuple[float, ...] = RETRY_DELAYS_S,
+    fields: dict[str, str] | None = None,
+    manifest: bytes | None = None,
 ) -> dict[str, Any]:
     url = (
         f"{base}/api/v1/batches" if batch_id is None else f"{base}/api/v1/batches/{batch_id}/images"
     )
     headers = {"Idempotency-Key": key or str(uuid.uuid4())}
-    data = {"submitted_by": submitted_by}
+    data = {"submitted_by": submitted_by, **(fields or {})}
     if name and batch_id is None:
         data["name"] = name
     for attempt in range(len(delays) + 1):
         try:
             with ExitStack() as stack:  # reopened for every attempt: a retry resends it all
-                files = [
+                files: list[tuple[str, tuple[str, IO[bytes], str]]] = [
                     (
                         "images",
                         (label, stack.enter_context(open(path, "rb")), "application/octet-stream"),
                     )
                     for path, label in part
                 ]
+                if manifest is not None:
+                    files.append(("manifest", (MANIFEST_NAME, io.BytesIO(manifest), "text/csv")))
                 response = http.post(url, files=files, data=data, headers=headers, timeout=600)
         except (requests.ConnectionError, requests.Timeout) as exc:
             if attempt == len(delays):
@@ -155,6 +208,18 @@ def run_submit(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        files, manifest = take_manifest(files, getattr(args, "manifest", None))
+    except SpecimenError as exc:
+        print("the manifest does not match the files; nothing was uploaded:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    fields: dict[str, str] = {}
+    if getattr(args, "specimen_folders", False):
+        fields["specimen_folders"] = "1"
+    if getattr(args, "specimen_id", None):
+        fields["specimen_id"] = args.specimen_id
     http = requests.Session()
     http.headers["Authorization"] = f"Bearer {args.token}"
     batch_id: str | None = None
@@ -164,7 +229,21 @@ def run_submit(args: argparse.Namespace) -> int:
         total=sum(p.stat().st_size for p, _ in files), desc="uploading", unit="B", unit_scale=True
     ) as bar:
         for part in plan_parts(files, args.part_files, args.part_bytes):
-            body = upload_part(http, base, batch_id, part, args.name, args.submitted_by)
+            body = upload_part(
+                http,
+                base,
+                batch_id,
+                part,
+                args.name,
+                args.submitted_by,
+                fields=fields,
+                manifest=part_manifest(manifest, part) if manifest is not None else None,
+            )
+            if body.get("problems"):
+                print("specimen identities refused; this part was not recorded:", file=sys.stderr)
+                for problem in body["problems"]:
+                    print(f"  {problem}", file=sys.stderr)
+                return 1
             batch_id = body.get("batch_id", batch_id)
             for key in counts:
                 counts[key] += body.get(key, 0)

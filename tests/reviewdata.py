@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,7 +41,9 @@ def seed_scored(
         for i, p in enumerate(scores):
             image = Image(
                 batch=batch,
-                sha256=keys[i] or f"{i:064d}",
+                # Distinct contents unless the same blobs are stored: byte-identical images
+                # share one review (db.reviews).
+                sha256=keys[i] or secrets.token_hex(32),
                 original_name=file_names[i] if file_names else f"cell_{i:03d}.jpg",
                 storage_key=keys[i],
                 format="JPEG" if keys[i] else None,

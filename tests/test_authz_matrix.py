@@ -13,11 +13,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
 from api import create_app
 from db.accounts import create_token, find_user
+from db.lifecycle import emit
+from db.models import Image, WebhookEvent
 from db.session import engine_for, session_factory
+from db.webhooks import create_webhook
 from tests.conftest import PASSWORD, create_account, csrf_token, smear_like_jpeg
+from tests.lisdata import scored_specimen, sign_specimen
 from tests.reviewdata import seed_scored
 
 ROLES = ("anonymous", "uploader", "reviewer", "admin")
@@ -36,6 +41,9 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int]] = {
     ("GET", "/batches/<batch_id>"): (LOGIN, 200, 200, 200),
     ("GET", "/upload"): (LOGIN, 200, 200, 200),
     ("GET", "/single"): (LOGIN, 200, 200, 200),
+    ("GET", "/specimens"): (LOGIN, 200, 200, 200),
+    ("GET", "/specimens/<specimen_id>"): (LOGIN, 200, 200, 200),
+    ("POST", "/specimens/<specimen_id>/sign"): (LOGIN, 403, 302, 302),
     ("POST", "/logout"): (LOGIN, 302, 302, 302),
     # reviewer pages
     ("GET", "/review"): (LOGIN, 403, 200, 200),
@@ -53,7 +61,14 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int]] = {
     ("GET", "/api/v1/batches/<batch_id>"): (401, 200, 200, 200),
     ("POST", "/api/v1/batches/<batch_id>/images"): (401, 202, 202, 202),
     ("GET", "/api/v1/batches/<batch_id>/results"): (401, 200, 200, 200),
+    ("GET", "/api/v1/batches/<batch_id>/images"): (401, 200, 200, 200),
     ("GET", "/api/v1/images/<int:image_id>"): (401, 200, 200, 200),
+    ("GET", "/api/v1/specimens"): (401, 200, 200, 200),
+    ("GET", "/api/v1/specimens/<specimen_id>"): (401, 200, 200, 200),
+    ("GET", "/api/v1/images/<int:image_id>/thumbnail"): (401, 200, 200, 200),
+    # reports for other systems: whoever may export results may download them
+    ("GET", "/api/v1/specimens/<specimen_id>/fhir"): (401, 200, 200, 200),
+    ("GET", "/api/v1/batches/<batch_id>/fhir"): (401, 200, 200, 200),
     # JSON API for reviewers
     ("GET", "/api/v1/review/queue"): (401, 403, 200, 200),
     ("GET", "/api/v1/review/items/<int:image_id>"): (401, 403, 200, 200),
@@ -63,6 +78,7 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int]] = {
     ("POST", "/api/v1/images/<int:image_id>/reviews/<int:seq>/undo"): (401, 403, 201, 201),
     ("GET", "/api/v1/batches/<batch_id>/threshold"): (401, 403, 200, 200),
     ("GET", "/api/v1/batches/<batch_id>/sample"): (401, 403, 200, 200),
+    ("POST", "/api/v1/specimens/<specimen_id>/signoffs"): (401, 403, 201, 201),
     # JSON API for admins
     ("GET", "/api/v1/users"): (401, 403, 403, 200),
     ("POST", "/api/v1/users"): (401, 403, 403, 201),
@@ -71,6 +87,11 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int]] = {
     ("GET", "/api/v1/tokens"): (401, 403, 403, 200),
     ("DELETE", "/api/v1/tokens/<int:token_id>"): (401, 403, 403, 200),
     ("GET", "/api/v1/audit"): (401, 403, 403, 200),
+    ("GET", "/api/v1/webhooks"): (401, 403, 403, 200),
+    ("POST", "/api/v1/webhooks"): (401, 403, 403, 201),
+    ("DELETE", "/api/v1/webhooks/<int:webhook_id>"): (401, 403, 403, 200),
+    ("GET", "/api/v1/webhooks/<int:webhook_id>/deliveries"): (401, 403, 403, 200),
+    ("POST", "/api/v1/webhook-deliveries/<delivery_id>/resend"): (401, 403, 403, 202),
 }
 
 _serial = itertools.count(1000)
@@ -82,6 +103,9 @@ class Ids:
     image_id: int
     user_id: int
     token_ids: dict[str, int]  # rule -> a token that route may revoke
+    signed_specimen: str = ""
+    webhook_id: int = 0
+    delivery_id: str = ""
 
 
 def _body(method: str, rule: str, role: str) -> dict[str, Any]:
@@ -105,6 +129,15 @@ def _body(method: str, rule: str, role: str) -> dict[str, Any]:
         },
         ("POST", "/admin/users/<int:user_id>"): {"data": {"role": "uploader"}},
         ("POST", "/admin/tokens"): {"data": {"user_id": "0", "label": f"p{n}"}},
+        ("POST", "/api/v1/specimens/<specimen_id>/signoffs"): {
+            "json": {"interpretation": "no_leukemia_detected"}
+        },
+        ("POST", "/specimens/<specimen_id>/sign"): {
+            "data": {"interpretation": "no_leukemia_detected"}
+        },
+        ("POST", "/api/v1/webhooks"): {
+            "json": {"url": f"https://lis.example/hook{n}", "events": ["specimen.signed"]}
+        },
     }
     return bodies.get((method, rule), {})
 
@@ -114,6 +147,8 @@ def _path(rule: str, ids: Ids) -> str:
     path = path.replace("<int:image_id>", str(ids.image_id))
     path = path.replace("<int:user_id>", str(ids.user_id)).replace("<int:seq>", "1")
     path = path.replace("<int:token_id>", str(ids.token_ids.get(rule, 0)))
+    path = path.replace("<int:webhook_id>", str(ids.webhook_id))
+    path = path.replace("<delivery_id>", ids.delivery_id)
     assert "<" not in path, f"no real id for {rule}: extend _path"
     query = {
         "/api/v1/batches/<batch_id>/threshold": "?t=0.3",
@@ -141,7 +176,12 @@ def _session(app, role: str):  # type: ignore[no-untyped-def]
 
 
 def _request(app, clients, tokens, role: str, method: str, rule: str, ids: Ids):  # type: ignore[no-untyped-def]
-    path, body = _path(rule, ids), _body(method, rule, role)
+    # Each role signs a specimen of its own (a second signature would be a 409).
+    page_or_api = "page" if not rule.startswith("/api/") else "api"
+    specimen = f"SPEC-{role}-{page_or_api}"
+    if rule.endswith("/fhir"):
+        specimen = ids.signed_specimen  # a report exists once signed (409 before)
+    path, body = _path(rule.replace("<specimen_id>", specimen), ids), _body(method, rule, role)
     if rule == "/admin/tokens" and "data" in body:
         body["data"]["user_id"] = str(ids.user_id)
     if path.startswith("/api/") and role != "anonymous":
@@ -193,6 +233,12 @@ def world(db_settings):  # type: ignore[no-untyped-def]
         storage_dir=db_settings.storage_dir,
         blobs=[smear_like_jpeg(1), smear_like_jpeg(2)],
     )
+    # A cleared image per role and surface, each its own specimen, ready to sign.
+    specimens = [f"SPEC-{role}-{where}" for role in ROLES for where in ("page", "api")]
+    _, cleared = seed_scored(url, [0.1] * len(specimens))
+    with session_factory(engine_for(url)).begin() as s:
+        for image_id, specimen in zip(cleared, specimens, strict=True):
+            s.execute(update(Image).where(Image.id == image_id).values(specimen_id=specimen))
     with session_factory(engine_for(url)).begin() as s:
         target = find_user(s, "target")
         assert target is not None
@@ -202,6 +248,16 @@ def world(db_settings):  # type: ignore[no-untyped-def]
         }
         s.flush()
         ids = Ids(batch_id, image_ids[0], target.id, {r: t.id for r, t in revocable.items()})
+    ids.signed_specimen = "SPEC-SIGNED"
+    scored_specimen(url, ids.signed_specimen, [0.1])
+    sign_specimen(url, ids.signed_specimen, "no_leukemia_detected")
+    with session_factory(engine_for(url)).begin() as s:
+        hook = create_webhook(
+            s, "https://lis.example/hook", ["batch.complete"], db_settings.secret_key, None
+        ).webhook
+        s.flush()
+        ids.webhook_id = hook.id
+        ids.delivery_id = emit(s, WebhookEvent.BATCH_COMPLETE, "authz", {})[0]
     clients = {role: _session(app, role) for role in ROLES}
     return app, clients, tokens, ids
 

@@ -40,17 +40,18 @@ ARTIFACTS = REPO / "test-artifacts"
 EVIL_NAME = '<img src=x onerror="window.__pwned=1">.jpg'
 
 
-def _serve(tmp_path: Path, model: Path) -> Iterator[tuple[str, str, Path]]:
-    """API + one worker on SQLite and the filesystem broker, scoring with ``model``."""
+def _serve(tmp_path: Path, model: Path | None) -> Iterator[tuple[str, str, Path]]:
+    """API + one worker on SQLite and the filesystem broker, scoring with ``model``; the API
+    alone without a model (for pages of batches seeded already scored)."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} missing: apt-get install chromium chromium-driver (.ci/run)")
     database_url = f"sqlite:///{tmp_path / 'var' / 'leukoscreen.db'}"
     env = project_env(
         DATABASE_URL=database_url,
         LEUKOSCREEN_VAR_DIR=str(tmp_path / "var"),
-        LEUKOSCREEN_MODEL_PATH=str(model),
         LEUKOSCREEN_CHUNK_SIZE="8",
         LEUKOSCREEN_BATCH_SIZE="8",
+        **({"LEUKOSCREEN_MODEL_PATH": str(model)} if model else {}),
     )
     migrate.upgrade(database_url)
     create_account(database_url, "dr.path", "reviewer")
@@ -60,7 +61,8 @@ def _serve(tmp_path: Path, model: Path) -> Iterator[tuple[str, str, Path]]:
     svc = ProcessGroup(env, logs)
     port = free_port()
     svc.start("api", "--port", str(port), "--workers", "2", name="api")
-    svc.start("worker", "--concurrency", "1", name="worker")
+    if model:
+        svc.start("worker", "--concurrency", "1", name="worker")
     with running(svc, port) as base:
         yield base, database_url, tmp_path / "var" / "images"
 

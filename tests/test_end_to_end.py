@@ -118,22 +118,28 @@ def test_folder_submitted_over_http_is_scored_by_a_real_worker(service, tmp_path
 
     rows = list(csv.DictReader(out_csv.open()))
     by_name = {r["file_name"]: r for r in rows}
-    assert len(rows) == 42  # 40 scored + 2 rejected; the duplicate is reported, not re-scored
+    # One row per file sent: 40 scored, 2 rejected, and the duplicate, which is not re-scored
+    # but shows its twin's result.
+    assert len(rows) == 43
     for i in range(40):
         row = by_name[f"smear_{i:04d}.jpg"]
         assert row["state"] == "scored"
         p = float(row["p_leukemia"])
         assert 0.0 <= p <= 1.0
-        assert row["flagged"] == str(p >= float(row["threshold"]))
+        assert row["flagged"] == ("true" if p >= float(row["threshold"]) else "false")
         assert row["model_version"].startswith("lenet_lld") and len(row["model_sha256"]) == 64
     assert by_name["corrupt.jpg"]["state"] == "rejected" and by_name["corrupt.jpg"]["error"]
     assert by_name["notes.txt"]["state"] == "rejected"
+    copy = by_name["zz_copy_of_0.jpg"]
+    assert copy["state"] == "duplicate" and copy["reason_code"] == "duplicate"
+    assert copy["duplicate_of"] == by_name["smear_0000.jpg"]["image_id"]
+    assert copy["p_leukemia"] == by_name["smear_0000.jpg"]["p_leukemia"]
     assert _counts(database_url)["results"] == 40
 
     batches = requests.get(f"{base}/api/v1/batches", headers=_auth(svc)).json()["batches"]
     batch_id = batches[0]["id"]
     status = requests.get(f"{base}/api/v1/batches/{batch_id}", headers=_auth(svc)).json()
-    assert status["state"] == "complete" and status["done"] == status["total"] == 42
+    assert status["state"] == "complete" and status["done"] == status["total"] == 43
 
 
 def test_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(service, tmp_path):

@@ -64,25 +64,28 @@ def big_database():  # type: ignore[no-untyped-def]
         )
         c.execute(
             text(
-                "INSERT INTO review (image_id, result_id, seq, decision, comment, reviewer_id,"
-                " created_at) SELECT image_id, id, 1, 'confirmed', '', 1, now() FROM result"
-                " WHERE flagged AND id % 3 = 0"
+                "INSERT INTO review (image_id, sha256, result_id, seq, decision, comment,"
+                " reviewer_id, created_at) SELECT r.image_id, i.sha256, r.id, 1, 'confirmed', '',"
+                " 1, now() FROM result r JOIN image i ON i.id = r.image_id"
+                " WHERE r.flagged AND r.id % 3 = 0"
             )
         )
         c.execute(
             text(
                 # Some decisions taken back (an undo is a withdrawn row), and false negatives
                 # found in QC (cleared images overturned to leukemia).
-                "INSERT INTO review (image_id, result_id, seq, decision, previous_decision,"
-                " comment, reviewer_id, created_at) SELECT image_id, id, 2, 'withdrawn',"
-                " 'confirmed', '', 1, now() FROM result WHERE flagged AND id % 30 = 0"
+                "INSERT INTO review (image_id, sha256, result_id, seq, decision,"
+                " previous_decision, comment, reviewer_id, created_at) SELECT r.image_id,"
+                " i.sha256, r.id, 2, 'withdrawn', 'confirmed', '', 1, now() FROM result r"
+                " JOIN image i ON i.id = r.image_id WHERE r.flagged AND r.id % 30 = 0"
             )
         )
         c.execute(
             text(
-                "INSERT INTO review (image_id, result_id, seq, decision, label, comment,"
-                " reviewer_id, created_at) SELECT image_id, id, 1, 'overturned', 'leukemia', '',"
-                " 1, now() FROM result WHERE NOT flagged AND id % 500 = 0"
+                "INSERT INTO review (image_id, sha256, result_id, seq, decision, label,"
+                " comment, reviewer_id, created_at) SELECT r.image_id, i.sha256, r.id, 1,"
+                " 'overturned', 'leukemia', '', 1, now() FROM result r"
+                " JOIN image i ON i.id = r.image_id WHERE NOT r.flagged AND r.id % 500 = 0"
             )
         )
         c.execute(text("ANALYZE"))

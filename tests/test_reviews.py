@@ -304,10 +304,10 @@ def test_a_negative_overturned_in_qc_is_counted_filterable_and_exported(db_setti
         )
     )
     assert {int(r["image_id"]): r["false_negative"] for r in rows} == {
-        ids[0]: "False",
-        ids[1]: "True",
-        ids[2]: "False",
-        ids[3]: "False",
+        ids[0]: "false",
+        ids[1]: "true",
+        ids[2]: "false",
+        ids[3]: "false",
     }
     body = json.loads(reviewer.get(f"/api/v1/batches/{batch}/results?format=json").data)
     assert [r["false_negative"] for r in body["results"]] == [False, True, False, False]

@@ -13,7 +13,14 @@ RECONCILE_TASK = "worker.tasks.reconcile"
 # wait (and expire) exactly when it is needed. `serve`, compose's `reconciler` and
 # `leukoscreen worker --queue reconcile` consume it.
 RECONCILE_QUEUE = "reconcile"
-QUEUES = ("cpu", "gpu", RECONCILE_QUEUE)
+WEBHOOK_TASK = "worker.tasks.deliver_webhook"
+PURGE_TASK = "worker.tasks.purge_images"
+# Webhook sends wait on other servers: a queue of their own, consumed beside the reconciler's
+# (no model loaded), keeps a slow receiver from holding up scoring.
+WEBHOOK_QUEUE = "webhooks"
+QUEUES = ("cpu", "gpu", RECONCILE_QUEUE, WEBHOOK_QUEUE)
+# Retention is checked hourly; a run with nothing old enough does nothing.
+PURGE_EVERY_S = 3600
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
@@ -37,7 +44,11 @@ def make_celery(settings: Settings | None = None) -> Celery:
         # published through a named exchange were silently dropped until workers restarted.
         task_queues=[Queue(name, Exchange(""), routing_key=name) for name in QUEUES],
         task_default_queue=settings.default_queue,
-        task_routes={RECONCILE_TASK: {"queue": RECONCILE_QUEUE}},
+        task_routes={
+            RECONCILE_TASK: {"queue": RECONCILE_QUEUE},
+            PURGE_TASK: {"queue": RECONCILE_QUEUE},
+            WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE},
+        },
         broker_transport_options=settings.broker_transport_options,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
@@ -47,7 +58,12 @@ def make_celery(settings: Settings | None = None) -> Celery:
                 "task": RECONCILE_TASK,
                 "schedule": float(settings.reconcile_every_s),
                 "options": {"queue": RECONCILE_QUEUE, "expires": settings.reconcile_every_s},
-            }
+            },
+            "purge-old-image-pixels": {
+                "task": PURGE_TASK,
+                "schedule": float(PURGE_EVERY_S),
+                "options": {"queue": RECONCILE_QUEUE, "expires": PURGE_EVERY_S},
+            },
         },
         timezone="UTC",
     )

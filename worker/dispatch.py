@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from celery import Celery
+from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.lifecycle import mark_enqueued
-from worker.celery_app import SCORE_TASK
+from db.lifecycle import OUTBOX, mark_enqueued
+from worker.celery_app import SCORE_TASK, WEBHOOK_QUEUE, WEBHOOK_TASK
 
 log = logging.getLogger(__name__)
 
@@ -46,3 +48,41 @@ def enqueue_images(
     if sent:
         mark_enqueued(sessions, sent)
     return len(sent)
+
+
+def enqueue_deliveries(celery: Celery, delivery_ids: Sequence[str]) -> int:
+    """Send one delivery task per id; returns how many were sent (the rest: reconciler's)."""
+    sent = 0
+    try:
+        for delivery_id in delivery_ids:
+            celery.send_task(
+                WEBHOOK_TASK,
+                args=[delivery_id],
+                queue=WEBHOOK_QUEUE,
+                retry=True,
+                retry_policy=PUBLISH_RETRY,
+            )
+            sent += 1
+    except Exception as exc:  # kombu raises many transport-specific types
+        log.warning(
+            "broker unavailable, %d webhook deliveries left for the reconciler: %s",
+            len(delivery_ids) - sent,
+            exc,
+        )
+    return sent
+
+
+def watch_outbox(sessions: sessionmaker[Session], celery: Celery) -> None:
+    """Enqueue the webhook deliveries a transaction of ``sessions`` wrote (``db.lifecycle.emit``)
+    once it has committed: a task never looks for a row that is not there yet, and a rolled
+    back event sends nothing."""
+
+    @event.listens_for(sessions, "after_commit")
+    def _send(session: Session) -> None:
+        ids = session.info.pop(OUTBOX, None)
+        if ids:
+            enqueue_deliveries(celery, ids)
+
+    @event.listens_for(sessions, "after_rollback")
+    def _drop(session: Session, *_: Any) -> None:
+        session.info.pop(OUTBOX, None)

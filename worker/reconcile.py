@@ -9,10 +9,10 @@ from celery import Celery
 from sqlalchemy import and_, false, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.lifecycle import requeue_stale
+from db.lifecycle import requeue_stale, stale_deliveries
 from db.models import Image, ImageState
 from leukoscreen.config import Settings
-from worker.dispatch import enqueue_images
+from worker.dispatch import enqueue_deliveries, enqueue_images
 
 # Images accepted while the broker was down have never been enqueued; pick them up soon
 # rather than after the full stale timeout.
@@ -25,6 +25,7 @@ class ReconcileReport:
     failed_exhausted: int = 0
     enqueued: int = 0
     stale_queued: int = 0
+    deliveries_enqueued: int = 0
 
 
 def reconcile(
@@ -58,4 +59,7 @@ def reconcile(
         report.enqueued = enqueue_images(
             celery, sessions, waiting, settings.chunk_size, settings.default_queue
         )
+    # Webhook deliveries whose message was lost or whose sender died: pending and untouched.
+    if lost := stale_deliveries(sessions, stale, limit):
+        report.deliveries_enqueued = enqueue_deliveries(celery, lost)
     return report

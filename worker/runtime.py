@@ -15,9 +15,11 @@ from functools import cached_property
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.session import engine_for, session_factory
-from leukoscreen.config import Settings, load_settings
+from leukoscreen.config import Settings, load_settings, resolve_secret_key
 from leukoscreen.storage import ContentStore
 from model.inference import LoadedModel, load_model
+from worker.celery_app import app
+from worker.dispatch import watch_outbox
 from worker.scoring import register_model_version
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,16 @@ class WorkerRuntime:
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:
-        return session_factory(engine_for(self.settings.database_url))
+        sessions = session_factory(engine_for(self.settings.database_url))
+        # A completed batch's webhook deliveries are enqueued once its transaction commits.
+        watch_outbox(sessions, app)
+        return sessions
+
+    @cached_property
+    def secret_key(self) -> str:
+        """The server's key (configured, or the var folder's): webhook secrets are encrypted
+        under it."""
+        return resolve_secret_key(self.settings).secret_key
 
     @cached_property
     def store(self) -> ContentStore:

@@ -11,11 +11,14 @@ from celery.signals import worker_process_init
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from db.lifecycle import fail_unfinished
-from worker.celery_app import RECONCILE_TASK, SCORE_TASK, app
+from db.models import DeliveryState
+from db.retention import purge_old_images
+from worker.celery_app import PURGE_TASK, RECONCILE_TASK, SCORE_TASK, WEBHOOK_TASK, app
 from worker.dispatch import enqueue_images
 from worker.reconcile import reconcile as reconcile_images
 from worker.runtime import reset_runtime, runtime, worker_settings
 from worker.scoring import score_chunk, split_for_retry
+from worker.webhooks import backoff_s, deliver
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +86,30 @@ def score_images(self, image_ids: list[int]) -> dict[str, int]:
 def reconcile() -> dict[str, int]:
     rt = runtime()
     return asdict(reconcile_images(app, rt.sessions, rt.settings))
+
+
+# The delivery row counts attempts and says when to give up (``webhook_max_attempts``), so
+# Celery's own retry limit is off.
+@app.task(name=WEBHOOK_TASK, bind=True, max_retries=None, acks_late=True)
+def deliver_webhook(self, delivery_id: str) -> dict[str, object]:
+    rt = runtime()
+    try:
+        sent = deliver(
+            rt.sessions,
+            rt.secret_key,
+            delivery_id,
+            rt.settings.webhook_timeout_s,
+            rt.settings.webhook_max_attempts,
+        )
+    except TRANSIENT as exc:
+        # The database, not the receiver: try again soon (the row still says what is left).
+        raise self.retry(exc=exc, countdown=backoff_s(1)) from exc
+    if sent.state is DeliveryState.PENDING:
+        raise self.retry(countdown=backoff_s(sent.attempt))
+    return {"state": sent.state.value if sent.state else None, "attempt": sent.attempt}
+
+
+@app.task(name=PURGE_TASK)
+def purge_images() -> dict[str, object]:
+    rt = runtime()
+    return asdict(purge_old_images(rt.sessions, rt.store, rt.settings.retain_images_days, None))

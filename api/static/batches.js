@@ -2,9 +2,19 @@
 (() => {
   const table = document.getElementById("batches");
   const body = table.querySelector("tbody");
+  const hideSingle = document.getElementById("hide-single");
+  // Remembered in this browser: a laboratory that uses /single a lot keeps its list clean.
+  hideSingle.checked = localStorage.getItem("ls-hide-single") === "1";
+  let timer = null;
+  hideSingle.addEventListener("change", () => {
+    localStorage.setItem("ls-hide-single", hideSingle.checked ? "1" : "0");
+    clearTimeout(timer);
+    refresh().catch(showError);
+  });
 
   async function refresh() {
-    const data = await LS.getJSON(table.dataset.api);
+    const url = hideSingle.checked ? `${table.dataset.api}?min_images=2` : table.dataset.api;
+    const data = await LS.getJSON(url);
     document.getElementById("empty").hidden = data.batches.length > 0;
     body.replaceChildren(
       ...data.batches.map((b) => {
@@ -15,13 +25,16 @@
           LS.el("td", {}, b.created_at.slice(0, 16).replace("T", " ")), progress,
           LS.el("td", { className: "n-flagged" }, b.flagged),
           LS.el("td", { className: "n-manual" }, b.manual_review),
-          LS.el("td", { className: "n-cleared" }, b.cleared), LS.el("td", {}, b.failed),
+          LS.el("td", { className: "n-cleared" }, b.cleared),
+          LS.el("td", { className: "n-rejected" }, b.rejected),
+          LS.el("td", { className: "n-duplicate" }, b.duplicate), LS.el("td", {}, b.failed),
           LS.el("td", {}, b.state, b.drift_warning
             ? LS.el("span", { className: "drift-flag", title: b.drift_warning }, " · drift warning") : null));
       })
     );
     const busy = data.batches.some((b) => b.pending > 0);
-    setTimeout(refresh, busy ? 2000 : 10000);
+    timer = setTimeout(refresh, busy ? 2000 : 10000);
   }
-  refresh().catch((e) => { body.replaceChildren(LS.el("tr", {}, LS.el("td", { colSpan: 9 }, e.message))); });
+  function showError(e) { body.replaceChildren(LS.el("tr", {}, LS.el("td", { colSpan: 11 }, e.message))); }
+  refresh().catch(showError);
 })();

@@ -1,0 +1,198 @@
+"""Outbound webhooks: receivers an admin configures, their secrets, and how a delivery is signed.
+
+A webhook's secret signs every delivery (HMAC-SHA256), so the sender needs the secret itself:
+it is stored encrypted (Fernet) under a key derived from the server's secret key, shown once
+when the webhook is created, and never again. Rotating ``LEUKOSCREEN_SECRET_KEY`` makes the
+stored secrets unreadable: deliveries then fail with that reason and the webhooks must be
+created anew.
+
+Each delivery is a POST of a JSON body with three headers:
+
+``X-LeukoScreen-Event``
+    ``batch.complete`` or ``specimen.signed``;
+``X-LeukoScreen-Delivery``
+    the delivery id, the same for every retry and re-send: the receiver deduplicates on it;
+``X-LeukoScreen-Signature``
+    ``t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>" under the secret>``; a receiver
+    checks it (``verify``) and refuses old timestamps, so a captured request cannot be replayed.
+
+Delivery states (pending → delivered | failed, re-send) change in ``db.lifecycle``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.audit import Actor, record_event
+from db.errors import Invalid
+from db.models import Webhook, WebhookDelivery, WebhookEvent
+
+EVENT_HEADER = "X-LeukoScreen-Event"
+DELIVERY_HEADER = "X-LeukoScreen-Delivery"
+SIGNATURE_HEADER = "X-LeukoScreen-Signature"
+# How old a signature's timestamp a receiver should accept (``verify``'s default).
+TOLERANCE_S = 300
+SECRET_PREFIX = "whsec_"
+MAX_URL = 2048
+
+
+class SecretUnreadable(RuntimeError):
+    """A stored secret no longer decrypts: the server's secret key changed since."""
+
+
+def _fernet(server_key: str) -> Fernet:
+    # Derived, not the session-signing key itself: one key per purpose.
+    key = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"leukoscreen webhook secrets"
+    ).derive(server_key.encode())
+    return Fernet(base64.urlsafe_b64encode(key))
+
+
+def encrypt_secret(secret: str, server_key: str) -> str:
+    return _fernet(server_key).encrypt(secret.encode()).decode()
+
+
+def decrypt_secret(token: str, server_key: str) -> str:
+    try:
+        return _fernet(server_key).decrypt(token.encode()).decode()
+    except InvalidToken:
+        raise SecretUnreadable(
+            "the webhook secret cannot be decrypted: LEUKOSCREEN_SECRET_KEY changed since the "
+            "webhook was created; create it again"
+        ) from None
+
+
+def check_url(url: str) -> str:
+    url = url.strip()
+    bad = Invalid(f"url must be an http(s) URL of at most {MAX_URL} characters")
+    if len(url) > MAX_URL or not url.isprintable() or " " in url:
+        raise bad
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # a malformed IPv6 literal, say
+        raise bad from None
+    if parts.scheme not in ("https", "http") or not host:
+        raise bad
+    if parts.username or parts.password:
+        raise Invalid("url must not carry a user name or password: deliveries are signed")
+    return url
+
+
+def check_events(events: Any) -> list[str]:
+    known = [e.value for e in WebhookEvent]
+    if not isinstance(events, list) or not events or any(e not in known for e in events):
+        raise Invalid(f"events must be a non-empty list of {', '.join(known)}")
+    return [e for e in known if e in events]
+
+
+@dataclass(frozen=True)
+class CreatedWebhook:
+    webhook: Webhook
+    secret: str  # shown to the admin once, never stored in clear
+
+
+def create_webhook(
+    session: Session, url: str, events: Any, server_key: str, actor: Actor | None
+) -> CreatedWebhook:
+    url, chosen = check_url(url), check_events(events)
+    secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+    webhook = Webhook(
+        url=url,
+        events=chosen,
+        secret_encrypted=encrypt_secret(secret, server_key),
+        active=True,
+        created_by_id=actor.id if actor else None,
+    )
+    session.add(webhook)
+    session.flush()
+    record_event(session, actor, "webhook.create", f"webhook:{webhook.id}", url=url, events=chosen)
+    return CreatedWebhook(webhook, secret)
+
+
+def list_webhooks(session: Session) -> list[Webhook]:
+    return list(session.scalars(select(Webhook).order_by(Webhook.id)))
+
+
+def deactivate_webhook(session: Session, webhook: Webhook, actor: Actor | None) -> Webhook:
+    """Stop sending to it (kept, with its delivery log); pending deliveries end ``failed``."""
+    if webhook.active:
+        webhook.active = False
+        record_event(session, actor, "webhook.deactivate", f"webhook:{webhook.id}", url=webhook.url)
+    return webhook
+
+
+def deliveries(
+    session: Session, webhook_id: int, limit: int = 100, state: str | None = None
+) -> list[WebhookDelivery]:
+    """The delivery log of one webhook, newest first."""
+    stmt = select(WebhookDelivery).where(WebhookDelivery.webhook_id == webhook_id)
+    if state:
+        stmt = stmt.where(WebhookDelivery.state == state)
+    return list(
+        session.scalars(
+            stmt.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id).limit(limit)
+        )
+    )
+
+
+def body(delivery_id: str, event: str, created_at: datetime, data: dict[str, Any]) -> bytes:
+    """The bytes POSTed: the same for every attempt of one delivery."""
+    envelope = {
+        "id": delivery_id,
+        "event": event,
+        "created_at": created_at.isoformat(),
+        "data": data,
+    }
+    return json.dumps(envelope, sort_keys=True, separators=(",", ":")).encode()
+
+
+def signature(secret: str, timestamp: int, payload: bytes) -> str:
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def headers(
+    secret: str, delivery_id: str, event: str, payload: bytes, now: float | None = None
+) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "User-Agent": "LeukoScreen-Webhook/1",
+        EVENT_HEADER: event,
+        DELIVERY_HEADER: delivery_id,
+        SIGNATURE_HEADER: signature(secret, int(now if now is not None else time.time()), payload),
+    }
+
+
+def verify(
+    secret: str,
+    header: str,
+    payload: bytes,
+    tolerance_s: int = TOLERANCE_S,
+    now: float | None = None,
+) -> bool:
+    """What a receiver checks: the signature matches and its timestamp is recent."""
+    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
+    try:
+        timestamp = int(fields["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs((now if now is not None else time.time()) - timestamp) > tolerance_s:
+        return False
+    expected = signature(secret, timestamp, payload).split("v1=", 1)[1]
+    return hmac.compare_digest(expected, fields.get("v1", ""))
