@@ -570,6 +570,8 @@ def test_every_page_passes_axe_at_wcag_21_aa_and_is_screenshotted_at_three_width
             expect(page.locator(ready).first).to_be_visible()
             if page.locator("#big").count():
                 expect(page.locator("#big")).to_have_js_property("complete", True)
+            if page.locator(".bar").count():
+                page.wait_for_timeout(500)  # the progress bar's width transition (0.4 s)
             page.screenshot(path=str(ARTIFACTS / f"page-{name}-{width}.png"), full_page=True)
         _assert_axe_clean(page, path)
 
