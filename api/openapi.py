@@ -140,6 +140,11 @@ BATCH = {
             "type": ["string", "null"],
             "description": "what differs, in one sentence, when the drift alarm is raised",
         },
+        "reviews": {
+            "type": "object",
+            "description": "images per current decision (confirmed, overturned, "
+            "second_opinion), and false_negative: cleared images overturned to leukemia",
+        },
         "results_url": {"type": "string"},
         "stalled": {
             "type": "boolean",
@@ -206,6 +211,10 @@ WORKERS = {
         "stale_after_s": {"type": "integer"},
     },
 }
+FALSE_NEGATIVE = {
+    "type": ["boolean", "null"],
+    "description": "cleared by the model, leukemia by its current review (found in QC)",
+}
 RESULT_ROW = {
     "type": "object",
     "required": ["image_id", "file_name", "sha256", "state"],
@@ -236,6 +245,7 @@ RESULT_ROW = {
         },
         "reason_code": {"type": ["string", "null"], "description": "the reason as a code"},
         "error": {"type": ["string", "null"]},
+        "false_negative": FALSE_NEGATIVE,
     },
 }
 LIST_ITEM = {
@@ -273,6 +283,7 @@ QUEUE_ITEM = {
         },
         "domain_distance": {"type": ["number", "null"]},
         "state": {"type": "string"},
+        "false_negative": FALSE_NEGATIVE,
         "specimen_id": {"type": ["string", "null"]},
         "copies": {
             "type": "array",
@@ -564,10 +575,21 @@ def review_and_account_paths() -> dict[str, Any]:
                     }
                 ),
                 "responses": {
-                    "201": _json(OBJECT, "decision recorded"),
+                    "201": _json(OBJECT, "decision recorded, with undo_until"),
                     **_errors(400, 404, 409, 503),
                 },
             },
+        },
+        "/api/v1/images/{image_id}/reviews/{seq}/undo": {
+            "post": {
+                "summary": "take back your own latest decision (seq) shortly after making it: "
+                "appends a withdrawn row, the image is undecided again",
+                "parameters": [_id("image_id"), _id("seq")],
+                "responses": {
+                    "201": _json(OBJECT, "withdrawn row recorded"),
+                    **_errors(404, 409, 503),
+                },
+            }
         },
         "/api/v1/batches/{batch_id}/threshold": {
             "get": {

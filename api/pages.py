@@ -26,7 +26,7 @@ from db.accounts import (
     update_user,
 )
 from db.models import ApiToken, Batch, Role, User
-from db.reviews import ALL_ROUTES, STATES
+from db.reviews import ALL_ROUTES, FALSE_NEGATIVE, STATES
 from model.gate import REASON_TEXT, Route
 
 bp = Blueprint("pages", __name__)
@@ -37,6 +37,11 @@ ROUTE_LABELS = {
     ALL_ROUTES: "everything that needs a person",
     Route.FLAGGED.value: "flagged only",
     Route.MANUAL_REVIEW.value: "manual review only (model cannot judge)",
+}
+
+# The queue's state filter (db.reviews.STATES) as the page words it.
+STATE_LABELS = {s: s.replace("_", " ") for s in STATES} | {
+    FALSE_NEGATIVE: "false negatives found in QC (cleared, overturned to leukemia)"
 }
 
 
@@ -98,7 +103,7 @@ def review():
         "review.html",
         mode="queue",
         batches=recent,
-        states=STATES,
+        states=STATE_LABELS,
         route_labels=ROUTE_LABELS,
         args=request.args,
     )
@@ -114,7 +119,7 @@ def review_sample(batch_id: str):
         mode="sample",
         batch=found,
         batches=[],
-        states=STATES,
+        states=STATE_LABELS,
         route_labels=ROUTE_LABELS,
         args=request.args,
     )

@@ -77,6 +77,8 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int]] = {
     ("GET", "/api/v1/review/items/<int:image_id>"): (401, 403, 200, 200),
     ("GET", "/api/v1/images/<int:image_id>/reviews"): (401, 403, 200, 200),
     ("POST", "/api/v1/images/<int:image_id>/reviews"): (401, 403, 201, 201),
+    # Routes run in rule order: the decision just posted above is the caller's decision 1.
+    ("POST", "/api/v1/images/<int:image_id>/reviews/<int:seq>/undo"): (401, 403, 201, 201),
     ("GET", "/api/v1/batches/<batch_id>/threshold"): (401, 403, 200, 200),
     ("GET", "/api/v1/batches/<batch_id>/sample"): (401, 403, 200, 200),
     ("POST", "/api/v1/specimens/<specimen_id>/signoffs"): (401, 403, 201, 201),
@@ -149,7 +151,7 @@ def _body(method: str, rule: str, role: str) -> dict[str, Any]:
 def _path(rule: str, ids: Ids) -> str:
     path = rule.replace("<batch_id>", ids.batch_id).replace("<path:filename>", "common.js")
     path = path.replace("<int:image_id>", str(ids.image_id))
-    path = path.replace("<int:user_id>", str(ids.user_id))
+    path = path.replace("<int:user_id>", str(ids.user_id)).replace("<int:seq>", "1")
     path = path.replace("<int:token_id>", str(ids.token_ids.get(rule, 0)))
     path = path.replace("<int:webhook_id>", str(ids.webhook_id))
     path = path.replace("<delivery_id>", ids.delivery_id)

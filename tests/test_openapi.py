@@ -112,7 +112,12 @@ def test_the_enums_of_the_spec_and_the_cli_are_the_models():
     assert body("/api/v1/images/{image_id}/reviews", "post")["decision"]["enum"] == list(Decision)
     assert body("/api/v1/users", "post")["role"]["enum"] == list(Role)
     assert body("/api/v1/users/{user_id}", "patch")["role"]["enum"] == list(Role)
-    assert query("/api/v1/review/queue", "state") == ["unreviewed", *Decision, "all"]
+    assert query("/api/v1/review/queue", "state") == [
+        "unreviewed",
+        *Decision,
+        "false_negative",
+        "all",
+    ]
     assert BATCH["properties"]["state"]["enum"] == list(BatchState)
     assert list(BATCH["properties"]["counts"]["properties"]) == list(ImageState)
     assert RESULT_ROW["properties"]["state"]["enum"] == list(ImageState)
