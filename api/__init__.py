@@ -61,13 +61,17 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         errors,
         fhir,
         health,
+        metrics,
         openapi,
         pages,
+        request_context,
         reviews,
         specimens,
         webhooks,
+        workers,
     )
 
+    request_context.register(app)
     errors.register(app)
     auth.register(app)
     app.register_blueprint(health.bp)
@@ -80,4 +84,6 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     app.register_blueprint(specimens.pages)
     app.register_blueprint(fhir.bp)
     app.register_blueprint(webhooks.bp)
+    app.register_blueprint(workers.bp)
+    app.register_blueprint(metrics.bp)
     return app

@@ -7,6 +7,7 @@ token requests need none, since a browser never attaches a bearer token by itsel
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
@@ -19,6 +20,7 @@ from flask import (
     abort,
     current_app,
     flash,
+    g,
     redirect,
     render_template,
     request,
@@ -41,7 +43,8 @@ bp = Blueprint("auth", __name__)
 login_manager = LoginManager()
 csrf = CSRFProtect()
 
-PUBLIC_ENDPOINTS = {"health.healthz", "auth.login", "static"}
+METRICS_ENDPOINT = "metrics.metrics"
+PUBLIC_ENDPOINTS = {"health.healthz", "health.readyz", "auth.login", "static"}
 # The user's session_version at sign-in, kept in the signed session cookie.
 SESSION_VERSION = "_sv"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -100,7 +103,8 @@ def _load_user(user_id: str) -> Principal | None:
 
 
 def is_api_request() -> bool:
-    return request.path.startswith("/api/")
+    # /metrics is read by Prometheus, not a browser: a JSON 401, never a login redirect.
+    return request.path.startswith("/api/") or request.endpoint == METRICS_ENDPOINT
 
 
 def _bearer_token() -> str:
@@ -111,11 +115,19 @@ def _bearer_token() -> str:
     return token.strip()
 
 
+def _is_metrics_token(token: str) -> bool:
+    expected = context.settings().metrics_token
+    return bool(expected) and hmac.compare_digest(token.encode(), expected.encode())
+
+
 def _authenticate() -> Any:
     if request.endpoint is None:
         return None  # unknown URL: let the 404/405 handlers answer
     if "Authorization" in request.headers:
         token = _bearer_token()
+        if request.endpoint == METRICS_ENDPOINT and _is_metrics_token(token):
+            g.metrics_scraper = True  # no user: the view admits it by this mark alone
+            return None
         with context.sessions()() as session:
             user = user_for_token(session, token)
             principal = _principal(session, user, True) if user is not None else None
@@ -155,9 +167,14 @@ def require_role(*roles: str) -> Callable[[F], F]:
     return _require(lambda p: p.has_role(*roles), f"role {' or '.join(roles)}")
 
 
+def is_global_admin(principal: Principal) -> bool:
+    return principal.role == Role.ADMIN.value and principal.scope.is_global
+
+
 def require_global_admin() -> Callable[[F], F]:
-    """Only an admin whose scope is every laboratory (laboratories themselves)."""
-    return _require(lambda p: p.role == Role.ADMIN.value and p.scope.is_global, "a global admin")
+    """Only an admin whose scope is every laboratory: laboratories themselves, and what spans
+    every laboratory (worker status, metrics)."""
+    return _require(is_global_admin, "a global admin")
 
 
 def scope() -> Scope:

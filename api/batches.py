@@ -30,6 +30,7 @@ from api.specimen_ids import (
     parse_manifest,
 )
 from api.thumbnails import thumbnail_jpeg
+from api.workers import current_stall
 from db import drift, lifecycle
 from db.audit import record_event
 from db.errors import Gone, NotFound
@@ -43,7 +44,9 @@ from db.progress import (
 )
 from db.reviews import decision_counts
 from db.tenancy import batch_or_404, image_or_404, scoped
+from leukoscreen import logs, metrics
 from leukoscreen.imagetypes import MIME_TYPES
+from worker.celery_app import PRIORITY_QUEUE
 from worker.dispatch import enqueue_images
 
 bp = Blueprint("batches", __name__, url_prefix="/api/v1")
@@ -217,7 +220,11 @@ def _check_and_record(
     accepted = [o for o in report.outcomes if o.status == "accepted"]
     # A new batch needs one usable image; a part added to an existing batch is recorded even
     # when every file is rejected, so that the batch's export gives the reason for each file.
+    metrics.INTAKE_BYTES.inc(request.content_length or 0)
+    for status in ("accepted", "rejected", "duplicate"):
+        metrics.INTAKE_FILES.labels(status).inc(report.count(status))
     if not accepted and batch is None:
+        metrics.INTAKE_REQUESTS.labels("unusable").inc()
         raise ApiError(
             422,
             "no usable image in the request",
@@ -226,6 +233,7 @@ def _check_and_record(
 
     context.store().flush()
     now = datetime.now(UTC)
+    new_batch = batch is None
     with sessions.begin() as session:
         if batch is None:
             # Who submits is who signed in: no form field or header can name someone else.
@@ -297,10 +305,25 @@ def _check_and_record(
         }
         remembered = idempotency.remember(session, key, sent, body) if key is not None else None
 
-    # Enqueue only after the commit: a worker must find the rows it is told about.
-    enqueued = enqueue_images(
-        context.celery(), sessions, queued_ids, settings.chunk_size, settings.default_queue
-    )
+    # Enqueue only after the commit: a worker must find the rows it is told about. The batch
+    # id goes on this request's lines and, in the task headers, on the workers'.
+    # A new small batch (a /single image) takes the priority lane; a part added to a batch
+    # is bulk work, however small the part.
+    small = new_batch and len(queued_ids) <= settings.priority_max_images
+    queue = PRIORITY_QUEUE if small else settings.default_queue
+    with logs.bound(batch_id=batch_id):
+        enqueued = enqueue_images(
+            context.celery(), sessions, queued_ids, settings.chunk_size, queue
+        )
+        log.info(
+            "upload recorded: %d accepted, %d rejected, %d duplicate, %d enqueued on %s",
+            len(accepted),
+            report.count("rejected"),
+            report.count("duplicate"),
+            enqueued,
+            queue,
+            extra=logs.image_ids(queued_ids),
+        )
     body["enqueued"] = enqueued
     if enqueued < len(queued_ids):
         body["note"] = (
@@ -308,6 +331,7 @@ def _check_and_record(
         )
     if remembered is not None:
         idempotency.complete(remembered, body)
+    metrics.INTAKE_REQUESTS.labels("accepted").inc()
     return _answer(body)
 
 
@@ -330,6 +354,8 @@ def _batch_json(batch: Batch) -> dict[str, Any]:
     with context.sessions()() as session:
         progress = batch_progress(session, batch.id)
         reviews = decision_counts(session, batch.id)
+        # Only pending work can stall; a finished batch reads no heartbeats.
+        stall = current_stall(session, datetime.now(UTC)) if progress.pending else None
     return {
         "id": batch.id,
         "name": batch.name,
@@ -340,6 +366,8 @@ def _batch_json(batch: Batch) -> dict[str, Any]:
         **progress.as_dict(),
         "drift": batch.drift,
         "drift_warning": drift.describe(batch.drift),
+        "stalled": stall is not None,
+        "stall_message": stall,
         "reviews": reviews,
         "results_url": url_for("batches.batch_results", batch_id=batch.id),
     }

@@ -53,8 +53,8 @@ def domain_status(exc: DomainError) -> int:
 
 
 def _is_page_request() -> bool:
-    """Web pages (everything but the JSON API and the health check) answer in HTML."""
-    return not request.path.startswith(("/api/", "/healthz"))
+    """Web pages (everything but the JSON API, the probes and the metrics) answer in HTML."""
+    return not request.path.startswith(("/api/", "/healthz", "/readyz", "/metrics"))
 
 
 def _same_site_referrer() -> str:

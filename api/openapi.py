@@ -144,8 +144,80 @@ BATCH = {
             "type": ["string", "null"],
             "description": "what differs, in one sentence, when the drift alarm is raised",
         },
+        "reviews": {
+            "type": "object",
+            "description": "images per current decision (confirmed, overturned, "
+            "second_opinion), and false_negative: cleared images overturned to leukemia",
+        },
         "results_url": {"type": "string"},
+        "stalled": {
+            "type": "boolean",
+            "description": "images are pending but no live worker consumes the scoring queue, "
+            "or none has finished any work for LEUKOSCREEN_STALL_AFTER_S",
+        },
+        "stall_message": {
+            "type": ["string", "null"],
+            "description": "why, in one sentence for a technician; null when not stalled",
+        },
     },
+}
+QUEUE_PRESENCE = {
+    "type": "object",
+    "additionalProperties": {
+        "type": "object",
+        "required": ["processes", "hosts", "last_beat_age_s"],
+        "properties": {
+            "processes": {"type": "integer", "description": "live pool processes"},
+            "hosts": {"type": "integer"},
+            "last_beat_age_s": {"type": ["number", "null"]},
+        },
+    },
+}
+READINESS = {
+    "type": "object",
+    "required": ["status", "checks", "reasons"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ready", "not_ready"]},
+        "checks": {"type": "object"},
+        "reasons": {"type": "array", "items": {"type": "string"}},
+        "queues": QUEUE_PRESENCE,
+        "oldest_queued_age_s": {"type": ["number", "null"]},
+        "oldest_scoring_age_s": {"type": ["number", "null"]},
+        "stalled": {"type": ["string", "null"]},
+    },
+}
+WORKER = {
+    "type": "object",
+    "required": ["node", "host", "pid", "queues", "last_beat_at", "stale"],
+    "properties": {
+        "node": {"type": "string"},
+        "host": {"type": "string"},
+        "pid": {"type": "integer"},
+        "queues": {"type": "array", "items": {"type": "string"}},
+        "concurrency": {"type": "integer"},
+        "model_name": {"type": ["string", "null"]},
+        "model_version": {"type": ["string", "null"]},
+        "started_at": {"type": "string", "format": "date-time"},
+        "last_beat_at": {"type": "string", "format": "date-time"},
+        "last_beat_age_s": {"type": "number"},
+        "last_task_at": {"type": ["string", "null"]},
+        "images_last_minute": {"type": "integer"},
+        "task_started_at": {"type": ["string", "null"], "description": "the task in progress"},
+        "stale": {"type": "boolean"},
+    },
+}
+WORKERS = {
+    "type": "object",
+    "required": ["workers", "queues"],
+    "properties": {
+        "workers": {"type": "array", "items": WORKER},
+        "queues": QUEUE_PRESENCE,
+        "stale_after_s": {"type": "integer"},
+    },
+}
+FALSE_NEGATIVE = {
+    "type": ["boolean", "null"],
+    "description": "cleared by the model, leukemia by its current review (found in QC)",
 }
 RESULT_ROW = {
     "type": "object",
@@ -177,6 +249,7 @@ RESULT_ROW = {
         },
         "reason_code": {"type": ["string", "null"], "description": "the reason as a code"},
         "error": {"type": ["string", "null"]},
+        "false_negative": FALSE_NEGATIVE,
     },
 }
 LIST_ITEM = {
@@ -214,6 +287,7 @@ QUEUE_ITEM = {
         },
         "domain_distance": {"type": ["number", "null"]},
         "state": {"type": "string"},
+        "false_negative": FALSE_NEGATIVE,
         "specimen_id": {"type": ["string", "null"]},
         "copies": {
             "type": "array",
@@ -504,10 +578,21 @@ def review_and_account_paths() -> dict[str, Any]:
                     }
                 ),
                 "responses": {
-                    "201": _json(OBJECT, "decision recorded"),
+                    "201": _json(OBJECT, "decision recorded, with undo_until"),
                     **_errors(400, 404, 409, 503),
                 },
             },
+        },
+        "/api/v1/images/{image_id}/reviews/{seq}/undo": {
+            "post": {
+                "summary": "take back your own latest decision (seq) shortly after making it: "
+                "appends a withdrawn row, the image is undecided again",
+                "parameters": [_id("image_id"), _id("seq")],
+                "responses": {
+                    "201": _json(OBJECT, "withdrawn row recorded"),
+                    **_errors(404, 409, 503),
+                },
+            }
         },
         "/api/v1/batches/{batch_id}/threshold": {
             "get": {
@@ -808,6 +893,23 @@ def spec() -> dict[str, Any]:
                         "200": _json({"type": "object"}, "all reachable"),
                         "503": _json({"type": "object"}, "something is down"),
                     },
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "readiness: services up, a live worker on every queue scoring "
+                    "and the reconciler need, queued work being taken",
+                    "security": [],
+                    "responses": {
+                        "200": _json(READINESS, "ready"),
+                        "503": _json(READINESS, "not ready; reasons says why"),
+                    },
+                }
+            },
+            "/api/v1/workers": {
+                "get": {
+                    "summary": "worker processes from their heartbeats, stale ones marked (admin)",
+                    "responses": {"200": _json(WORKERS, "workers"), **_errors(403, 503)},
                 }
             },
             "/api/v1/openapi.json": {

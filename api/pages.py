@@ -27,7 +27,7 @@ from db.accounts import (
     update_user,
 )
 from db.models import Batch, Role
-from db.reviews import ALL_ROUTES, STATES
+from db.reviews import ALL_ROUTES, FALSE_NEGATIVE, STATES
 from model.gate import REASON_TEXT, Route
 
 bp = Blueprint("pages", __name__)
@@ -38,6 +38,11 @@ ROUTE_LABELS = {
     ALL_ROUTES: "everything that needs a person",
     Route.FLAGGED.value: "flagged only",
     Route.MANUAL_REVIEW.value: "manual review only (model cannot judge)",
+}
+
+# The queue's state filter (db.reviews.STATES) as the page words it.
+STATE_LABELS = {s: s.replace("_", " ") for s in STATES} | {
+    FALSE_NEGATIVE: "false negatives found in QC (cleared, overturned to leukemia)"
 }
 
 
@@ -101,7 +106,7 @@ def review():
         "review.html",
         mode="queue",
         batches=recent,
-        states=STATES,
+        states=STATE_LABELS,
         route_labels=ROUTE_LABELS,
         args=request.args,
     )
@@ -117,7 +122,7 @@ def review_sample(batch_id: str):
         mode="sample",
         batch=found,
         batches=[],
-        states=STATES,
+        states=STATE_LABELS,
         route_labels=ROUTE_LABELS,
         args=request.args,
     )
@@ -151,6 +156,13 @@ def admin_add_laboratory():
         lab = create_laboratory(session, request.form.get("name", ""), actor())
     flash(f"Laboratory {lab.name} created.")
     return redirect(url_for("pages.admin"))
+
+
+@bp.get("/admin/workers")
+@require_global_admin()
+def admin_workers():
+    # The table is filled and refreshed by workers.js from GET /api/v1/workers.
+    return render_template("workers.html", stale_after_s=context.settings().worker_stale_s)
 
 
 @bp.post("/admin/users")

@@ -11,9 +11,9 @@ from db.errors import NotFound
 
 # Ids are 64-bit integers in the database; larger numbers can only be "not found".
 MAX_ID = 2**63 - 1
-# Users, tokens and webhooks are few: their ids are 32-bit.
+# Users, tokens and webhooks are few, and an image has few decisions (review.seq): 32-bit.
 MAX_SMALL_ID = 2**31 - 1
-SMALL_IDS = frozenset({"user_id", "token_id", "webhook_id"})
+SMALL_IDS = frozenset({"user_id", "token_id", "webhook_id", "seq"})
 
 
 def id_limit(name: str) -> int:

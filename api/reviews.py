@@ -15,6 +15,7 @@ from db.models import Role
 from db.reviews import (
     ALL_ROUTES,
     QueueFilter,
+    decision_json,
     history,
     parse_cursor,
     queue_item,
@@ -23,6 +24,7 @@ from db.reviews import (
     review_queue,
     sample_unflagged,
     threshold_counts,
+    undo_decision,
 )
 from db.tenancy import batch_or_404, image_or_404
 
@@ -138,6 +140,16 @@ def decide(image_id: int):
             comment=comment,
             expected_seq=expected,
         )
+        row = decision_json(review, reviewer.name)
+    return jsonify(row), 201
+
+
+@bp.post("/images/<int:image_id>/reviews/<int:seq>/undo")
+@require_role(*REVIEWERS)
+def undo(image_id: int, seq: int):
+    reviewer = actor()
+    with context.sessions().begin() as session:
+        review = undo_decision(session, image_id, seq, reviewer, scope())
         row = review_json(review, reviewer.name)
     return jsonify(row), 201
 

@@ -65,6 +65,17 @@ class ProcessGroup:
         self.procs.append(proc)
         return proc
 
+    def start_api(self, workers: int = 2, name: str = "api") -> str:
+        """gunicorn on a free port; its base URL once /healthz answers, else every process of
+        the group stopped and RuntimeError with the logs."""
+        port = free_port()
+        self.start("api", "--port", str(port), "--workers", str(workers), name=name)
+        base = f"http://127.0.0.1:{port}"
+        if not wait_healthy(base):
+            self.stop_all()
+            raise RuntimeError("API did not start:\n" + self.logs())
+        return base
+
     def kill_group(self, proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         """The process and all its children (a worker's pool), as an operator's kill -9."""
         with contextlib.suppress(ProcessLookupError):

@@ -4,6 +4,8 @@
 2. preprocessing   decode + resize + scale, one core
 3. end to end      N images through the real API (gunicorn), broker, worker and database
 4. thesis' way     one HTTP request and one ``model.predict`` per image, as the thesis' page
+5. priority lane   one image's upload-to-result (p50/p95) while a large batch is scoring,
+                   with the priority lane on and off
 
 and what the gate costs (``gate``): preprocessing with and without the quality measures, the
 model with and without the gate's features and distance, and a second end-to-end run with a
@@ -24,6 +26,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +60,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--skip",
         default="",
-        help="comma list of parts to skip: model,preprocess,e2e,thesis,gate",
+        help="comma list of parts to skip: model,preprocess,e2e,thesis,gate,priority",
+    )
+    p.add_argument(
+        "--priority-images",
+        type=int,
+        default=5000,
+        help="priority lane: size of the bulk batch scoring while single images are sent",
+    )
+    p.add_argument(
+        "--priority-singles", type=int, default=20, help="priority lane: single images sent"
     )
     p.add_argument("--json", help="write the figures here as JSON")
 
@@ -285,16 +299,25 @@ def _upload(base: str, parts: list[list[tuple[str, bytes]]], headers: dict[str, 
     return ids
 
 
-def bench_end_to_end(
-    args: argparse.Namespace, model_path: Path, inputs: list[tuple[str, bytes]]
-) -> dict[str, Any]:
+@dataclass
+class Stack:
+    base: str
+    database_url: str
+    headers: dict[str, str]
+    worker: subprocess.Popen
+    workdir: Path
+
+
+@contextmanager
+def running_stack(args: argparse.Namespace, model_path: Path, **settings: str) -> Iterator[Stack]:
+    """gunicorn + one warmed worker on a throw-away PostgreSQL schema and the Redis broker."""
     import redis
     from sqlalchemy import create_engine, text
 
     from db import migrate
     from db.session import engine_for
 
-    schema = f"bench_{os.getpid()}"
+    schema = f"bench_{os.getpid()}_{int(time.time() * 1000) % 100000}"
     admin = create_engine(args.database_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f"CREATE SCHEMA {schema}"))
@@ -306,6 +329,7 @@ def bench_end_to_end(
         BROKER_URL=args.broker_url,
         LEUKOSCREEN_VAR_DIR=str(workdir),
         LEUKOSCREEN_MODEL_PATH=str(model_path),
+        **settings,
     )
     migrate.upgrade(database_url)
     procs = ProcessGroup(env, workdir)
@@ -317,10 +341,27 @@ def bench_end_to_end(
         worker = procs.start("worker", "--concurrency", str(args.worker_concurrency), name="worker")
         if not wait_healthy(base, timeout=120):
             raise RuntimeError(f"API did not start; logs in {workdir}")
-        # Warm the worker (model loaded, graph traced) as a running service would be.
-        warm_ids = _upload(base, [inputs[:64]], headers)
-        _wait_done(database_url, warm_ids, worker, workdir)
-        rss_start = _rss_mb(worker.pid)
+        yield Stack(base, database_url, headers, worker, workdir)
+    finally:
+        procs.stop_all()
+        engine_for(database_url).dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def _warm(stack: Stack, inputs: list[tuple[str, bytes]]) -> None:
+    """Model loaded and graph traced, as in a running service."""
+    warm_ids = _upload(stack.base, [inputs[:64]], stack.headers)
+    _wait_done(stack.database_url, warm_ids, stack.worker, stack.workdir)
+
+
+def bench_end_to_end(
+    args: argparse.Namespace, model_path: Path, inputs: list[tuple[str, bytes]]
+) -> dict[str, Any]:
+    with running_stack(args, model_path) as stack:
+        _warm(stack, inputs)
+        rss_start = _rss_mb(stack.worker.pid)
 
         parts = [inputs[i : i + args.part_files] for i in range(0, len(inputs), args.part_files)]
         per_client = [parts[i :: args.uploaders] for i in range(args.uploaders)]
@@ -328,7 +369,7 @@ def bench_end_to_end(
         lock = threading.Lock()
 
         def client(my_parts: list[list[tuple[str, bytes]]]) -> None:
-            ids = _upload(base, my_parts, headers)
+            ids = _upload(stack.base, my_parts, stack.headers)
             with lock:
                 batch_ids.extend(ids)
 
@@ -339,29 +380,81 @@ def bench_end_to_end(
         for t in threads:
             t.join()
         upload_s = time.perf_counter() - start
-        _wait_done(database_url, batch_ids, worker, workdir)
+        _wait_done(stack.database_url, batch_ids, stack.worker, stack.workdir)
         elapsed = time.perf_counter() - start
-        rss_end = _rss_mb(worker.pid)
-        lat = sorted(_latencies(database_url, batch_ids))
+        rss_end = _rss_mb(stack.worker.pid)
+        lat = sorted(_latencies(stack.database_url, batch_ids))
         return {
             "images": len(inputs),
             "seconds": round(elapsed, 2),
             "end_to_end_ips": len(inputs) / elapsed,
             "intake_ips": len(inputs) / upload_s,
             "latency_p50_s": statistics.median(lat),
-            "latency_p95_s": lat[int(0.95 * (len(lat) - 1))],
+            "latency_p95_s": _p95(lat),
             "rss_mb": {
                 "after_start": round(rss_start, 1),
                 "after_run": round(rss_end, 1),
                 "growth_pct": round(100 * (rss_end - rss_start) / rss_start, 2),
             },
         }
-    finally:
-        procs.stop_all()
-        engine_for(database_url).dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+
+
+def _p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[int(0.95 * (len(ordered) - 1))]
+
+
+def _single_to_result(stack: Stack, name: str, data: bytes, http: requests.Session) -> float:
+    """Seconds from sending one image (as /single does) to its result, polled every 50 ms."""
+    start = time.perf_counter()
+    sent = http.post(
+        f"{stack.base}/api/v1/batches",
+        headers=stack.headers,
+        files=[("images", (name, data, "image/jpeg"))],
+        timeout=60,
+    )
+    sent.raise_for_status()
+    url = f"{stack.base}/api/v1/batches/{sent.json()['batch_id']}"
+    while http.get(url, headers=stack.headers, timeout=30).json()["pending"]:
+        if time.perf_counter() - start > 600:
+            raise RuntimeError(f"a single image took over 10 minutes; see {stack.workdir}")
+        time.sleep(0.05)
+    return time.perf_counter() - start
+
+
+def bench_priority_lane(args: argparse.Namespace, model_path: Path, lane: bool) -> dict[str, Any]:
+    """p50/p95 of one image's upload-to-result while a large batch is scoring, with the
+    priority lane (LEUKOSCREEN_PRIORITY_MAX_IMAGES) on or off."""
+    bulk = load_inputs(args.folder, args.priority_images)
+    singles = [
+        (f"single_{i}.jpg", data + f"single-{i}".encode())
+        for i, (_, data) in enumerate(load_inputs(args.folder, args.priority_singles))
+    ]
+    limit = "16" if lane else "0"
+    with running_stack(args, model_path, LEUKOSCREEN_PRIORITY_MAX_IMAGES=limit) as stack:
+        _warm(stack, [(f"warm_{n}", d + b"warm") for n, d in bulk[:64]])
+        parts = [bulk[i : i + args.part_files] for i in range(0, len(bulk), args.part_files)]
+        # The whole bulk batch is queued before the first single image is sent.
+        batch_ids = _upload(stack.base, parts, stack.headers)
+        pending_at_start = _pending(stack.database_url, batch_ids)
+        http = requests.Session()
+        seconds = []
+        for name, data in singles:
+            if _pending(stack.database_url, batch_ids) == 0:
+                break  # the bulk batch finished: later singles would measure an idle worker
+            seconds.append(_single_to_result(stack, name, data, http))
+            time.sleep(0.5)
+        still_pending = _pending(stack.database_url, batch_ids)
+        _wait_done(stack.database_url, batch_ids, stack.worker, stack.workdir)
+    return {
+        "bulk_images": len(bulk),
+        "bulk_pending_at_first_single": pending_at_start,
+        "bulk_pending_after_last_single": still_pending,
+        "singles": len(seconds),
+        "single_p50_s": statistics.median(seconds) if seconds else None,
+        "single_p95_s": _p95(seconds) if seconds else None,
+        "single_max_s": max(seconds) if seconds else None,
+    }
 
 
 # ---------------------------------------------------------------- report
@@ -429,6 +522,9 @@ def run(args: argparse.Namespace) -> int:
         figures.update(e2e)
     if "gate" not in skip:
         figures.update(bench_gate(args, model_path, inputs, figures))
+    if "priority" not in skip:
+        figures["priority_lane"] = bench_priority_lane(args, model_path, lane=True)
+        figures["priority_lane_off"] = bench_priority_lane(args, model_path, lane=False)
     if "end_to_end_ips" in figures and "model_only_ips" in figures:
         figures["ratio_e2e_to_model"] = figures["end_to_end_ips"] / figures["model_only_ips"]
     if "end_to_end_ips" in figures and "thesis_ips" in figures:
@@ -472,6 +568,15 @@ def print_table(f: dict[str, Any]) -> None:
             rows.append((label, f"{f[key]:8.2f} x"))
     if "gate_cost_e2e" in f:
         rows.append(("gate: end-to-end cost", f"{f['gate_cost_e2e']:8.1%}"))
+    for key, label in (("priority_lane", "lane on"), ("priority_lane_off", "lane off")):
+        if (lane := f.get(key)) and lane["singles"]:
+            rows.append(
+                (
+                    f"/single to result during a {lane['bulk_images']}-image batch, {label}",
+                    f"p50 {lane['single_p50_s']:.2f} s, p95 {lane['single_p95_s']:.2f} s "
+                    f"({lane['singles']} images)",
+                )
+            )
     if "rss_mb" in f:
         r = f["rss_mb"]
         rows.append(

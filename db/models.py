@@ -177,6 +177,8 @@ class Result(Base):
         Index("ix_result_batch_queue", "batch_id", "p_leukemia", "id"),
         # Batch counts by route (flagged / cleared / manual review).
         Index("ix_result_batch_route", "batch_id", "route"),
+        # The last hour's routes for /metrics (flagged and manual-review rates).
+        Index("ix_result_scored_at", "scored_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -455,3 +457,37 @@ class WebhookDelivery(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column()
+
+
+class WorkerHeartbeat(Base):
+    """One Celery pool process that can take work, as it last reported itself.
+
+    Written by the process every few seconds (``worker/heartbeat.py``) so that the API, which
+    cannot see Celery's processes, can tell a stalled service (nobody consuming a queue) from a
+    slow one. The newest ``last_beat_at`` per queue is what readiness and the batch page read.
+    """
+
+    __tablename__ = "worker_heartbeat"
+    __table_args__ = (
+        UniqueConstraint("host", "pid", name="uq_worker_heartbeat_process"),
+        Index("ix_worker_heartbeat_last_beat", "last_beat_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # Celery's node name (``cpu-1234@host``): the pool processes of one worker share it.
+    node: Mapped[str] = mapped_column(String(255))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[list[str]] = mapped_column(JSON, default=list)
+    concurrency: Mapped[int] = mapped_column(Integer, default=1)
+    # Known once the process has loaded its model (on its first chunk); null until then and
+    # for the reconciler's processes, which load none.
+    model_name: Mapped[str | None] = mapped_column(String(255))
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_beat_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When the process last finished a task: live processes that stopped taking work show it.
+    last_task_at: Mapped[datetime | None] = mapped_column()
+    # Since when the task in progress runs; null when idle. A busy process is not stalled.
+    task_started_at: Mapped[datetime | None] = mapped_column()
+    images_last_minute: Mapped[int] = mapped_column(Integer, default=0)

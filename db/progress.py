@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, aliased
 from db.errors import Invalid
 from db.lifecycle import PENDING
 from db.models import Batch, Image, ImageState, ModelVersion, Result, Review, User
-from db.reviews import latest_result_condition, latest_review_condition
+from db.reviews import LEUKEMIA, current_review_condition, latest_result_condition
 from model.gate import REASON_TEXT, Route
 
 # Machine codes of the export's ``reason_code`` that the intake does not store itself.
@@ -116,6 +116,7 @@ RESULT_COLUMNS = (
     "reviewed_by",
     "reviewed_at",
     "review_comment",
+    "false_negative",
 )
 
 
@@ -151,7 +152,7 @@ def iter_batch_results(
         .join(Batch, Batch.id == Image.batch_id)
         .outerjoin(Result, Result.image_id == func.coalesce(Image.duplicate_of_id, Image.id))
         .outerjoin(ModelVersion, ModelVersion.id == Result.model_version_id)
-        .outerjoin(Review, latest_review_condition())
+        .outerjoin(Review, current_review_condition())
         .outerjoin(User, User.id == Review.reviewer_id)
         .where(*where)
         .order_by(Image.id, Result.scored_at)
@@ -183,9 +184,15 @@ def iter_batch_results(
             "error": image.error,
             "review_decision": review.decision if review else None,
             "review_label": review.label if review else None,
-            "reviewed_by": reviewer,
+            "reviewed_by": reviewer if review else None,
             "reviewed_at": review.created_at.isoformat() if review else None,
             "review_comment": review.comment if review else None,
+            # Cleared by the model, leukemia by a reviewer (found in QC); null until scored.
+            "false_negative": (
+                not result.flagged and review is not None and review.label == LEUKEMIA
+                if result
+                else None
+            ),
         }
         # Rows of one image are adjacent and ordered by time: keep the newest.
         if pending is not None and pending["image_id"] != row["image_id"]:
@@ -260,7 +267,7 @@ def batch_images(
                 latest_result_condition(),
             ),
         )
-        .outerjoin(Review, latest_review_condition())
+        .outerjoin(Review, current_review_condition())
         .where(Image.batch_id == batch_id)
     )
     if after is not None:

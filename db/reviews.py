@@ -3,31 +3,54 @@ samples.
 
 A decision is about what the laboratory sent, the image's bytes (``image.sha256``): the same
 file in two batches is one history, decided once, and every copy, its page and its batch's
-export show that decision (issue 11). The current decision is the content's review row with
-the highest ``seq``; nothing is ever updated. The queue is keyset-paginated on (p_leukemia,
-result id) so that page 1000 costs what page 1 costs, whatever the number of results, and
-shows each content once across batches, naming every batch that holds it.
+export show that decision (issue 11), within one laboratory: another laboratory that sent the
+same bytes has its own history, and neither sees the other's. The current decision is the
+content's review row with the highest ``seq``; nothing is ever updated. The queue is
+keyset-paginated on (p_leukemia, result id) so that page 1000 costs what page 1 costs,
+whatever the number of results, and shows each content once across its laboratory's batches,
+naming every batch that holds it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, ScalarSelect, Select, and_, exists, func, or_, select, tuple_
+from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, tuple_
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
+from sqlalchemy.sql.selectable import ScalarSelect
 
 from db import tenancy
 from db.audit import Actor, record_event
 from db.errors import Conflict, Invalid
-from db.models import Batch, Decision, Image, ImageState, ModelVersion, Result, Review, User
+from db.models import (
+    Batch,
+    Decision,
+    Image,
+    ImageState,
+    ModelVersion,
+    Result,
+    Review,
+    User,
+    utcnow,
+)
 from model.gate import REASON_TEXT, Route
 
-STATES = ("unreviewed", *(d.value for d in Decision))
 LEUKEMIA, NO_LEUKEMIA = "leukemia", "no_leukemia"
+# An undo is a row of its own: ``withdrawn`` takes back the decision just before it (whose
+# value it keeps in ``previous_decision``) and leaves the image undecided, back in the
+# unreviewed queue. It never guesses which earlier decision should stand again: a person decides.
+WITHDRAWN = "withdrawn"
+# How long a reviewer may take back their own latest decision (the page offers it as long).
+UNDO_WINDOW_S = 60
+# A cleared image that a reviewer overturned to leukemia (in QC): the model missed it.
+FALSE_NEGATIVE = "false_negative"
+# Queue states: the current decision, none (``unreviewed``, withdrawn included), or the
+# false negatives found in QC (cleared images only; every other state is about flagged ones).
+STATES = ("unreviewed", *(d.value for d in Decision), FALSE_NEGATIVE)
 # Which images the queue shows: every image that goes to a person (``all``: flagged and
 # manual review), or one of those routes alone. Cleared images go to the QC sample instead.
 ALL_ROUTES = "all"
@@ -42,24 +65,33 @@ def image_laboratory() -> ScalarSelect[int]:
     )
 
 
-def latest_review_condition() -> ColumnElement[bool]:
-    """Join condition picking the newest review row of each image's content in the image's
-    laboratory (there may be none), whichever copy it was recorded on. Another laboratory
-    that sent the same bytes has its own history: decisions never cross laboratories.
+def newest_review(column: InstrumentedAttribute[Any]) -> ScalarSelect[Any]:
+    """``column`` of the newest review row of each image's content in the image's
+    laboratory, whichever copy it was recorded on, as a correlated scalar subquery.
 
-    The newest row's id comes from a correlated LIMIT 1 on (laboratory, sha256, seq): one
-    index probe per image actually read, so a page of the queue never touches the whole
-    review table.
+    A LIMIT 1 on (laboratory, sha256, seq): one index probe per image actually read, so a
+    page of the queue never touches the whole review table.
     """
-    newest = (
-        select(Review.id)
+    return (
+        select(column)
         .where(Review.laboratory_id == image_laboratory(), Review.sha256 == Image.sha256)
         .order_by(Review.seq.desc())
         .limit(1)
         .correlate(Image)
         .scalar_subquery()
     )
-    return Review.id == newest
+
+
+def latest_review_condition() -> ColumnElement[bool]:
+    """Join condition picking each image's newest review row (there may be none)."""
+    return Review.id == newest_review(Review.id)
+
+
+def current_review_condition() -> ColumnElement[bool]:
+    """Join condition picking each image's current decision: its newest review row, unless
+    that row withdrew a decision (an undo leaves the image undecided). An outer join on it
+    keeps "unreviewed" a plain IS NULL, which the queue's index walk is planned for."""
+    return and_(latest_review_condition(), Review.decision != WITHDRAWN)
 
 
 def first_copy_condition() -> ColumnElement[bool]:
@@ -118,7 +150,9 @@ def _item_select() -> Select:
             Result.domain_distance,
             Result.scored_at,
             ModelVersion.name.label("model_version"),
-            Review.seq,
+            # The newest row's seq, even when that row withdrew a decision: the next decision
+            # extends the history from there. Evaluated for the rows returned only.
+            newest_review(Review.seq).label("seq"),
             Review.decision,
             Review.label,
             Review.comment,
@@ -129,13 +163,14 @@ def _item_select() -> Select:
         .join(Image, Image.id == Result.image_id)
         .join(Batch, Batch.id == Image.batch_id)
         .join(ModelVersion, ModelVersion.id == Result.model_version_id)
-        .outerjoin(Review, latest_review_condition())
+        .outerjoin(Review, current_review_condition())
         .outerjoin(User, User.id == Review.reviewer_id)
         .where(latest_result_condition())
     )
 
 
 def _item_json(row: Any) -> dict[str, Any]:
+    decided = row.decision is not None
     return {
         "image_id": row.image_id,
         "file_name": row.file_name,
@@ -155,10 +190,12 @@ def _item_json(row: Any) -> dict[str, Any]:
         "scored_at": row.scored_at.isoformat(),
         "state": row.decision or "unreviewed",
         "label": row.label,
+        # A QC finding: the model cleared the image and a reviewer says leukemia.
+        "false_negative": decided and not row.flagged and row.label == LEUKEMIA,
         "seq": row.seq or 0,
         "comment": row.comment,
         "reviewed_by": row.reviewed_by,
-        "reviewed_at": row.reviewed_at.isoformat() if row.reviewed_at else None,
+        "reviewed_at": row.reviewed_at.isoformat() if decided else None,
     }
 
 
@@ -185,7 +222,20 @@ def queue_statement(
         raise Invalid(f"route must be one of {', '.join(QUEUE_ROUTES)}")
     stmt = tenancy.scoped(_item_select(), scope)
     manual = Result.route == Route.MANUAL_REVIEW.value
-    if f.threshold is None:
+    if f.state == FALSE_NEGATIVE:
+        # Cleared images, outside the flagged index: start from the few leukemia labels.
+        stmt = stmt.where(
+            Result.flagged.is_(False),
+            Review.label == LEUKEMIA,
+            Image.sha256.in_(
+                select(Review.sha256).where(
+                    Review.decision == Decision.OVERTURNED.value, Review.label == LEUKEMIA
+                )
+            ),
+        )
+        if f.route != ALL_ROUTES:
+            stmt = stmt.where(Result.route == f.route)
+    elif f.threshold is None:
         # ``flagged`` is true for both routes that go to a person: the queue index's prefix.
         stmt = stmt.where(Result.flagged.is_(True))
         if f.route != ALL_ROUTES:
@@ -215,7 +265,7 @@ def queue_statement(
         stmt = stmt.where(Result.p_leukemia <= f.max_p)
     if f.state == "unreviewed":
         stmt = stmt.where(Review.id.is_(None))
-    elif f.state is not None:
+    elif f.state is not None and f.state != FALSE_NEGATIVE:
         stmt = stmt.where(Review.decision == f.state)
     key = tuple_(Result.p_leukemia, Result.id)
     if after is not None:
@@ -337,6 +387,73 @@ def record_decision(
     someone decided since ``expected_seq``."""
     if decision not in {d.value for d in Decision}:
         raise Invalid(f"decision must be one of {', '.join(d.value for d in Decision)}")
+    image, result, previous = _current(session, image_id, scope)
+    seq = previous.seq if previous else 0
+    if expected_seq is not None and expected_seq != seq:
+        raise Conflict(_changed_meanwhile(session, image_id, previous))
+    return _append(
+        session,
+        image,
+        result,
+        previous,
+        reviewer,
+        decision=decision,
+        label=label_for(decision, result.flagged),
+        comment=comment,
+        action="review.decide",
+    )
+
+
+def undo_decision(
+    session: Session,
+    image_id: int,
+    seq: int,
+    reviewer: Actor,
+    scope: tenancy.Scope,
+    now: datetime | None = None,
+) -> Review:
+    """Take back the reviewer's own latest decision ``seq`` within UNDO_WINDOW_S.
+
+    Appends a ``withdrawn`` row (nothing is updated or deleted), which leaves the image
+    undecided. Raises Conflict when ``seq`` is no longer the latest decision, is someone
+    else's, is already withdrawn or is older than the window.
+    """
+    image, result, previous = _current(session, image_id, scope)
+    if previous is None or previous.seq != seq:
+        raise Conflict(_changed_meanwhile(session, image_id, previous))
+    if previous.decision == WITHDRAWN:
+        raise Conflict(f"decision {seq} of image {image_id} is an undo already")
+    if previous.reviewer_id != reviewer.id:
+        raise Conflict("only the reviewer who made a decision can undo it; decide again instead")
+    if ((now or utcnow()) - previous.created_at).total_seconds() > UNDO_WINDOW_S:
+        raise Conflict(
+            f"a decision can be undone for {UNDO_WINDOW_S} seconds only; decide again instead"
+        )
+    return _append(
+        session,
+        image,
+        result,
+        previous,
+        reviewer,
+        decision=WITHDRAWN,
+        label=None,
+        comment="",
+        action="review.undo",
+    )
+
+
+def undo_until(review: Review) -> datetime | None:
+    """Until when the reviewer may undo this decision (None for an undo itself)."""
+    if review.decision == WITHDRAWN:
+        return None
+    return review.created_at + timedelta(seconds=UNDO_WINDOW_S)
+
+
+def _current(
+    session: Session, image_id: int, scope: tenancy.Scope
+) -> tuple[Image, Result, Review | None]:
+    """The image (of the scope's laboratories), its latest result and its content's latest
+    review row in its laboratory; refuses an image with no score."""
     image = tenancy.image_or_404(session, scope, image_id)
     result = session.scalar(
         select(Result).where(Result.image_id == image_id).order_by(Result.id.desc()).limit(1)
@@ -345,24 +462,53 @@ def record_decision(
         raise Conflict(f"image {image_id} has no score to review (state {image.state})")
     # The content's history in the image's laboratory, whichever copy each earlier decision
     # was made on.
-    lab = image.batch.laboratory_id
     previous = session.scalar(
         select(Review)
-        .where(Review.laboratory_id == lab, Review.sha256 == image.sha256)
+        .where(Review.laboratory_id == image.batch.laboratory_id, Review.sha256 == image.sha256)
         .order_by(Review.seq.desc())
         .limit(1)
     )
-    seq = previous.seq if previous else 0
-    if expected_seq is not None and expected_seq != seq:
-        raise Conflict(f"image {image_id} was reviewed again meanwhile (decision {seq}); reload it")
+    return image, result, previous
+
+
+def _changed_meanwhile(session: Session, image_id: int, latest: Review | None) -> str:
+    """The 409 message: what the image's history says now, in words a reviewer can act on."""
+    if latest is None:
+        return f"image {image_id} has no decision now; reload it"
+    who = session.scalar(select(User.name).where(User.id == latest.reviewer_id))
+    now = (
+        "its decision was withdrawn"
+        if latest.decision == WITHDRAWN
+        else f"it is now {latest.decision.replace('_', ' ')}"
+    )
+    return (
+        f"image {image_id} was reviewed again meanwhile by {who}: {now} "
+        f"(decision {latest.seq}); reload it"
+    )
+
+
+def _append(
+    session: Session,
+    image: Image,
+    result: Result,
+    previous: Review | None,
+    reviewer: Actor,
+    *,
+    decision: str,
+    label: str | None,
+    comment: str,
+    action: str,
+) -> Review:
+    image_id = image.id
+    lab = image.batch.laboratory_id
     review = Review(
         image_id=image_id,
         laboratory_id=lab,
         sha256=image.sha256,
         result_id=result.id,
-        seq=seq + 1,
+        seq=(previous.seq if previous else 0) + 1,
         decision=decision,
-        label=label_for(decision, result.flagged),
+        label=label,
         comment=comment[:4000],
         previous_decision=previous.decision if previous else None,
         reviewer_id=reviewer.id,
@@ -379,7 +525,7 @@ def record_decision(
     record_event(
         session,
         reviewer,
-        "review.decide",
+        action,
         f"image:{image_id}",
         # The image's laboratory, which a reviewer granted several may not call home.
         laboratory_id=lab,
@@ -425,6 +571,12 @@ def review_json(review: Review, reviewer_name: str) -> dict[str, Any]:
     }
 
 
+def decision_json(review: Review, reviewer_name: str) -> dict[str, Any]:
+    """A decision just recorded, with until when its reviewer may still undo it."""
+    until = undo_until(review)
+    return review_json(review, reviewer_name) | {"undo_until": until.isoformat() if until else None}
+
+
 def threshold_counts(session: Session, batch_id: str, threshold: float) -> dict[str, Any]:
     """How many of the batch's scored images a given threshold would flag; stores nothing.
 
@@ -453,12 +605,23 @@ def threshold_counts(session: Session, batch_id: str, threshold: float) -> dict[
 
 
 def decision_counts(session: Session, batch_id: str) -> dict[str, int]:
+    """The batch's images per current decision, and the false negatives found among them."""
     rows = session.execute(
-        select(Review.decision, func.count())
+        select(
+            Review.decision,
+            func.count(),
+            func.count().filter(Result.flagged.is_(False), Review.label == LEUKEMIA),
+        )
         .select_from(Image)
         .join(Review, latest_review_condition())
+        .join(Result, Result.id == Review.result_id)
         # A duplicate shows its twin's decision but is not a second image reviewed.
-        .where(Image.batch_id == batch_id, Image.state != ImageState.DUPLICATE.value)
+        .where(
+            Image.batch_id == batch_id,
+            Image.state != ImageState.DUPLICATE.value,
+            Review.decision != WITHDRAWN,
+        )
         .group_by(Review.decision)
     ).all()
-    return {d.value: 0 for d in Decision} | {decision: n for decision, n in rows}
+    counts = {d.value: 0 for d in Decision} | {decision: n for decision, n, _ in rows}
+    return counts | {FALSE_NEGATIVE: sum(int(fn or 0) for _, _, fn in rows)}

@@ -45,7 +45,7 @@ from db.models import (
     SpecimenSignoff,
     User,
 )
-from db.reviews import latest_result_condition, latest_review_condition
+from db.reviews import current_review_condition, latest_result_condition, newest_review
 from model.gate import Route
 
 
@@ -214,12 +214,14 @@ def _images_select() -> Select:
             Result.route_reason,
             Result.threshold,
             Review.decision,
-            Review.seq,
+            # The newest row's seq even when it withdrew a decision: a signature covers it.
+            newest_review(Review.seq).label("seq"),
             User.name,
         )
         .select_from(Image)
         .outerjoin(Result, (Result.image_id == Image.id) & latest_result_condition())
-        .outerjoin(Review, latest_review_condition())
+        # An undone decision (withdrawn) is no decision: the image waits for one again.
+        .outerjoin(Review, current_review_condition())
         .outerjoin(User, User.id == Review.reviewer_id)
     )
 
@@ -361,7 +363,7 @@ def list_specimens(
         .select_from(Image)
         .join(Batch, Batch.id == Image.batch_id)
         .outerjoin(Result, (Result.image_id == Image.id) & latest_result_condition())
-        .outerjoin(Review, latest_review_condition())
+        .outerjoin(Review, current_review_condition())
         .where(Image.specimen_id.is_not(None), tenancy.visible(scope, Batch.laboratory_id))
         .group_by(Batch.laboratory_id, Image.specimen_id)
         .order_by(last_id.desc())

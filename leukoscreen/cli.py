@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from db.models import Role
+from leukoscreen import logs
 from leukoscreen.config import load_settings
 
 
@@ -51,10 +52,19 @@ def _refuse_insecure() -> int:
     return 0
 
 
+def _metrics_dir() -> None:
+    """prometheus-client writes each process's values under PROMETHEUS_MULTIPROC_DIR and fails
+    when the folder is missing (emptying it between runs is the deployment's: see serve)."""
+    folder = load_settings().prometheus_multiproc_dir
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+
+
 def _api(args: argparse.Namespace) -> int:
     # Checked here too: gunicorn would only report "Worker failed to boot".
     if refused := _refuse_insecure():
         return refused
+    _metrics_dir()
     if args.dev:
         from api import create_app
 
@@ -80,6 +90,9 @@ def _api(args: argparse.Namespace) -> int:
             "5",
             "--timeout",
             "600",
+            # gunicorn's own lines (master and workers) in the application's log format.
+            "--config",
+            "python:leukoscreen.gunicorn_config",
             "api.wsgi:app",
         ],
     )
@@ -96,11 +109,13 @@ def _count_gpus() -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from worker.celery_app import RECONCILE_QUEUE, WEBHOOK_QUEUE, app
+    from worker.celery_app import PRIORITY_QUEUE, RECONCILE_QUEUE, WEBHOOK_QUEUE, app
     from worker.runtime import use_settings
 
     settings = load_settings()
-    queues = [args.queue]
+    _metrics_dir()
+    # Scoring workers take the priority lane first (the broker is asked in this order).
+    queues = [args.queue] if args.queue == RECONCILE_QUEUE else [PRIORITY_QUEUE, args.queue]
     if args.beat and args.queue != RECONCILE_QUEUE:
         # The host that schedules the reconciler also runs it: its own queue still keeps a
         # scoring backlog from delaying a run by more than the chunk in progress.
@@ -136,10 +151,25 @@ def _worker(args: argparse.Namespace) -> int:
     # The pool processes are forked from this one: each pins its GPU from these settings.
     use_settings(settings)
     argv += ["--concurrency", str(concurrency or 1)]
+    if settings.log_format == "json":
+        # Celery's global option: its start-up banner is not a log line (one JSON object each).
+        argv.insert(0, "--quiet")
     if args.max_tasks_per_child:
         argv += ["--max-tasks-per-child", str(args.max_tasks_per_child)]
     if args.beat:
         argv += ["--beat", "--schedule", _schedule_file()]
+    if args.metrics_port:
+        if not settings.prometheus_multiproc_dir:
+            print(
+                "--metrics-port needs PROMETHEUS_MULTIPROC_DIR (the pool processes' counters "
+                "are read from there)",
+                file=sys.stderr,
+            )
+            return 2
+        from leukoscreen.metrics import serve_host_metrics
+
+        # In this parent, before the pool forks: the children only write their files.
+        serve_host_metrics(settings.prometheus_multiproc_dir, args.metrics_port, args.metrics_addr)
     app.worker_main(argv)
     return 0
 
@@ -381,6 +411,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--max-tasks-per-child", type=int, default=0)
     p.add_argument("--beat", action="store_true", help="also run the reconciler schedule")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve this host's worker counters for Prometheus on this port (no API here); "
+        "needs PROMETHEUS_MULTIPROC_DIR",
+    )
+    p.add_argument(
+        "--metrics-addr",
+        default="127.0.0.1",
+        help="address for --metrics-port: unauthenticated, so loopback or a private network",
+    )
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=_worker)
 
@@ -484,9 +526,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # As basicConfig did: a program that already set up logging (a test run) keeps its own.
+    if not logging.getLogger().handlers:
+        logs.configure(load_settings().log_format)
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv[0] if argv else None).parse_args(argv)
     return int(args.func(args) or 0)

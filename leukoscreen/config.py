@@ -93,6 +93,23 @@ class Settings:
     # Days the stored pixels of an image are kept (results, decisions, sign-offs and the audit
     # trail stay for ever); 0 keeps the pixels for ever too.
     retain_images_days: int = 0
+    # Every worker pool process records itself this often (``worker/heartbeat.py``); one
+    # silent for ``worker_stale_s`` counts as gone. Queued work with no live worker, or with
+    # workers that finished nothing for ``stall_after_s``, is shown as stalled.
+    heartbeat_every_s: int = 10
+    worker_stale_s: int = 60
+    stall_after_s: int = 120
+    # Bearer token that Prometheus sends to /metrics (an admin's API token works too); empty:
+    # admins only. /metrics is never public.
+    metrics_token: str = ""
+    # Where gunicorn and Celery pool processes keep prometheus-client's per-process files;
+    # empty: only this process's own metrics are exported.
+    prometheus_multiproc_dir: str = ""
+    # "text" (a terminal) or "json" (one object per line, for a log shipper).
+    log_format: str = "text"
+    # A new batch of at most this many accepted images (/single's one image, a small upload)
+    # goes to the priority queue, which every scoring worker takes from first; 0: no lane.
+    priority_max_images: int = 16
 
     @property
     def uses_filesystem_broker(self) -> bool:
@@ -113,6 +130,9 @@ class Settings:
                 # fast: the images are in SQL and the reconciler enqueues them later.
                 "socket_timeout": 10,
                 "socket_connect_timeout": 5,
+                # BRPOP over a worker's queues in the order it consumes them (priority lane
+                # first) instead of kombu's default round robin.
+                "queue_order_strategy": "priority",
             }
         folder = str(self.broker_dir)
         return {
@@ -246,6 +266,13 @@ def load_settings() -> Settings:
         strip_metadata=_env_flag("LEUKOSCREEN_STRIP_METADATA"),
         proxy_hops=_env_int("LEUKOSCREEN_PROXY_HOPS", 0),
         gpu_count=_env_int("LEUKOSCREEN_GPU_COUNT", 0),
+        heartbeat_every_s=_env_int("LEUKOSCREEN_HEARTBEAT_S", 10),
+        worker_stale_s=_env_int("LEUKOSCREEN_WORKER_STALE_S", 60),
+        stall_after_s=_env_int("LEUKOSCREEN_STALL_AFTER_S", 120),
+        metrics_token=_env_str("LEUKOSCREEN_METRICS_TOKEN", ""),
+        prometheus_multiproc_dir=_env_str("PROMETHEUS_MULTIPROC_DIR", ""),
+        log_format=_env_str("LEUKOSCREEN_LOG_FORMAT", "text").strip().lower(),
+        priority_max_images=_env_int("LEUKOSCREEN_PRIORITY_MAX_IMAGES", 16),
         max_archive_bytes=_env_int("LEUKOSCREEN_MAX_ARCHIVE_BYTES", 1024 * 1024 * 1024),
         max_unpacked_bytes=_env_int("LEUKOSCREEN_MAX_UNPACKED_BYTES", 2 * 1024 * 1024 * 1024),
         webhook_timeout_s=_env_int("LEUKOSCREEN_WEBHOOK_TIMEOUT_S", 10),

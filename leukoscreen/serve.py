@@ -8,11 +8,14 @@ SQLite and Celery's filesystem transport under ./var.
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from db import migrate
 from leukoscreen.config import Settings, load_settings
@@ -35,6 +38,19 @@ def ensure_first_admin(settings: Settings) -> str | None:
     return password
 
 
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare_metrics_dir(settings: Settings) -> Path:
+    """One prometheus-client multiprocess folder for every process this command starts, so
+    that /metrics adds up the API's gunicorn workers and the Celery pool processes; emptied
+    first, as the library requires: files of a previous run would be counted again."""
+    folder = Path(settings.prometheus_multiproc_dir or settings.var_dir / "prometheus")
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
 def run_serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     if not settings.model_path.is_file():
@@ -45,12 +61,14 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     migrate.upgrade(settings.database_url)
     password = ensure_first_admin(settings)
+    # The children read it from their environment before they import prometheus-client.
+    env = {**os.environ, METRICS_ENV: str(prepare_metrics_dir(settings))}
     cli = [sys.executable, "-m", "leukoscreen.cli"]
     children = [
-        subprocess.Popen([*cli, "worker"]),
+        subprocess.Popen([*cli, "worker"], env=env),
         # The schedule and its own consumer: a scoring backlog never delays a reconcile run.
-        subprocess.Popen([*cli, "worker", "--queue", "reconcile", "--beat"]),
-        subprocess.Popen([*cli, "api", "--host", args.host, "--port", str(args.port)]),
+        subprocess.Popen([*cli, "worker", "--queue", "reconcile", "--beat"], env=env),
+        subprocess.Popen([*cli, "api", "--host", args.host, "--port", str(args.port)], env=env),
     ]
     print(
         f"LeukoScreen on http://{args.host}:{args.port}  (database {settings.database_url}, "

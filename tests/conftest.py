@@ -120,13 +120,17 @@ def redis_url() -> str:
 PASSWORD = "correct horse battery staple"
 
 
-def create_account(database_url: str, name: str, role: str, password: str = PASSWORD) -> str:
-    """A user with this role; returns a fresh API token for it."""
+def create_account(
+    database_url: str, name: str, role: str, password: str = PASSWORD, global_admin: bool = False
+) -> str:
+    """A user with this role (of the default laboratory); returns a fresh API token for it."""
     from db.accounts import create_token, create_user, find_user
     from db.session import engine_for, session_factory
 
     with session_factory(engine_for(database_url)).begin() as session:
-        user = find_user(session, name) or create_user(session, name, role, password)
+        user = find_user(session, name) or create_user(
+            session, name, role, password, global_admin=global_admin
+        )
         _, token = create_token(session, user, None, "tests")
     return token
 
@@ -138,10 +142,11 @@ def csrf_token(html: str) -> str:
     return found.group(1)
 
 
-def token_client(app, database_url: str, name: str = "lab", role: str = "uploader"):  # type: ignore[no-untyped-def]
-    """A Flask test client that sends 'Authorization: Bearer' for a user with ``role``."""
+def token_client(app, database_url: str, name: str = "lab", role: str = "uploader", **kw):  # type: ignore[no-untyped-def]
+    """A Flask test client that sends 'Authorization: Bearer' for a user with ``role``
+    (``global_admin=True``: an admin of every laboratory)."""
     client = app.test_client()
-    token = create_account(database_url, name, role)
+    token = create_account(database_url, name, role, **kw)
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
     return client
 

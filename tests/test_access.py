@@ -15,7 +15,7 @@ from leukoscreen.cli import main as cli_main
 from tests.conftest import PASSWORD, browser_login, create_account, csrf_token, token_client
 from tests.reviewdata import seed_scored
 
-PUBLIC = {"/healthz", "/login", "/static/<path:filename>"}
+PUBLIC = {"/healthz", "/readyz", "/login", "/static/<path:filename>"}
 
 
 def _sessions(settings):
@@ -32,7 +32,7 @@ def test_every_endpoint_except_healthz_and_login_needs_credentials(app):
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             resp = client.open(path, method=method)
             checked += 1
-            if path.startswith("/api/"):
+            if path.startswith("/api/") or path == "/metrics":
                 assert resp.status_code == 401, (method, path, resp.status_code)
                 assert resp.is_json and resp.json["error"]
             else:

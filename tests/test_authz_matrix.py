@@ -36,6 +36,8 @@ LOGIN = "login"  # a 302 to the login page
 MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int, int]] = {
     # public
     ("GET", "/healthz"): (200, 200, 200, 200, 200),
+    # public, like /healthz; no worker runs in this test, hence "not ready"
+    ("GET", "/readyz"): (503, 503, 503, 503, 503),
     ("GET", "/login"): (200, 200, 200, 200, 200),
     ("POST", "/login"): (401, 302, 302, 302, 302),  # anonymous: a wrong password
     ("GET", "/static/<path:filename>"): (200, 200, 200, 200, 200),
@@ -54,6 +56,8 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int, int]] = {
     ("GET", "/review/sample/<batch_id>"): (LOGIN, 403, 200, 200, 200),
     # admin pages
     ("GET", "/admin"): (LOGIN, 403, 403, 200, 200),
+    # worker status and metrics span every laboratory: global admins only
+    ("GET", "/admin/workers"): (LOGIN, 403, 403, 403, 200),
     ("POST", "/admin/users"): (LOGIN, 403, 403, 302, 302),
     ("POST", "/admin/users/<int:user_id>"): (LOGIN, 403, 403, 302, 302),
     ("POST", "/admin/tokens"): (LOGIN, 403, 403, 200, 200),
@@ -79,6 +83,8 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int, int]] = {
     ("GET", "/api/v1/review/items/<int:image_id>"): (401, 403, 200, 200, 200),
     ("GET", "/api/v1/images/<int:image_id>/reviews"): (401, 403, 200, 200, 200),
     ("POST", "/api/v1/images/<int:image_id>/reviews"): (401, 403, 201, 201, 201),
+    # Routes run in rule order: the decision just posted above is the caller's decision 1.
+    ("POST", "/api/v1/images/<int:image_id>/reviews/<int:seq>/undo"): (401, 403, 201, 201, 201),
     ("GET", "/api/v1/batches/<batch_id>/threshold"): (401, 403, 200, 200, 200),
     ("GET", "/api/v1/batches/<batch_id>/sample"): (401, 403, 200, 200, 200),
     ("POST", "/api/v1/specimens/<specimen_id>/signoffs"): (401, 403, 201, 201, 201),
@@ -95,6 +101,9 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int, int]] = {
     ("DELETE", "/api/v1/webhooks/<int:webhook_id>"): (401, 403, 403, 200, 200),
     ("GET", "/api/v1/webhooks/<int:webhook_id>/deliveries"): (401, 403, 403, 200, 200),
     ("POST", "/api/v1/webhook-deliveries/<delivery_id>/resend"): (401, 403, 403, 202, 202),
+    ("GET", "/api/v1/workers"): (401, 403, 403, 403, 200),
+    # Prometheus: the metrics token or a global admin; a JSON 401 rather than a login page
+    ("GET", "/metrics"): (401, 403, 403, 403, 200),
     ("GET", "/api/v1/laboratories"): (401, 403, 403, 200, 200),
     ("POST", "/api/v1/laboratories"): (401, 403, 403, 403, 201),
 }
@@ -107,6 +116,7 @@ ABSENT = "absent"  # the MATRIX status, and nothing of laboratory A in the answe
 NOT_DONE = "not done"  # a form post: back to the page with "Not done: no ...", nothing changed
 CROSS: dict[tuple[str, str], str] = {
     ("GET", "/healthz"): SAME,
+    ("GET", "/readyz"): SAME,
     ("GET", "/login"): SAME,
     ("POST", "/login"): SAME,
     ("GET", "/static/<path:filename>"): SAME,
@@ -122,6 +132,7 @@ CROSS: dict[tuple[str, str], str] = {
     ("GET", "/review"): ABSENT,  # its batch filter lists lab A's batch for nobody in B
     ("GET", "/review/sample/<batch_id>"): HIDDEN,
     ("GET", "/admin"): ABSENT,
+    ("GET", "/admin/workers"): SAME,  # global admins only (MATRIX)
     ("POST", "/admin/users"): SAME,  # creates the user in the admin's own laboratory
     ("POST", "/admin/users/<int:user_id>"): NOT_DONE,
     ("POST", "/admin/tokens"): NOT_DONE,
@@ -150,6 +161,7 @@ CROSS: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/review/items/<int:image_id>"): HIDDEN,
     ("GET", "/api/v1/images/<int:image_id>/reviews"): HIDDEN,
     ("POST", "/api/v1/images/<int:image_id>/reviews"): HIDDEN,
+    ("POST", "/api/v1/images/<int:image_id>/reviews/<int:seq>/undo"): HIDDEN,
     ("GET", "/api/v1/batches/<batch_id>/threshold"): HIDDEN,
     ("GET", "/api/v1/batches/<batch_id>/sample"): HIDDEN,
     ("GET", "/api/v1/users"): ABSENT,
@@ -160,6 +172,8 @@ CROSS: dict[tuple[str, str], str] = {
     ("DELETE", "/api/v1/tokens/<int:token_id>"): HIDDEN,
     ("GET", "/api/v1/audit"): ABSENT,
     ("GET", "/api/v1/laboratories"): ABSENT,
+    ("GET", "/api/v1/workers"): SAME,  # global admins only (MATRIX)
+    ("GET", "/metrics"): SAME,  # the metrics token or a global admin (MATRIX)
     ("POST", "/api/v1/laboratories"): SAME,
 }
 # Exports, one request each beside the paged results (same route, other answers).
@@ -222,7 +236,7 @@ def _body(method: str, rule: str, role: str) -> dict[str, Any]:
 def _path(rule: str, ids: Ids) -> str:
     path = rule.replace("<batch_id>", ids.batch_id).replace("<path:filename>", "common.js")
     path = path.replace("<int:image_id>", str(ids.image_id))
-    path = path.replace("<int:user_id>", str(ids.user_id))
+    path = path.replace("<int:user_id>", str(ids.user_id)).replace("<int:seq>", "1")
     path = path.replace("<int:token_id>", str(ids.token_ids.get(rule, 0)))
     path = path.replace("<int:webhook_id>", str(ids.webhook_id))
     path = path.replace("<delivery_id>", ids.delivery_id)

@@ -32,6 +32,10 @@ def test_bench_reports_every_figure_in_its_json(model_path, tmp_path, redis_url)
             "1,8",
             "--part-files",
             "20",
+            "--priority-images",
+            "100",
+            "--priority-singles",
+            "2",
             "--broker-url",
             redis_url,
             "--json",
@@ -54,8 +58,11 @@ def test_bench_reports_every_figure_in_its_json(model_path, tmp_path, redis_url)
         "model_ips_with_gate",
         "end_to_end_ips_no_gate",
         "gate_cost_e2e",
+        "priority_lane",
+        "priority_lane_off",
     ):
         assert key in figures, key
+    assert figures["priority_lane"]["bulk_images"] == 100
     assert figures["images"] == 40
     assert set(figures["model_only_by_batch"]) == {"1", "8"}
     assert figures["rss_mb"]["after_start"] > 0

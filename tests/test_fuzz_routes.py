@@ -109,12 +109,14 @@ def fuzz_app(settings, make_jpeg):
 def _paths(rule, batch_id: str) -> list[str]:  # type: ignore[no-untyped-def]
     if not rule.arguments:
         return [rule.rule]
+    # Each value goes into every argument of the rule at once (an image id and a seq alike).
+    numbers = all(type(c).__name__ == "IntegerConverter" for c in rule._converters.values())
     paths = []
-    (arg,) = rule.arguments
-    converter = rule._converters[arg]
-    values = INT_PATH_VALUES if type(converter).__name__ == "IntegerConverter" else TEXT_PATH_VALUES
-    for value in (batch_id, *values) if values is TEXT_PATH_VALUES else values:
-        paths.append(rule.rule.replace(f"<int:{arg}>", value).replace(f"<{arg}>", value))
+    for value in INT_PATH_VALUES if numbers else (batch_id, *TEXT_PATH_VALUES):
+        path = rule.rule
+        for arg in rule.arguments:
+            path = path.replace(f"<int:{arg}>", value).replace(f"<{arg}>", value)
+        paths.append(path)
     return paths
 
 
@@ -148,7 +150,9 @@ def test_no_route_answers_500_to_extreme_input(fuzz_app):
         for method, path, kwargs in _requests(rule, batch_id):
             resp = client.open(path, method=method, **kwargs)
             sent += 1
-            if resp.status_code >= 500:
+            # /readyz answers 503 by design here: no worker runs in this test.
+            not_ready = rule.endpoint == "health.readyz" and resp.status_code == 503
+            if resp.status_code >= 500 and not not_ready:
                 failures.append(f"{method} {path[:120]} {str(kwargs)[:120]} -> {resp.status_code}")
     print(f"\n{sent} fuzzed requests over {len(rules)} routes, {len(failures)} server errors")
     assert not failures, "\n".join(failures[:40])

@@ -13,7 +13,14 @@ import yaml
 
 from leukoscreen import serve
 from tests.conftest import REPO
-from worker.celery_app import RECONCILE_QUEUE, RECONCILE_TASK, SCORE_TASK, make_celery
+from worker.celery_app import (
+    PRIORITY_QUEUE,
+    RECONCILE_QUEUE,
+    RECONCILE_TASK,
+    SCORE_TASK,
+    WEBHOOK_QUEUE,
+    make_celery,
+)
 
 
 def _queued(broker_dir, queue: str) -> int:  # type: ignore[no-untyped-def]
@@ -36,7 +43,7 @@ def test_serve_runs_a_reconcile_consumer_beside_the_scoring_worker(settings, mon
     started: list[list[str]] = []
 
     class FakeChild:
-        def __init__(self, argv: list[str]) -> None:
+        def __init__(self, argv: list[str], **_: object) -> None:
             started.append(argv)
             self.returncode = 0
 
@@ -74,5 +81,6 @@ def test_a_worker_with_the_schedule_also_runs_the_reconciler(monkeypatch):
     assert main(["worker", "--beat"]) == 0
     assert main(["worker"]) == 0
     with_beat, plain = (argv[argv.index("-Q") + 1] for argv in argvs)
-    assert with_beat.split(",") == ["cpu", RECONCILE_QUEUE]
-    assert plain == "cpu"
+    # The housekeeping queues (reconciler, webhook sends) after the scoring ones.
+    assert with_beat.split(",") == [PRIORITY_QUEUE, "cpu", RECONCILE_QUEUE, WEBHOOK_QUEUE]
+    assert plain == f"{PRIORITY_QUEUE},cpu"  # the priority lane first

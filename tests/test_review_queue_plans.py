@@ -73,6 +73,24 @@ def big_database():  # type: ignore[no-untyped-def]
                 " WHERE r.flagged AND r.id % 3 = 0"
             )
         )
+        c.execute(
+            text(
+                # Some decisions taken back (an undo is a withdrawn row), and false negatives
+                # found in QC (cleared images overturned to leukemia).
+                "INSERT INTO review (image_id, sha256, result_id, seq, decision,"
+                " previous_decision, comment, reviewer_id, created_at) SELECT r.image_id,"
+                " i.sha256, r.id, 2, 'withdrawn', 'confirmed', '', 1, now() FROM result r"
+                " JOIN image i ON i.id = r.image_id WHERE r.flagged AND r.id % 30 = 0"
+            )
+        )
+        c.execute(
+            text(
+                "INSERT INTO review (image_id, sha256, result_id, seq, decision, label,"
+                " comment, reviewer_id, created_at) SELECT r.image_id, i.sha256, r.id, 1,"
+                " 'overturned', 'leukemia', '', 1, now() FROM result r"
+                " JOIN image i ON i.id = r.image_id WHERE NOT r.flagged AND r.id % 500 = 0"
+            )
+        )
         c.execute(text("ANALYZE"))
     yield engine
     engine.dispose()
@@ -128,3 +146,18 @@ def test_one_batchs_manual_review_images_are_read_by_route_not_by_scanning(big_d
         plan = "\n".join(r[0] for r in c.execute(text(f"EXPLAIN {sql}")))
     assert "ix_result_batch_route" in plan or "ix_result_batch_queue" in plan, plan
     assert "Seq Scan on result" not in plan and "Seq Scan on review" not in plan, plan
+
+
+def test_false_negatives_are_read_from_the_few_reviews_that_overturned_a_cleared_image(
+    big_database,
+):
+    """Cleared images are half the table and off the queue's index: the filter starts from
+    the reviews that say leukemia for an overturned image, and sorts those few."""
+    for batch_id in (None, "b7"):
+        sql = queue_statement(
+            QueueFilter(batch_id=batch_id, state="false_negative"), None, 50, LAB
+        ).compile(big_database, compile_kwargs={"literal_binds": True})
+        with big_database.connect() as c:
+            plan = "\n".join(r[0] for r in c.execute(text(f"EXPLAIN {sql}")))
+        assert "Seq Scan on result" not in plan, plan
+        assert "ix_result_queue" not in plan, plan  # not a walk through every cleared image

@@ -5,15 +5,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import delete, select, text, update
 
+from db.accounts import find_user
 from db.audit import AppendOnlyError
-from db.models import Result, Review
+from db.errors import Conflict
+from db.models import Result, Review, utcnow
+from db.reviews import UNDO_WINDOW_S, undo_decision
 from db.session import engine_for, session_factory
 from tests.conftest import browser_login, token_client
-from tests.reviewdata import seed_scored
+from tests.reviewdata import EVERY_LAB, seed_scored
 
 
 @pytest.fixture
@@ -200,7 +204,12 @@ def test_export_shows_each_images_current_decision_and_reviewer(app, db_settings
     paged = reviewer.get(f"/api/v1/batches/{batch}/results").json["results"]
     assert paged[1]["reviewed_by"] == "rita"
     status = reviewer.get(f"/api/v1/batches/{batch}").json
-    assert status["reviews"] == {"confirmed": 1, "overturned": 1, "second_opinion": 0}
+    assert status["reviews"] == {
+        "confirmed": 1,
+        "overturned": 1,
+        "second_opinion": 0,
+        "false_negative": 0,
+    }
 
 
 def test_file_names_batch_names_and_comments_are_escaped_in_pages(app, db_settings):
@@ -223,3 +232,84 @@ def test_file_names_batch_names_and_comments_are_escaped_in_pages(app, db_settin
     assert "<i>eve</i>" not in admin_page and "&lt;i&gt;eve&lt;/i&gt;" in admin_page
     review_page = admin.get(f"/review?batch={batch}").get_data(as_text=True)
     assert "<script>1</script>" not in review_page and "&lt;b&gt;batch" in review_page
+
+
+def test_undo_appends_a_withdrawn_row_and_leaves_the_image_undecided(app, db_settings, reviewer):
+    batch, ids = seed_scored(db_settings.database_url, [0.9, 0.8])
+    saved = _decide(reviewer, ids[0], "confirmed", comment="blasts", expected_seq=0)
+    assert saved.status_code == 201 and saved.json["undo_until"] > saved.json["created_at"]
+    undone = reviewer.post(f"/api/v1/images/{ids[0]}/reviews/1/undo")
+    assert undone.status_code == 201, undone.json
+    assert (undone.json["decision"], undone.json["previous_decision"]) == ("withdrawn", "confirmed")
+    # The trail keeps both rows; the image is undecided and back in the unreviewed queue.
+    history = reviewer.get(f"/api/v1/images/{ids[0]}/reviews").json["reviews"]
+    assert [(h["seq"], h["decision"], h["comment"]) for h in history] == [
+        (1, "confirmed", "blasts"),
+        (2, "withdrawn", ""),
+    ]
+    item = reviewer.get(f"/api/v1/review/items/{ids[0]}").json
+    assert (item["state"], item["seq"], item["reviewed_by"]) == ("unreviewed", 2, None)
+    queue = reviewer.get(f"/api/v1/review/queue?batch={batch}").json["items"]
+    assert ids[0] in {i["image_id"] for i in queue}
+    body = json.loads(reviewer.get(f"/api/v1/batches/{batch}/results?format=json").data)
+    row = next(r for r in body["results"] if r["image_id"] == ids[0])
+    assert (row["review_decision"], row["reviewed_by"], row["review_comment"]) == (None,) * 3
+    assert reviewer.get(f"/api/v1/batches/{batch}").json["reviews"]["confirmed"] == 0
+    admin = token_client(app, db_settings.database_url, "boss", "admin")
+    actions = [e["action"] for e in admin.get("/api/v1/audit").json["events"]]
+    assert [a for a in actions if a.startswith("review.")] == ["review.undo", "review.decide"]
+    # The next decision extends the same history.
+    assert _decide(reviewer, ids[0], "overturned", expected_seq=2).status_code == 201
+
+
+def test_only_the_own_latest_recent_decision_can_be_undone(app, db_settings, reviewer):
+    _, ids = seed_scored(db_settings.database_url, [0.9, 0.8])
+    other = token_client(app, db_settings.database_url, "sam", "reviewer")
+    _decide(reviewer, ids[0], "confirmed")
+    assert other.post(f"/api/v1/images/{ids[0]}/reviews/1/undo").status_code == 409
+    _decide(other, ids[0], "overturned")
+    stale = reviewer.post(f"/api/v1/images/{ids[0]}/reviews/1/undo")
+    assert stale.status_code == 409 and "by sam: it is now overturned" in stale.json["error"]
+    assert other.post(f"/api/v1/images/{ids[0]}/reviews/2/undo").status_code == 201
+    assert other.post(f"/api/v1/images/{ids[0]}/reviews/3/undo").status_code == 409  # an undo
+    assert reviewer.post(f"/api/v1/images/{ids[1]}/reviews/1/undo").status_code == 409
+    # Too late: the same request a minute and more after the decision is refused.
+    _decide(reviewer, ids[1], "confirmed")
+    with session_factory(engine_for(db_settings.database_url)).begin() as s:
+        rita = find_user(s, "rita")
+        assert rita is not None
+        later = utcnow() + timedelta(seconds=UNDO_WINDOW_S + 1)
+        with pytest.raises(Conflict, match="for 60 seconds only"):
+            undo_decision(s, ids[1], 1, rita, EVERY_LAB, now=later)
+        assert (
+            undo_decision(s, ids[1], 1, rita, EVERY_LAB, now=later - timedelta(seconds=2)).seq == 2
+        )
+
+
+def test_a_negative_overturned_in_qc_is_counted_filterable_and_exported(db_settings, reviewer):
+    batch, ids = seed_scored(db_settings.database_url, [0.9, 0.1, 0.2, 0.3])
+    _decide(reviewer, ids[0], "overturned")  # a flagged image overturned: not a false negative
+    _decide(reviewer, ids[1], "overturned", comment="blasts missed")  # cleared -> leukemia
+    _decide(reviewer, ids[2], "confirmed")
+    _decide(reviewer, ids[3], "overturned")
+    reviewer.post(f"/api/v1/images/{ids[3]}/reviews/1/undo")  # taken back: undecided again
+    reviews = reviewer.get(f"/api/v1/batches/{batch}").json["reviews"]
+    assert (reviews["false_negative"], reviews["overturned"]) == (1, 2)
+    found = reviewer.get(f"/api/v1/review/queue?batch={batch}&state=false_negative").json["items"]
+    assert [(i["image_id"], i["false_negative"]) for i in found] == [(ids[1], True)]
+    assert (
+        reviewer.get("/api/v1/review/queue?state=false_negative&route=flagged").json["items"] == []
+    )
+    rows = csv.DictReader(
+        io.StringIO(
+            reviewer.get(f"/api/v1/batches/{batch}/results?format=csv").get_data(as_text=True)
+        )
+    )
+    assert {int(r["image_id"]): r["false_negative"] for r in rows} == {
+        ids[0]: "false",
+        ids[1]: "true",
+        ids[2]: "false",
+        ids[3]: "false",
+    }
+    body = json.loads(reviewer.get(f"/api/v1/batches/{batch}/results?format=json").data)
+    assert [r["false_negative"] for r in body["results"]] == [False, True, False, False]

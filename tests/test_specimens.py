@@ -354,3 +354,20 @@ def test_submit_with_specimen_folders(client, make_jpeg, up, monkeypatch):
     code, http = _submit(client, monkeypatch, up, "--specimen-folders")
     assert code == 0 and http.sent[0]["specimen_folders"] == "1"
     assert client.get("/api/v1/specimens/S-5").json["counts"]["images"] == 1
+
+
+def test_an_undone_decision_leaves_the_specimen_waiting_and_unsignable(app, db_settings):
+    ids = _seed_specimen(db_settings, [0.9, 0.1], specimen="S-UNDO")
+    reviewer = token_client(app, db_settings.database_url, "path", "reviewer")
+    assert reviewer.post(f"/api/v1/images/{ids[0]}/reviews", json={"decision": "confirmed"}).json
+    assert reviewer.get("/api/v1/specimens/S-UNDO").json["status"] == "ready_to_sign"
+    assert reviewer.post(f"/api/v1/images/{ids[0]}/reviews/1/undo").status_code == 201
+    spec = reviewer.get("/api/v1/specimens/S-UNDO").json
+    assert spec["status"] == SpecimenStatus.NEEDS_REVIEW
+    assert spec["counts"]["awaiting_decision"] == 1
+    listed = reviewer.get("/api/v1/specimens").json["specimens"]
+    assert [s["status"] for s in listed if s["specimen_id"] == "S-UNDO"] == ["needs_review"]
+    refused = reviewer.post(
+        "/api/v1/specimens/S-UNDO/signoffs", json={"interpretation": "leukemia_suspected"}
+    )
+    assert refused.status_code == 409 and "1 image(s) still wait" in refused.json["error"]

@@ -18,7 +18,10 @@ PURGE_TASK = "worker.tasks.purge_images"
 # Webhook sends wait on other servers: a queue of their own, consumed beside the reconciler's
 # (no model loaded), keeps a slow receiver from holding up scoring.
 WEBHOOK_QUEUE = "webhooks"
-QUEUES = ("cpu", "gpu", RECONCILE_QUEUE, WEBHOOK_QUEUE)
+# One-image requests and small batches (LEUKOSCREEN_PRIORITY_MAX_IMAGES): every scoring worker
+# consumes it before its own queue, so /single waits for one chunk at most, not a backlog.
+PRIORITY_QUEUE = "priority"
+QUEUES = ("cpu", "gpu", PRIORITY_QUEUE, RECONCILE_QUEUE, WEBHOOK_QUEUE)
 # Retention is checked hourly; a run with nothing old enough does nothing.
 PURGE_EVERY_S = 3600
 

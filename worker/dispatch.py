@@ -11,6 +11,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.lifecycle import OUTBOX, mark_enqueued
+from leukoscreen import logs, metrics
 from worker.celery_app import SCORE_TASK, WEBHOOK_QUEUE, WEBHOOK_TASK
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,13 @@ def enqueue_images(
     try:
         for chunk in chunked(image_ids, chunk_size):
             celery.send_task(
-                SCORE_TASK, args=[chunk], queue=queue, retry=True, retry_policy=PUBLISH_RETRY
+                SCORE_TASK,
+                args=[chunk],
+                queue=queue,
+                retry=True,
+                retry_policy=PUBLISH_RETRY,
+                # The request and batch this work came from, for the worker's log lines.
+                headers=logs.task_headers(),
             )
             sent.extend(chunk)
     except Exception as exc:  # kombu raises many transport-specific types
@@ -47,6 +54,7 @@ def enqueue_images(
         )
     if sent:
         mark_enqueued(sessions, sent)
+        metrics.ENQUEUED.labels(queue).inc(len(sent))
     return len(sent)
 
 

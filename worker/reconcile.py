@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -11,8 +13,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.lifecycle import requeue_stale, stale_deliveries
 from db.models import Image, ImageState
+from leukoscreen import logs, metrics
 from leukoscreen.config import Settings
 from worker.dispatch import enqueue_deliveries, enqueue_images
+
+log = logging.getLogger(__name__)
 
 # Images accepted while the broker was down have never been enqueued; pick them up soon
 # rather than after the full stale timeout.
@@ -38,8 +43,8 @@ def reconcile(
     stuck = requeue_stale(sessions, stale, settings.max_attempts, limit)
     report.requeued_from_scoring, report.failed_exhausted = len(stuck.requeued), len(stuck.failed)
     with sessions() as session:
-        waiting = session.scalars(
-            select(Image.id)
+        waiting = session.execute(
+            select(Image.id, Image.batch_id)
             .where(
                 Image.state == ImageState.QUEUED.value,
                 or_(
@@ -55,10 +60,25 @@ def reconcile(
             .limit(limit)
         ).all()
     report.stale_queued = len(waiting)
-    if waiting:
-        report.enqueued = enqueue_images(
-            celery, sessions, waiting, settings.chunk_size, settings.default_queue
-        )
+    by_batch: dict[str, list[int]] = defaultdict(list)
+    for image_id, batch_id in waiting:
+        by_batch[batch_id].append(image_id)
+    for batch_id, ids in by_batch.items():
+        # Per batch, so that its tasks and these lines name the batch a technician follows.
+        with logs.bound(batch_id=batch_id):
+            sent = enqueue_images(
+                celery, sessions, ids, settings.chunk_size, settings.default_queue
+            )
+            log.info(
+                "reconciler re-enqueued %d of %d waiting images",
+                sent,
+                len(ids),
+                extra=logs.image_ids(ids),
+            )
+        report.enqueued += sent
+    metrics.RECONCILER.labels("requeued").inc(report.requeued_from_scoring)
+    metrics.RECONCILER.labels("failed").inc(report.failed_exhausted)
+    metrics.RECONCILER.labels("enqueued").inc(report.enqueued)
     # Webhook deliveries whose message was lost or whose sender died: pending and untouched.
     if lost := stale_deliveries(sessions, stale, limit):
         report.deliveries_enqueued = enqueue_deliveries(celery, lost)

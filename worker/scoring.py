@@ -10,6 +10,7 @@ route comes from ``model.gate.route_image``); the lifecycle stores it.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import lifecycle
 from db.lifecycle import Claimed, Failure, NewResult
 from db.models import ModelVersion
+from leukoscreen import metrics
 from leukoscreen.storage import ContentStore
 from model.card import ModelCard
 from model.gate import Gate, Route, route_image
@@ -156,7 +158,11 @@ def score_chunk(
         if not isinstance(err, Prepared)
     ]
 
-    scores = model.assess(np.stack([prep.pixels for _, prep in good])) if good else None
+    scores = None
+    if good:
+        started = time.perf_counter()
+        scores = model.assess(np.stack([prep.pixels for _, prep in good]))
+        metrics.MODEL_SECONDS_PER_IMAGE.observe((time.perf_counter() - started) / len(good))
     now = datetime.now(UTC)
     threshold = model.card.threshold
     results = []
@@ -182,6 +188,8 @@ def score_chunk(
         )
     lifecycle.finish(sessions, results, bad, {item.batch_id for item in claimed})
     outcome.scored, outcome.failed = len(good), len(bad)
+    metrics.IMAGES_SCORED.inc(len(good))
+    metrics.IMAGES_FAILED.inc(len(bad))
     if bad:
         log.warning("chunk: %d images failed to load: %s", len(bad), [f.image_id for f in bad])
     return outcome

@@ -7,12 +7,20 @@ import os
 from dataclasses import asdict
 
 from billiard import current_process
-from celery.signals import worker_process_init
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from db.lifecycle import fail_unfinished
 from db.models import DeliveryState
 from db.retention import purge_old_images
+from leukoscreen import logs, metrics
+from worker import heartbeat
 from worker.celery_app import PURGE_TASK, RECONCILE_TASK, SCORE_TASK, WEBHOOK_TASK, app
 from worker.dispatch import enqueue_images
 from worker.reconcile import reconcile as reconcile_images
@@ -38,6 +46,69 @@ def _pin_gpu(**_: object) -> None:
         os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
 
 
+@worker_init.connect
+def _remember_identity(sender: object, **_: object) -> None:
+    """In the Celery parent, after -Q was applied: what every pool process will report."""
+    concurrency = getattr(sender, "concurrency", 1)
+    heartbeat.IDENTITY.node = str(getattr(sender, "hostname", "") or "")
+    heartbeat.IDENTITY.queues = sorted(sender.app.amqp.queues.consume_from)  # type: ignore[attr-defined]
+    heartbeat.IDENTITY.concurrency = concurrency if isinstance(concurrency, int) else 1
+
+
+def _loaded_model() -> tuple[str, str] | None:
+    # Never loads it: a process that has not scored yet reports no model rather than
+    # spending seconds (and TensorFlow's memory) to say which one it would load.
+    rt = runtime()
+    if "model" not in rt.__dict__:
+        return None
+    return rt.model.card.name, rt.model.sha256
+
+
+@worker_process_init.connect
+def _start_heartbeat(**_: object) -> None:
+    settings = worker_settings()
+    heartbeat.start(
+        heartbeat.Heartbeat(
+            runtime().sessions,
+            heartbeat.IDENTITY,
+            settings.hostname,
+            settings.heartbeat_every_s,
+            _loaded_model,
+        )
+    )
+
+
+@worker_process_shutdown.connect
+def _stop_heartbeat(**_: object) -> None:
+    heartbeat.stop()
+
+
+_log_tokens: dict[str, logs.Token] = {}
+
+
+@task_prerun.connect
+def _bind_log_context(task_id: str, task: object, args: tuple = (), **_: object) -> None:
+    """The request and batch the task came from (message headers), and its images, on every
+    line logged while it runs."""
+    fields = logs.from_task_request(getattr(task, "request", None))
+    if getattr(task, "name", "") == SCORE_TASK and args:
+        fields.update(logs.image_ids(list(args[0])))
+    _log_tokens[task_id] = logs.bind(task_id=task_id, **fields)
+    if (beat := heartbeat.current()) is not None:
+        beat.task_started()
+
+
+@task_postrun.connect
+def _task_finished(task_id: str, retval: object = None, **_: object) -> None:
+    """Whatever the outcome (a retry or an error too): the process is idle again."""
+    token = _log_tokens.pop(task_id, None)
+    if token is not None:
+        logs.unbind(token)
+    if (beat := heartbeat.current()) is not None:
+        scored = retval.get("scored", 0) if isinstance(retval, dict) else 0
+        beat.task_done(int(scored))
+
+
 @app.task(name=SCORE_TASK, bind=True, max_retries=MAX_RETRIES, acks_late=True)
 def score_images(self, image_ids: list[int]) -> dict[str, int]:
     rt = runtime()
@@ -59,16 +130,17 @@ def score_images(self, image_ids: list[int]) -> dict[str, int]:
                 len(groups),
             )
             return {"split": len(groups)}
-        outcome = score_chunk(
-            rt.sessions,
-            rt.store,
-            rt.model,
-            rt.version_id,
-            image_ids,
-            rt.settings.max_attempts,
-            rt.decode_pool,
-            rt.settings.hostname,
-        )
+        with metrics.CHUNK_SECONDS.time():
+            outcome = score_chunk(
+                rt.sessions,
+                rt.store,
+                rt.model,
+                rt.version_id,
+                image_ids,
+                rt.settings.max_attempts,
+                rt.decode_pool,
+                rt.settings.hostname,
+            )
     except TRANSIENT as exc:
         if self.request.retries >= self.max_retries:
             log.error("chunk failed after %d retries: %s", self.request.retries, exc)
@@ -79,6 +151,12 @@ def score_images(self, image_ids: list[int]) -> dict[str, int]:
             raise
         # Exponential backoff: 2, 4, 8, 16, 32 s, capped at a minute.
         raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1))) from exc
+    log.info(
+        "chunk done: %d scored, %d failed, %d already done",
+        outcome.scored,
+        outcome.failed,
+        outcome.skipped,
+    )
     return asdict(outcome)
 
 

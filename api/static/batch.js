@@ -88,10 +88,17 @@
     const pct = (n) => (b.total ? (100 * n) / b.total : 0) + "%";
     root.querySelector(".bar.done").style.width = pct(b.done - b.failed);
     root.querySelector(".bar.failed").style.width = pct(b.failed);
+    const bar = document.getElementById("batch-progress");
+    bar.setAttribute("aria-valuemax", b.total);
+    bar.setAttribute("aria-valuenow", b.done);
     set("state", b.state);
+    // A stall (no live worker, or none taking work) replaces an ETA that would never come.
+    const eta = b.stalled ? "stalled" : `ETA ${LS.duration(b.eta_seconds)}`;
     set("progress-text", b.pending
-      ? `${b.done} of ${b.total} done (${b.failed} failed) · ETA ${LS.duration(b.eta_seconds)}`
+      ? `${b.done} of ${b.total} done (${b.failed} failed) · ${eta}`
       : `${b.done} of ${b.total} done (${b.failed} failed) · complete`);
+    document.getElementById("stall-warning").hidden = !b.stalled;
+    set("stall-text", b.stall_message || "");
     set("n-total", b.total);
     set("n-flagged", b.flagged);
     set("n-manual", b.manual_review);
@@ -109,6 +116,8 @@
     set("n-failed", b.failed);
     const r = b.reviews;
     set("n-reviewed", r.confirmed + r.overturned + r.second_opinion);
+    // Cleared images a reviewer overturned to leukemia in QC: the model missed them.
+    set("n-false-negative", r.false_negative);
     if (!problemsLoaded || b.pending) {
       problemsLoaded = true;
       await loadProblems();

@@ -19,7 +19,7 @@
     body.replaceChildren(
       ...data.batches.map((b) => {
         const link = LS.el("a", { href: `${table.dataset.page}/${encodeURIComponent(b.id)}` }, b.name);
-        const progress = LS.el("td", {}, LS.progressBar(b.done, b.failed, b.total),
+        const progress = LS.el("td", {}, LS.progressBar(b.done, b.failed, b.total, `${b.name}: images done`),
           LS.el("small", {}, `${b.done} / ${b.total}` + (b.pending ? ` · ETA ${LS.duration(b.eta_seconds)}` : "")));
         return LS.el("tr", {}, LS.el("td", {}, link), LS.el("td", {}, b.submitted_by),
           LS.el("td", {}, b.created_at.slice(0, 16).replace("T", " ")), progress,

@@ -13,6 +13,8 @@ const LS = {
     return body;
   },
 
+  // Refusals throw an Error with the answer's status (none when the server was not reached),
+  // so that a page can say what to do about each.
   async postJSON(url, payload) {
     const response = await fetch(url, {
       method: "POST",
@@ -20,8 +22,11 @@ const LS = {
       headers: { "Content-Type": "application/json", Accept: "application/json", "X-CSRFToken": LS.csrf() },
       body: JSON.stringify(payload),
     });
-    const body = await response.json();
-    if (!response.ok) throw new Error(body.error || response.statusText);
+    const body = await response.json().catch(() => ({})); // a proxy's HTML error page
+    if (!response.ok) {
+      throw Object.assign(new Error(body.error || response.statusText || `error ${response.status}`),
+        { status: response.status });
+    }
     return body;
   },
 
@@ -45,8 +50,10 @@ const LS = {
     return `${(seconds / 3600).toFixed(1)} h`;
   },
 
-  progressBar(done, failed, total) {
+  progressBar(done, failed, total, label) {
     const bar = LS.el("div", { className: "progress" });
+    for (const [name, value] of [["role", "progressbar"], ["aria-label", label], ["aria-valuemin", 0],
+      ["aria-valuemax", total], ["aria-valuenow", done]]) bar.setAttribute(name, value);
     const pct = (n) => (total ? (100 * n) / total : 0);
     bar.append(LS.el("div", { className: "bar done" }), LS.el("div", { className: "bar failed" }));
     bar.children[0].style.width = pct(done - failed) + "%";
@@ -55,4 +62,12 @@ const LS = {
   },
 
   p: (x) => (x === null || x === undefined ? "–" : Number(x).toFixed(3)),
+
+  // A score and its threshold to 3 decimals, or as many more as keep them apart: 0.4675
+  // against 0.468 must not read "0.468 below the threshold 0.468".
+  distinct(p, threshold) {
+    let digits = 3;
+    while (digits < 6 && Number(p).toFixed(digits) === Number(threshold).toFixed(digits) && p !== threshold) digits++;
+    return [Number(p).toFixed(digits), Number(threshold).toFixed(digits)];
+  },
 };

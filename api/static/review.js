@@ -1,12 +1,29 @@
 "use strict";
-// The review queue: keyboard first. J/K move, C/O/S decide (then move on), M comments.
+// The review queue: keyboard first. J/K move, C/O/S decide (then move on), U undoes, M comments.
 (() => {
   const root = document.getElementById("review");
   const $ = (id) => document.getElementById(id);
   const params = new URLSearchParams(location.search);
-  const state = { items: [], index: -1, next: null, busy: false, threshold: null, modelThreshold: null };
+  const state = {
+    items: [], index: -1, next: null, busy: false, threshold: null, modelThreshold: null,
+    warnedAbout: null, // the image whose unsaved comment the reviewer was warned about
+    undo: null, // {item, seq, comment, timer}: the last decision, while it may be undone
+  };
   const view = { zoom: 1, x: 0, y: 0 };
   const PAGE = 40; // the next page is fetched (keyset cursor) when J reaches the end
+
+  // ---- comments kept in this tab ------------------------------------------------------
+  // A typed comment lives in sessionStorage until a decision saves it, so that a conflict,
+  // an expired session (sign in and come back) or a reload never loses it.
+  const draftKey = (item) => `leukoscreen.comment.${item.image_id}`;
+  const RETURN_KEY = "leukoscreen.review.return";
+  const readDraft = (item) => sessionStorage.getItem(draftKey(item)) || "";
+  function keepDraft(item, text) {
+    if (text.trim()) sessionStorage.setItem(draftKey(item), text);
+    else sessionStorage.removeItem(draftKey(item));
+  }
+  const current = () => state.items[state.index];
+  const unsavedComment = () => Boolean(current() && $("comment").value.trim());
 
   // ---- loading the queue -------------------------------------------------------------
   function queueUrl() {
@@ -34,41 +51,71 @@
     renderList();
     $("more").hidden = !state.next;
     $("queue-empty").hidden = state.items.length > 0;
-    if (state.index < 0 && state.items.length) show(0);
+    if (state.index < 0 && state.items.length) {
+      // Back from a reload or from signing in: the image last shown, if it is still listed.
+      const back = Number(sessionStorage.getItem(RETURN_KEY));
+      show(Math.max(0, state.items.findIndex((x) => x.image_id === back)));
+    }
     if (!state.items.length) { $("panel").hidden = true; $("big").removeAttribute("src"); }
   }
 
+  const LABEL_WORDS = { leukemia: "leukemia", no_leukemia: "no leukemia" };
   function stateLabel(item) {
-    return item.state === "unreviewed" ? "unreviewed" : item.state.replace("_", " ");
+    if (item.state === "unreviewed") return "unreviewed";
+    const label = LABEL_WORDS[item.label];
+    return item.state.replace("_", " ") + (label ? ` · ${label}` : "");
   }
 
   // The model cannot judge this image (model.gate): a person decides positive or negative.
   const cannotJudge = (item) => item.route === "manual_review";
 
   function renderList() {
+    // Re-rendering must not take the keyboard focus away from a queue item (Tab, Enter).
+    const focused = [...$("queue").querySelectorAll(".q-open")].indexOf(document.activeElement);
     $("queue").replaceChildren(...state.items.map((item, i) => {
-      const li = LS.el("li", { className: `q-item s-${item.state}` + (i === state.index ? " current" : "") },
+      // A button per image: reachable with Tab, opened with Enter or Space as with a click.
+      const open = LS.el("button", { type: "button", className: "q-open" },
         LS.el("span", { className: "q-p" }, LS.p(item.p_leukemia)),
         LS.el("span", { className: "q-name filename" }, item.file_name),
         LS.el("span", { className: "q-state" },
           cannotJudge(item) ? LS.el("span", { className: "q-route" }, "manual review · ") : null,
           stateLabel(item)));
-      li.addEventListener("click", () => show(i));
-      return li;
+      if (i === state.index) open.setAttribute("aria-current", "true");
+      open.addEventListener("click", () => go(i));
+      // Colour by what the decision says (red: leukemia), as the decision buttons are.
+      const label = item.state === "unreviewed" ? "" : ` l-${item.label || "none"}`;
+      return LS.el("li", { className: `q-item s-${item.state}${label}` + (i === state.index ? " current" : "") }, open);
     }));
+    if (focused >= 0) $("queue").querySelectorAll(".q-open")[focused]?.focus({ preventScroll: true });
+  }
+
+  // Only the list scrolls to the current image, never the page: on a narrow screen the list
+  // is below the image, and J must not carry the reviewer away from it.
+  function scrollListTo(i) {
+    const list = $("queue");
+    const li = list.children[i];
+    if (!li) return;
+    const top = li.offsetTop;
+    if (top < list.scrollTop) list.scrollTop = top;
+    else if (top + li.offsetHeight > list.scrollTop + list.clientHeight) {
+      list.scrollTop = top + li.offsetHeight - list.clientHeight;
+    }
   }
 
   // ---- one item ----------------------------------------------------------------------
   async function show(i) {
     if (i < 0 || i >= state.items.length) return;
     state.index = i;
+    state.warnedAbout = null;
     const item = state.items[i];
+    // A reload, or a sign-in after the session ended, comes back to this image.
+    sessionStorage.setItem(RETURN_KEY, String(item.image_id));
     resetView();
     $("big").src = LS.withId(root.dataset.image, item.image_id);
     $("big").alt = item.file_name;
     $("panel").hidden = false;
     $("item-name").textContent = item.file_name;
-    $("position").textContent = `image ${i + 1} of ${state.items.length}${state.next ? "+" : ""}`;
+    showPosition();
     $("item-p").textContent = LS.p(item.p_leukemia);
     const manual = cannotJudge(item);
     $("item-flag").textContent = manual
@@ -78,7 +125,7 @@
     $("item-gate").hidden = !manual;
     $("item-gate").textContent = manual
       ? `Model cannot judge this image: ${item.route_reason_text || item.route_reason || "no reason given"}` : "";
-    $("item-threshold").textContent = item.threshold;
+    $("item-threshold").textContent = LS.p(item.threshold);
     $("item-model").textContent = item.model_version;
     $("item-batch").textContent = item.batch_name;
     // A manual-review image is stored as going to a person (flagged): "confirmed" records
@@ -90,25 +137,35 @@
     // Colour by outcome (red: positive), so that "confirm" of a cleared image reads as negative.
     $("btn-confirm").className = item.flagged ? "pos" : "neg";
     $("btn-overturn").className = item.flagged ? "neg" : "pos";
-    $("comment").value = "";
-    $("decide-status").textContent = "";
+    const draft = readDraft(item);
+    $("comment").value = draft;
+    note(draft ? "Your comment on this image, not saved yet, is back: decide to save it." : "");
+    problem(null);
     renderItemState(item);
     renderList();
-    const current = $("queue").children[i];
-    if (current) current.scrollIntoView({ block: "nearest" });
+    scrollListTo(i);
     $("history").replaceChildren(LS.el("li", { className: "muted none" }, "loading…"));
     await refreshDetails(item);
+  }
+
+  function showPosition() {
+    const done = state.items.filter((x) => x.state !== "unreviewed").length;
+    $("position").textContent = `image ${state.index + 1} of ${state.items.length}${state.next ? "+" : ""}` +
+      (done ? ` · ${done} decided` : "");
   }
 
   // Fresh state and full history: someone else may have decided since the list loaded.
   async function refreshDetails(item) {
     const fresh = await LS.getJSON(LS.withId(root.dataset.item, item.image_id));
-    if (state.items[state.index] !== item) return;
+    if (current() !== item) return;
+    const changed = fresh.seq !== item.seq;
     Object.assign(item, fresh);
     renderItemState(item);
+    if (changed) renderList(); // someone decided meanwhile: the list says so too
     $("history").replaceChildren(...fresh.history.map((h) => LS.el("li", {},
       LS.el("strong", {}, h.decision.replace("_", " ")), ` by ${h.reviewer}, ${h.created_at.slice(0, 19).replace("T", " ")} UTC`,
-      h.previous_decision ? ` (was ${h.previous_decision.replace("_", " ")})` : "",
+      h.decision === "withdrawn" ? ` (undid ${h.previous_decision.replace("_", " ")})`
+        : h.previous_decision ? ` (was ${h.previous_decision.replace("_", " ")})` : "",
       h.comment ? LS.el("div", { className: "comment" }, h.comment) : null)));
     if (!fresh.history.length) $("history").replaceChildren(LS.el("li", { className: "muted none" }, "no decision yet"));
   }
@@ -118,34 +175,148 @@
       ? "unreviewed" : `${stateLabel(item)} by ${item.reviewed_by}`;
   }
 
+  function note(text) {
+    $("comment-note").textContent = text;
+    $("comment-note").hidden = !text;
+  }
+
+  // ---- moving ------------------------------------------------------------------------
+  // Leaving an image with a comment typed but not saved asks once: the second J/K (or click)
+  // moves on, and the comment stays with that image in this tab.
+  function mayLeave() {
+    const item = current();
+    if (!unsavedComment() || state.warnedAbout === item) return true;
+    state.warnedAbout = item;
+    problem("Your comment on this image is not saved: a comment is saved with a decision (C, O or S). " +
+      "Press J or K again to move on; the comment stays with this image in this tab.");
+    return false;
+  }
+
+  async function go(i) {
+    if (i === state.index || !mayLeave()) return;
+    await show(i);
+  }
+
   async function move(step) {
     const target = state.index + step;
-    if (target >= state.items.length && state.next) await load(false);
-    if (target >= 0 && target < state.items.length) show(target);
+    if (target < 0 || (target >= state.items.length && !state.next)) return;
+    if (!mayLeave()) return;
+    if (target >= state.items.length) await load(false);
+    if (target < state.items.length) await show(target);
+  }
+
+  // ---- decisions ---------------------------------------------------------------------
+  // What went wrong, in words a reviewer can act on, and the action itself (a button/link).
+  function problem(text, action) {
+    const box = $("decide-problem");
+    box.hidden = !text;
+    box.replaceChildren(...(text ? [LS.el("p", {}, text)] : []), ...(action ? [action] : []));
+  }
+
+  async function explain(e, item, what) {
+    const kept = $("comment").value.trim() ? " Your comment is kept." : "";
+    if (e.status === 401) {
+      // Signed out (here or in another window) or the account changed: the comment waits
+      // in this tab, and signing in brings the reviewer back to this image (RETURN_KEY).
+      const back = `${root.dataset.login}?next=${encodeURIComponent(location.pathname + location.search)}`;
+      problem(`${what}: you are no longer signed in.${kept} Sign in and you come back to this image.`,
+        LS.el("a", { className: "button primary", href: back, id: "sign-in-again" }, "Sign in and come back"));
+    } else if (e.status === 409 && what === "Not undone") {
+      problem(`${what}: ${e.message}.`);
+    } else if (e.status === 409) {
+      const reload = LS.el("button", { type: "button", className: "primary", id: "reload-item" }, "Reload this image");
+      reload.addEventListener("click", async () => {
+        problem(null);
+        await refreshDetails(item);
+        $("decide-status").textContent = `Reloaded: now ${stateLabel(item)}` +
+          (item.reviewed_by ? ` by ${item.reviewed_by}` : "") + ". Decide again if you still disagree.";
+      });
+      // Who decided meanwhile, in words; the list and the panel change only on Reload.
+      const now = await LS.getJSON(LS.withId(root.dataset.item, item.image_id)).catch(() => null);
+      const who = now && now.state !== "unreviewed"
+        ? `${now.reviewed_by} recorded “${stateLabel(now)}” for this image`
+        : "someone else reviewed this image";
+      problem(`${what}: ${who} while you were looking at it.${kept} ` +
+        "Reload this image to see their decision, then decide again if you disagree.", reload);
+    } else if (e.status === 403) {
+      problem(`${what}: your account may not review images. Ask an administrator.${kept}`);
+    } else if (!e.status) {
+      problem(`${what}: the server could not be reached.${kept} Check the connection and try again.`);
+    } else {
+      problem(`${what}: ${e.message}.${kept} Try again; if it keeps failing, tell an administrator.`);
+    }
+    $("decide-problem").scrollIntoView({ block: "nearest" });
   }
 
   async function decide(decision) {
-    const item = state.items[state.index];
+    const item = current();
     if (!item || state.busy) return;
-    state.busy = true;
+    state.busy = true; // only while the decision is in flight: the next image is free at once
+    problem(null);
     $("decide-status").textContent = "saving…";
+    const comment = $("comment").value;
+    let saved;
     try {
-      const saved = await LS.postJSON(LS.withId(root.dataset.decide, item.image_id), {
-        decision, comment: $("comment").value, expected_seq: item.seq,
+      saved = await LS.postJSON(LS.withId(root.dataset.decide, item.image_id), {
+        decision, comment, expected_seq: item.seq,
       });
-      Object.assign(item, { state: saved.decision, seq: saved.seq, reviewed_by: saved.reviewer, label: saved.label });
-      const done = state.items.filter((x) => x.state !== "unreviewed").length;
-      $("position").textContent = `image ${state.index + 1} of ${state.items.length}${state.next ? "+" : ""} · ${done} decided`;
-      renderList();
-      $("decide-status").textContent = `saved: ${saved.decision.replace("_", " ")}`;
-      if (state.index + 1 < state.items.length || state.next) {
-        await move(1);
-      } else {
-        $("decide-status").textContent = `saved: ${saved.decision.replace("_", " ")} · end of the queue`;
-        await refreshDetails(item);
-      }
     } catch (e) {
-      $("decide-status").textContent = `not saved: ${e.message}`;
+      $("decide-status").textContent = "";
+      await explain(e, item, "Not saved");
+      return;
+    } finally {
+      state.busy = false;
+    }
+    sessionStorage.removeItem(draftKey(item));
+    Object.assign(item, { state: saved.decision, seq: saved.seq, reviewed_by: saved.reviewer, label: saved.label });
+    offerUndo(item, saved, comment);
+    showPosition();
+    renderList();
+    const said = `saved: ${stateLabel(item)} for ${item.file_name}`;
+    $("decide-status").textContent = said;
+    if (current() !== item) return; // the reviewer moved on meanwhile
+    $("comment").value = "";
+    if (state.index + 1 < state.items.length || state.next) {
+      await move(1);
+      $("decide-status").textContent = said;
+    } else {
+      $("decide-status").textContent = `${said} · end of the queue`;
+      await refreshDetails(item);
+    }
+  }
+
+  // The last decision may be taken back for as long as the server allows (undo_until).
+  function offerUndo(item, saved, comment) {
+    if (state.undo) clearTimeout(state.undo.timer);
+    const ms = Date.parse(saved.undo_until) - Date.parse(saved.created_at);
+    const timer = setTimeout(() => { state.undo = null; $("undo").hidden = true; }, Math.max(0, ms - 1000));
+    state.undo = { item, seq: saved.seq, comment, timer };
+    $("undo").hidden = false;
+  }
+
+  async function undo() {
+    const last = state.undo;
+    if (!last || state.busy) return;
+    state.busy = true;
+    problem(null);
+    $("decide-status").textContent = "undoing…";
+    try {
+      const url = root.dataset.undo.replace("/0/reviews/0/", `/${last.item.image_id}/reviews/${last.seq}/`);
+      const row = await LS.postJSON(url, {});
+      clearTimeout(last.timer);
+      state.undo = null;
+      $("undo").hidden = true;
+      Object.assign(last.item, { state: "unreviewed", seq: row.seq, reviewed_by: null, label: null });
+      // Back to that image, its comment back in the box: decide again.
+      keepDraft(last.item, last.comment);
+      const i = state.items.indexOf(last.item);
+      if (i >= 0) await show(i);
+      showPosition();
+      $("decide-status").textContent = `Undone: the ${row.previous_decision.replace("_", " ")} decision ` +
+        `on ${last.item.file_name} is withdrawn (kept in the history). Decide again.`;
+    } catch (e) {
+      $("decide-status").textContent = "";
+      await explain(e, last.item, "Not undone");
     } finally {
       state.busy = false;
     }
@@ -171,6 +342,9 @@
   window.addEventListener("mouseup", () => { drag = null; stage.classList.remove("dragging"); });
 
   // ---- keyboard ----------------------------------------------------------------------
+  // Keys that record or take back a decision act once per press: a held key's auto-repeat
+  // (KeyboardEvent.repeat) must never decide image after image.
+  const DELIBERATE = new Set(["c", "o", "s", "u", "m"]);
   document.addEventListener("keydown", (e) => {
     const typing = ["TEXTAREA", "INPUT", "SELECT"].includes(e.target.tagName);
     if (typing) {
@@ -185,19 +359,29 @@
       e.preventDefault();
       return;
     }
+    const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
     const actions = {
       j: () => move(1), ArrowDown: () => move(1), k: () => move(-1), ArrowUp: () => move(-1),
       c: () => decide("confirmed"), o: () => decide("overturned"), s: () => decide("second_opinion"),
-      m: () => $("comment").focus(), "+": () => zoomBy(1.25), "=": () => zoomBy(1.25),
+      u: () => undo(), m: () => $("comment").focus(), "+": () => zoomBy(1.25), "=": () => zoomBy(1.25),
       "-": () => zoomBy(0.8), 0: () => resetView(),
     };
-    const action = actions[e.key.length === 1 ? e.key.toLowerCase() : e.key];
-    if (action) { e.preventDefault(); action(); }
+    const action = actions[key];
+    if (!action) return;
+    e.preventDefault();
+    if (e.repeat && DELIBERATE.has(key)) return;
+    action();
   });
 
+  $("comment").addEventListener("input", () => {
+    const item = current();
+    if (item) keepDraft(item, $("comment").value);
+    state.warnedAbout = null;
+  });
   for (const button of document.querySelectorAll(".decisions button")) {
     button.addEventListener("click", () => decide(button.dataset.decision));
   }
+  $("undo").addEventListener("click", () => undo());
   $("more").addEventListener("click", () => load(false));
 
   // ---- threshold explorer (one batch) --------------------------------------------------
@@ -212,7 +396,7 @@
       $("threshold-value").textContent = Number(t).toFixed(2);
       $("threshold-text").textContent =
         `At ${Number(t).toFixed(2)}: ${c.would_flag} of ${c.scored} scored images would be flagged ` +
-        `(model threshold ${c.model_threshold}: ${c.flagged}).` +
+        `(model threshold ${LS.p(c.model_threshold)}: ${c.flagged}).` +
         (c.manual_review ? ` ${c.manual_review} the model cannot judge go to manual review at any threshold.` : "") +
         " Stored results are not changed.";
       return c;
@@ -242,5 +426,5 @@
   }
 
   load(true).catch((e) => { $("queue-empty").hidden = false; $("queue-empty").textContent = e.message; });
-  stage.focus();
+  stage.focus({ preventScroll: true });
 })();

@@ -43,24 +43,29 @@
       }
       const verdict = document.getElementById("single-class");
       const manual = row.route === "manual_review";
+      const flagged = row.route ? row.route === "flagged" : row.flagged;
+      const [p, threshold] = LS.distinct(row.p_leukemia, row.threshold);
       document.getElementById("single-reason").hidden = !manual;
       document.getElementById("single-reason-label").hidden = !manual;
+      // The verdict, the route that follows from it and the two numbers behind it: no
+      // "confidence" figure, which read as the model doubting its own verdict.
       if (manual) {
         // The model must not be trusted on this image: no verdict, the reason instead.
         verdict.textContent = "Cannot judge this image";
         verdict.className = "verdict manual";
+        set("single-route", "manual review: a person decides; the image is in the review queue");
         set("single-reason", `${reasons[row.route_reason] || row.route_reason || "no reason given"}. ` +
           "A person must look at it; it is in the review queue.");
-        set("single-confidence", "none: the model cannot judge this image");
-        set("single-p", `${LS.p(row.p_leukemia)} (not to be trusted for this image)`);
+        set("single-p", `${p} (not to be trusted for this image)`);
       } else {
-        const flagged = row.route ? row.route === "flagged" : row.flagged;
         verdict.textContent = flagged ? "leukemia suspected" : "no leukemia detected";
         verdict.className = "verdict " + (flagged ? "positive" : "negative");
-        const confidence = flagged ? row.p_leukemia : 1 - row.p_leukemia;
-        set("single-confidence", `${(100 * confidence).toFixed(1)} %`);
-        set("single-p", `${LS.p(row.p_leukemia)} (threshold ${row.threshold})`);
+        set("single-route", flagged
+          ? "flagged: p_leukemia is at or above the threshold; a pathologist reviews the image"
+          : "cleared: p_leukemia is below the threshold; a random sample of cleared images is checked in QC");
+        set("single-p", `${p} (${flagged ? "at or above" : "below"} the threshold)`);
       }
+      set("single-threshold", threshold);
       set("single-model", row.model_version);
       document.getElementById("single-image").src = `/api/v1/images/${row.image_id}`;
       document.getElementById("single-result").hidden = false;
