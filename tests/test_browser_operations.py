@@ -28,7 +28,7 @@ def api_without_workers(tmp_path: Path) -> Iterator[tuple[str, str]]:
     database_url = f"sqlite:///{tmp_path / 'var' / 'leukoscreen.db'}"
     env = project_env(DATABASE_URL=database_url, LEUKOSCREEN_VAR_DIR=str(tmp_path / "var"))
     migrate.upgrade(database_url)
-    create_account(database_url, "boss", "admin")
+    create_account(database_url, "boss", "admin", global_admin=True)
     (tmp_path / "logs").mkdir()
     svc = ProcessGroup(env, tmp_path / "logs")
     base = svc.start_api(workers=1)
@@ -58,7 +58,7 @@ def test_a_batch_with_no_worker_consuming_shows_the_stalled_message(api_without_
     from playwright.sync_api import expect
 
     base, database_url = api_without_workers
-    token = create_account(database_url, "boss", "admin")
+    token = create_account(database_url, "boss", "admin", global_admin=True)
     files = [
         ("images", (f"s{i}.jpg", io.BytesIO(smear_like_jpeg(i)), "image/jpeg")) for i in range(4)
     ]

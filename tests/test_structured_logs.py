@@ -14,6 +14,7 @@ import pytest
 from api import create_app
 from db.models import Batch, Image
 from db.session import engine_for, session_factory
+from db.tenancy import DEFAULT_LAB_ID
 from leukoscreen import logs
 from tests.conftest import smear_like_jpeg, token_client
 from worker.reconcile import reconcile
@@ -115,7 +116,9 @@ def test_the_reconciler_names_the_batch_it_re_enqueues(db_settings, json_lines):
     sessions = session_factory(engine_for(settings.database_url))
     old = datetime.now(UTC) - timedelta(hours=1)
     with sessions.begin() as s:
-        batches = [Batch(name=f"b{i}", submitted_by="t") for i in range(2)]
+        batches = [
+            Batch(name=f"b{i}", submitted_by="t", laboratory_id=DEFAULT_LAB_ID) for i in range(2)
+        ]
         s.add_all(
             Image(
                 batch=b,
