@@ -45,6 +45,7 @@ from db.progress import (
 from db.reviews import decision_counts
 from leukoscreen import logs, metrics
 from leukoscreen.imagetypes import MIME_TYPES
+from leukoscreen.storage import ContentStore
 from worker.celery_app import PRIORITY_QUEUE
 from worker.dispatch import enqueue_images
 
@@ -492,7 +493,8 @@ def _private(response: Response) -> Response:
 @bp.get("/images/<int:image_id>/thumbnail")
 def get_thumbnail(image_id: int):
     _, key = _stored(image_id)
-    preview = thumbnail_jpeg(context.store().path_for(key))
+    with context.store().open(key) as original:
+        preview = thumbnail_jpeg(original)
     response = Response(preview, mimetype="image/jpeg")
     response.cache_control.max_age = 3600
     return _private(response)
@@ -501,11 +503,18 @@ def get_thumbnail(image_id: int):
 @bp.get("/images/<int:image_id>")
 def get_image(image_id: int):
     image, key = _stored(image_id)
-    path = context.store().path_for(key)
     # Served with the type Pillow detected, never guessed from the uploaded name.
     mimetype = MIME_TYPES.get(image.format or "", "application/octet-stream")
     ext = mimetypes.guess_extension(mimetype) or ""
+    store = context.store()
+    # A local file lets send_file add its length, date and range support; an object store's
+    # download is a stream, whose content address is still an exact ETag.
+    local = isinstance(store, ContentStore)
     response = send_file(
-        path, mimetype=mimetype, download_name=f"image-{image_id}{ext}", max_age=3600
+        store.path_for(key) if isinstance(store, ContentStore) else store.open(key),
+        mimetype=mimetype,
+        download_name=f"image-{image_id}{ext}",
+        max_age=3600,
+        etag=True if local else key,
     )
     return _private(response)
