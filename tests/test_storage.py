@@ -9,6 +9,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from bench.processes import free_port
+from leukoscreen.config import load_settings
 from leukoscreen.objectstore import S3Store
 from leukoscreen.storage import ContentStore, StorageUnavailable, Store, TooLarge, open_store
 from tests.conftest import bucket_keys
@@ -196,3 +197,17 @@ def test_a_missing_bucket_or_an_unreachable_endpoint_is_storage_unavailable(sett
 def test_a_storage_setting_that_is_not_s3_is_refused_at_start(settings):
     with pytest.raises(ValueError, match="s3://bucket/prefix"):
         open_store(replace(settings, storage_url="gs://bucket"))
+
+
+def test_the_object_store_is_chosen_by_the_storage_settings(monkeypatch, tmp_path):
+    monkeypatch.setenv("LEUKOSCREEN_VAR_DIR", str(tmp_path))
+    assert isinstance(open_store(load_settings()), ContentStore)  # the default
+    monkeypatch.setenv("LEUKOSCREEN_STORAGE", "s3://lab-images/leukoscreen/originals")
+    monkeypatch.setenv("LEUKOSCREEN_S3_ENDPOINT_URL", "http://minio:9000")
+    monkeypatch.setenv("LEUKOSCREEN_S3_REGION", "eu-central-1")
+    settings = load_settings()
+    store = open_store(settings)
+    assert isinstance(store, S3Store)
+    assert (store.bucket, store.prefix) == ("lab-images", "leukoscreen/originals/")
+    assert (settings.s3_endpoint_url, settings.s3_region) == ("http://minio:9000", "eu-central-1")
+    assert store.tmp_dir == settings.storage_dir / "tmp"  # staging stays on local disk
