@@ -271,9 +271,8 @@ class Intake:
                 outcome.reason = f"metadata cannot be removed: {exc}"
                 self.report.outcomes.append(outcome)
                 return
-        stored_before = self.store.exists(staged.sha256)
-        outcome.storage_key = self.store.commit(staged)
-        if not stored_before:
+        outcome.storage_key = staged.sha256
+        if self.store.put(staged):  # one existence check, not two: each is a request to S3
             self.created.append(outcome.storage_key)
         self.seen[received] = name
         self.report.outcomes.append(outcome)

@@ -150,20 +150,26 @@ class S3Store:
         return self.staging.stage(stream, max_bytes)
 
     def commit(self, staged: Staged) -> str:
-        """Send a staged file to its content address unless the bucket has it already."""
+        self.put(staged)
+        return staged.sha256
+
+    def put(self, staged: Staged) -> bool:
+        """Send a staged file to its content address unless the bucket has it already;
+        True when this call sent it."""
         try:
-            if not self.exists(staged.sha256):
-                with _translated("written"), staged.path.open("rb") as body:
-                    self.client.put_object(
-                        Bucket=self.bucket,
-                        Key=self.object_key(staged.sha256),
-                        Body=body,
-                        # The store checks the bytes it received against the address.
-                        ChecksumSHA256=base64.b64encode(bytes.fromhex(staged.sha256)).decode(),
-                    )
+            if self.exists(staged.sha256):
+                return False
+            with _translated("written"), staged.path.open("rb") as body:
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=self.object_key(staged.sha256),
+                    Body=body,
+                    # The store checks the bytes it received against the address.
+                    ChecksumSHA256=base64.b64encode(bytes.fromhex(staged.sha256)).decode(),
+                )
+            return True
         finally:
             staged.path.unlink(missing_ok=True)
-        return staged.sha256
 
     def flush(self) -> None:
         """Nothing to do: a PUT is durable when the store answers it."""

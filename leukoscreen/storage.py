@@ -68,6 +68,8 @@ class Store(Protocol):
 
     def commit(self, staged: Staged) -> str: ...
 
+    def put(self, staged: Staged) -> bool: ...
+
     def flush(self) -> None: ...
 
     def discard(self, staged: Staged) -> None: ...
@@ -147,20 +149,28 @@ class ContentStore:
 
         Call ``flush()`` before recording committed files anywhere.
         """
+        self.put(staged)
+        return staged.sha256
+
+    def put(self, staged: Staged) -> bool:
+        """``commit``, answering whether this call stored the bytes (they were not there):
+        the intake removes only what it stored should its request fail."""
         final = self.path_for(staged.sha256)
         if final.exists():
             staged.path.unlink(missing_ok=True)
-            return staged.sha256
+            return False
         # link() fails if another writer won the race, so an existing file is never replaced.
+        created = False
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileExistsError):
                 os.link(staged.path, final)
+                created = True
         except OSError as exc:
             staged.path.unlink(missing_ok=True)
             raise StorageUnavailable(exc) from exc
         staged.path.unlink(missing_ok=True)
-        return staged.sha256
+        return created
 
     def flush(self) -> None:
         """Make every file committed so far durable before the database records it.

@@ -82,6 +82,8 @@ def test_every_store_addresses_content_by_its_sha256(any_store):
     key1 = any_store.commit(any_store.stage(io.BytesIO(data), 10_000))
     key2 = any_store.commit(any_store.stage(io.BytesIO(data), 10_000))
     assert key1 == key2 == hashlib.sha256(data).hexdigest()
+    assert any_store.put(any_store.stage(io.BytesIO(data), 10_000)) is False  # already there
+    assert any_store.put(any_store.stage(io.BytesIO(b"new"), 10)) is True
     assert any_store.exists(key1) and any_store.size(key1) == len(data)
     assert any_store.read(key1) == data
     with any_store.open(key1) as fh:
