@@ -6,20 +6,24 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from dataclasses import replace
 
 import pytest
+import requests
 from sqlalchemy import select
 
 import worker.tasks as tasks
 from api import create_app
+from bench.processes import ProcessGroup, project_env
+from db import migrate
 from db.models import Batch, Image, Result
 from db.retention import purge_old_images
 from db.session import engine_for, session_factory
-from leukoscreen.config import Settings
+from leukoscreen.config import Settings, load_settings
 from leukoscreen.objectstore import S3Store
 from leukoscreen.storage import open_store
-from tests.conftest import bucket_keys, smear_like_jpeg, token_client
+from tests.conftest import bucket_keys, create_account, smear_like_jpeg, token_client
 from tests.test_retention import _age
 from tests.test_scoring import FakeScorer
 from tests.test_storage import refusing
@@ -142,3 +146,51 @@ def test_a_download_from_the_bucket_carries_its_content_address_as_etag(s3_setti
         f"/api/v1/images/{image_id}", headers={"If-None-Match": first.headers["ETag"]}
     )
     assert again.status_code == 304
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(600)
+def test_an_api_host_and_a_worker_host_that_share_no_volume_score_through_the_bucket(
+    tmp_path, model_path, s3_bucket
+):
+    """Real processes: gunicorn and a Celery worker, each with a var folder of its own; only
+    the database, the broker folder and the bucket are common."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    database_url = f"sqlite:///{shared / 'leukoscreen.db'}"
+    env = project_env(
+        DATABASE_URL=database_url,
+        LEUKOSCREEN_BROKER_DIR=str(shared / "broker"),
+        LEUKOSCREEN_MODEL_PATH=str(model_path),
+        LEUKOSCREEN_CHUNK_SIZE="8",
+        LEUKOSCREEN_BATCH_SIZE="8",
+        LEUKOSCREEN_STORAGE=s3_bucket["storage_url"],
+        LEUKOSCREEN_S3_ENDPOINT_URL=s3_bucket["s3_endpoint_url"],
+        LEUKOSCREEN_S3_REGION=s3_bucket["s3_region"],
+    )
+    migrate.upgrade(database_url)
+    auth = {"Authorization": f"Bearer {create_account(database_url, 'lab', 'uploader')}"}
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    api_host = ProcessGroup({**env, "LEUKOSCREEN_VAR_DIR": str(tmp_path / "api")}, logs)
+    worker_host = ProcessGroup({**env, "LEUKOSCREEN_VAR_DIR": str(tmp_path / "worker")}, logs)
+    try:
+        base = api_host.start_api(workers=1)
+        worker_host.start("worker", "--concurrency", "1", name="worker")
+        files = [("images", (f"{i}.jpg", smear_like_jpeg(40 + i))) for i in range(5)]
+        sent = requests.post(f"{base}/api/v1/batches", files=files, headers=auth, timeout=60)
+        assert sent.status_code == 202, sent.text
+        batch = f"{base}/api/v1/batches/{sent.json()['batch_id']}"
+        deadline = time.monotonic() + 240
+        while (status := requests.get(batch, headers=auth, timeout=10).json())["state"] != (
+            "complete"
+        ):
+            assert time.monotonic() < deadline, api_host.logs()
+            time.sleep(1)
+    finally:
+        worker_host.stop_all()
+        api_host.stop_all()
+    assert status["done"] == status["total"] == 5 and status["failed"] == 0, worker_host.logs()
+    assert len(bucket_keys(replace(load_settings(), **s3_bucket))) == 5
+    # Neither host kept an original on its own disk.
+    assert [p.name for p in tmp_path.glob("*/images/**/*") if p.is_file()] == []
