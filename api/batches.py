@@ -507,14 +507,13 @@ def get_image(image_id: int):
     mimetype = MIME_TYPES.get(image.format or "", "application/octet-stream")
     ext = mimetypes.guess_extension(mimetype) or ""
     store = context.store()
-    # A local file lets send_file add its length, date and range support; an object store's
-    # download is a stream, whose content address is still an exact ETag.
-    local = isinstance(store, ContentStore)
-    response = send_file(
-        store.path_for(key) if isinstance(store, ContentStore) else store.open(key),
-        mimetype=mimetype,
-        download_name=f"image-{image_id}{ext}",
-        max_age=3600,
-        etag=True if local else key,
-    )
-    return _private(response)
+    served: dict[str, Any] = {
+        "mimetype": mimetype,
+        "download_name": f"image-{image_id}{ext}",
+        "max_age": 3600,
+    }
+    if isinstance(store, ContentStore):
+        # A local file: send_file adds its length, date and range support.
+        return _private(send_file(store.path_for(key), **served))
+    # An object store's download is a stream; its content address is an exact ETag.
+    return _private(send_file(store.open(key), etag=key, **served))

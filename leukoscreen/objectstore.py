@@ -82,6 +82,8 @@ def s3_client_factory(endpoint_url: str, region: str) -> Callable[[], Any]:
             connect_timeout=5,
             read_timeout=30,
             retries={"max_attempts": 3, "mode": "standard"},
+            # One connection per thread of the worker's decode pool (max(2, cores)).
+            max_pool_connections=max(10, os.cpu_count() or 1),
             # A self-hosted endpoint (MinIO, moto) rarely has a DNS name per bucket.
             s3={"addressing_style": "path" if endpoint_url else "auto"},
         )
