@@ -213,3 +213,19 @@ def test_the_object_store_is_chosen_by_the_storage_settings(monkeypatch, tmp_pat
     assert (store.bucket, store.prefix) == ("lab-images", "leukoscreen/originals/")
     assert (settings.s3_endpoint_url, settings.s3_region) == ("http://minio:9000", "eu-central-1")
     assert store.tmp_dir == settings.storage_dir / "tmp"  # staging stays on local disk
+
+
+def test_originals_are_read_through_the_store_never_by_a_path_of_their_own():
+    from tests.conftest import REPO
+
+    uses = {
+        str(path.relative_to(REPO)): path.read_text().count(".path_for(")
+        for folder in ("api", "worker", "db", "model", "leukoscreen", "bench")
+        for path in (REPO / folder).rglob("*.py")
+        if ".path_for(" in path.read_text()
+    }
+    # The store itself, and the download, which sends a filesystem store's file by path.
+    assert uses == {
+        "leukoscreen/storage.py": uses.get("leukoscreen/storage.py"),
+        "api/batches.py": 1,
+    }
