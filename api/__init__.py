@@ -9,7 +9,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from api.params import reject_out_of_range_ids
 from db.session import engine_for, session_factory
 from leukoscreen.config import Settings, load_settings, resolve_secret_key
-from leukoscreen.storage import ContentStore
+from leukoscreen.storage import open_store
 from worker.dispatch import watch_outbox
 
 
@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
         from worker.celery_app import make_celery
 
         celery = make_celery(settings)
-    store = ContentStore(settings.storage_dir)
+    store = open_store(settings)
     store.sweep_temporary()
     sessions = session_factory(engine_for(settings.database_url))
     # Webhook deliveries written by a request (a sign-off, a re-send) go out after its commit.

@@ -46,6 +46,7 @@ from db.reviews import decision_counts
 from db.tenancy import batch_or_404, image_or_404, scoped
 from leukoscreen import logs, metrics
 from leukoscreen.imagetypes import MIME_TYPES
+from leukoscreen.storage import ContentStore
 from worker.celery_app import PRIORITY_QUEUE
 from worker.dispatch import enqueue_images
 
@@ -491,7 +492,8 @@ def _private(response: Response) -> Response:
 @bp.get("/images/<int:image_id>/thumbnail")
 def get_thumbnail(image_id: int):
     _, key = _stored(image_id)
-    preview = thumbnail_jpeg(context.store().path_for(key))
+    with context.store().open(key) as original:
+        preview = thumbnail_jpeg(original)
     response = Response(preview, mimetype="image/jpeg")
     response.cache_control.max_age = 3600
     return _private(response)
@@ -500,11 +502,17 @@ def get_thumbnail(image_id: int):
 @bp.get("/images/<int:image_id>")
 def get_image(image_id: int):
     image, key = _stored(image_id)
-    path = context.store().path_for(key)
     # Served with the type Pillow detected, never guessed from the uploaded name.
     mimetype = MIME_TYPES.get(image.format or "", "application/octet-stream")
     ext = mimetypes.guess_extension(mimetype) or ""
-    response = send_file(
-        path, mimetype=mimetype, download_name=f"image-{image_id}{ext}", max_age=3600
-    )
-    return _private(response)
+    store = context.store()
+    served: dict[str, Any] = {
+        "mimetype": mimetype,
+        "download_name": f"image-{image_id}{ext}",
+        "max_age": 3600,
+    }
+    if isinstance(store, ContentStore):
+        # A local file: send_file adds its length, date and range support.
+        return _private(send_file(store.path_for(key), **served))
+    # An object store's download is a stream; its content address is an exact ETag.
+    return _private(send_file(store.open(key), etag=key, **served))

@@ -7,7 +7,7 @@ from flask import current_app
 from sqlalchemy.orm import Session, sessionmaker
 
 from leukoscreen.config import Settings
-from leukoscreen.storage import ContentStore
+from leukoscreen.storage import Store
 
 
 def settings() -> Settings:
@@ -18,7 +18,7 @@ def sessions() -> sessionmaker[Session]:
     return current_app.extensions["leukoscreen"]["sessions"]
 
 
-def store() -> ContentStore:
+def store() -> Store:
     return current_app.extensions["leukoscreen"]["store"]
 
 

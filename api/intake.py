@@ -21,7 +21,7 @@ from api.deidentify import StripError, strip_metadata
 from api.specimen_ids import MANIFEST_NAME, MAX_MANIFEST_BYTES
 from leukoscreen.config import Settings
 from leukoscreen.imagetypes import canonical_format, describe_formats
-from leukoscreen.storage import ContentStore, Staged, TooLarge
+from leukoscreen.storage import Staged, Store, TooLarge
 
 ZIP_MAGIC = b"PK\x03\x04"
 LOCAL_HEADER_BYTES = 30
@@ -167,7 +167,7 @@ class BudgetSpent(Exception):
 class Intake:
     """Stages, checks and stores one request's files, remembering duplicates within a batch."""
 
-    def __init__(self, settings: Settings, store: ContentStore, known: dict[str, str]) -> None:
+    def __init__(self, settings: Settings, store: Store, known: dict[str, str]) -> None:
         self.settings = settings
         self.store = store
         self.seen = dict(known)  # sha256 -> first file name with those bytes in this batch
@@ -271,9 +271,8 @@ class Intake:
                 outcome.reason = f"metadata cannot be removed: {exc}"
                 self.report.outcomes.append(outcome)
                 return
-        stored_before = self.store.exists(staged.sha256)
-        outcome.storage_key = self.store.commit(staged)
-        if not stored_before:
+        outcome.storage_key = staged.sha256
+        if self.store.put(staged):  # one existence check, not two: each is a request to S3
             self.created.append(outcome.storage_key)
         self.seen[received] = name
         self.report.outcomes.append(outcome)

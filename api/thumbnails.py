@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, ImageOps
 
@@ -15,7 +16,7 @@ from PIL import Image, ImageOps
 THUMBNAIL_PIXELS = 128
 
 
-def thumbnail_jpeg(path: Path, size: int = THUMBNAIL_PIXELS) -> bytes:
+def thumbnail_jpeg(path: Path | BinaryIO, size: int = THUMBNAIL_PIXELS) -> bytes:
     """The stored image reduced to fit ``size`` x ``size``, upright, as JPEG bytes."""
     with Image.open(path) as img:
         # A JPEG decodes straight at a reduced scale: a fraction of a full decode's cost.

@@ -201,6 +201,23 @@ def release(sessions: sessionmaker[Session], image_ids: Sequence[int]) -> None:
         )
 
 
+def unclaim(sessions: sessionmaker[Session], image_ids: Sequence[int]) -> None:
+    """Give back a claim whose images could not be read because the image store is down:
+    they return to ``queued`` and the attempt is not counted, since no worker died on them
+    (``attempts`` counts lost workers, and an outage must not fail images as poison)."""
+    with sessions.begin() as session:
+        session.execute(
+            update(Image)
+            .where(Image.id.in_(image_ids), Image.state == ImageState.SCORING.value)
+            .values(
+                state=ImageState.QUEUED.value,
+                attempts=Image.attempts - 1,
+                updated_at=datetime.now(UTC),
+            )
+            .execution_options(synchronize_session=False)
+        )
+
+
 def claim(
     sessions: sessionmaker[Session], image_ids: Sequence[int], version_id: int, max_attempts: int
 ) -> list[Claimed]:

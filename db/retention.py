@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.audit import Actor, record_event
 from db.lifecycle import PENDING, mark_purged
 from db.models import Image
-from leukoscreen.storage import ContentStore
+from leukoscreen.storage import Store
 
 # Images per transaction: bounded IN lists, and row locks held for seconds, not minutes.
 RUN_LIMIT = 1000
@@ -46,7 +46,7 @@ class PurgeReport:
 
 def purge_old_images(
     sessions: sessionmaker[Session],
-    store: ContentStore,
+    store: Store,
     retain_days: int,
     actor: Actor | None,
     *,
@@ -69,7 +69,7 @@ def purge_old_images(
 
 def _purge_some(
     sessions: sessionmaker[Session],
-    store: ContentStore,
+    store: Store,
     cutoff: datetime,
     actor: Actor | None,
     dry_run: bool,
@@ -114,10 +114,8 @@ def _purge_some(
         # An identical upload arriving this very moment could still reuse a file removed
         # here; its image would then fail as unreadable rather than show another's pixels.
         for key in removable:
-            path = store.path_for(key)
-            try:
-                size = path.stat().st_size
-            except FileNotFoundError:
+            size = store.size(key)
+            if size is None:
                 continue
             if not dry_run:
                 store.remove(key)

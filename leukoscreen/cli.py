@@ -213,7 +213,7 @@ def _purge(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from db.retention import purge_old_images
-    from leukoscreen.storage import ContentStore
+    from leukoscreen.storage import open_store
 
     settings = load_settings()
     if settings.retain_images_days <= 0:
@@ -221,7 +221,7 @@ def _purge(args: argparse.Namespace) -> int:
         return 0
     report = purge_old_images(
         _sessions(),
-        ContentStore(settings.storage_dir),
+        open_store(settings),
         settings.retain_images_days,
         _operator(),
         dry_run=args.dry_run,

@@ -110,6 +110,14 @@ class Settings:
     # A new batch of at most this many accepted images (/single's one image, a small upload)
     # goes to the priority queue, which every scoring worker takes from first; 0: no lane.
     priority_max_images: int = 16
+    # Originals in an S3-compatible bucket (s3://bucket/prefix) instead of under storage_dir,
+    # for worker hosts without a shared volume; storage_dir then holds only the API's staging
+    # files. Credentials are not read here: boto3 finds them by its standard chain
+    # (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance or pod role), which
+    # keeps every source an operator may use. Empty endpoint: AWS itself.
+    storage_url: str = ""
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
 
     @property
     def uses_filesystem_broker(self) -> bool:
@@ -273,6 +281,9 @@ def load_settings() -> Settings:
         prometheus_multiproc_dir=_env_str("PROMETHEUS_MULTIPROC_DIR", ""),
         log_format=_env_str("LEUKOSCREEN_LOG_FORMAT", "text").strip().lower(),
         priority_max_images=_env_int("LEUKOSCREEN_PRIORITY_MAX_IMAGES", 16),
+        storage_url=_env_str("LEUKOSCREEN_STORAGE", "").strip(),
+        s3_endpoint_url=_env_str("LEUKOSCREEN_S3_ENDPOINT_URL", "").strip(),
+        s3_region=_env_str("LEUKOSCREEN_S3_REGION", _env_str("AWS_DEFAULT_REGION", "")).strip(),
         max_archive_bytes=_env_int("LEUKOSCREEN_MAX_ARCHIVE_BYTES", 1024 * 1024 * 1024),
         max_unpacked_bytes=_env_int("LEUKOSCREEN_MAX_UNPACKED_BYTES", 2 * 1024 * 1024 * 1024),
         webhook_timeout_s=_env_int("LEUKOSCREEN_WEBHOOK_TIMEOUT_S", 10),

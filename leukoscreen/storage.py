@@ -2,7 +2,9 @@
 
 Files are named by the SHA-256 of their bytes, written to a temporary file in the same
 directory tree and renamed into place, so a reader never sees a partial file and the same
-bytes uploaded twice are stored once. The directory can be a volume shared by hosts.
+bytes uploaded twice are stored once. The directory can be a volume shared by hosts; hosts
+without one use the S3-compatible object store of ``leukoscreen/objectstore.py`` (chosen by
+``open_store`` from ``LEUKOSCREEN_STORAGE``), which has the same interface, ``Store``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol
+
+if TYPE_CHECKING:
+    from leukoscreen.config import Settings
 
 CHUNK = 1024 * 1024
 TMP_PREFIX = ".incoming-"
@@ -32,8 +37,8 @@ class TooLarge(Exception):
 class StorageUnavailable(Exception):
     """The store cannot be written (full, read-only, missing): nothing may be recorded."""
 
-    def __init__(self, cause: OSError) -> None:
-        super().__init__(f"image storage cannot be written: {cause.strerror or cause}")
+    def __init__(self, cause: OSError, action: str = "written") -> None:
+        super().__init__(f"image storage cannot be {action}: {cause.strerror or cause}")
         self.full = cause.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -46,15 +51,63 @@ class Staged:
     size: int
 
 
+def relative_name(key: str) -> str:
+    """Where a key lives under the store's root: the same layout on disk and in a bucket, so
+    that a filesystem store can be copied into an object store as it is."""
+    if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+        raise ValueError(f"not a SHA-256 storage key: {key!r}")
+    return f"{key[:2]}/{key[2:4]}/{key}"
+
+
+class Store(Protocol):
+    """What intake, workers, downloads, retention and /healthz need of a store of originals."""
+
+    def exists(self, key: str) -> bool: ...
+
+    def stage(self, stream: BinaryIO | Iterable[bytes], max_bytes: int) -> Staged: ...
+
+    def commit(self, staged: Staged) -> str: ...
+
+    def put(self, staged: Staged) -> bool: ...
+
+    def flush(self) -> None: ...
+
+    def discard(self, staged: Staged) -> None: ...
+
+    def remove(self, key: str) -> None: ...
+
+    def check_writable(self, min_free_bytes: int) -> None: ...
+
+    def read(self, key: str) -> bytes: ...
+
+    def open(self, key: str) -> BinaryIO: ...
+
+    def size(self, key: str) -> int | None: ...
+
+    def sweep_temporary(self, foreign_older_than_s: float = 86_400) -> int: ...
+
+
+def open_store(settings: Settings) -> Store:
+    """The store ``LEUKOSCREEN_STORAGE`` names: the filesystem by default, or ``s3://``."""
+    if not settings.storage_url:
+        return ContentStore(settings.storage_dir)
+    if not settings.storage_url.startswith("s3://"):
+        raise ValueError(
+            f"LEUKOSCREEN_STORAGE must be empty (the filesystem) or s3://bucket/prefix, "
+            f"not {settings.storage_url!r}"
+        )
+    from leukoscreen.objectstore import S3Store  # boto3 only where a bucket is configured
+
+    return S3Store.from_settings(settings)
+
+
 class ContentStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.tmp_dir = root / "tmp"
 
     def path_for(self, key: str) -> Path:
-        if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
-            raise ValueError(f"not a SHA-256 storage key: {key!r}")
-        return self.root / key[:2] / key[2:4] / key
+        return self.root / relative_name(key)
 
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()
@@ -96,20 +149,28 @@ class ContentStore:
 
         Call ``flush()`` before recording committed files anywhere.
         """
+        self.put(staged)
+        return staged.sha256
+
+    def put(self, staged: Staged) -> bool:
+        """``commit``, answering whether this call stored the bytes (they were not there):
+        the intake removes only what it stored should its request fail."""
         final = self.path_for(staged.sha256)
         if final.exists():
             staged.path.unlink(missing_ok=True)
-            return staged.sha256
+            return False
         # link() fails if another writer won the race, so an existing file is never replaced.
+        created = False
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileExistsError):
                 os.link(staged.path, final)
+                created = True
         except OSError as exc:
             staged.path.unlink(missing_ok=True)
             raise StorageUnavailable(exc) from exc
         staged.path.unlink(missing_ok=True)
-        return staged.sha256
+        return created
 
     def flush(self) -> None:
         """Make every file committed so far durable before the database records it.
@@ -143,6 +204,16 @@ class ContentStore:
 
     def read(self, key: str) -> bytes:
         return self.path_for(key).read_bytes()
+
+    def open(self, key: str) -> BinaryIO:
+        return self.path_for(key).open("rb")
+
+    def size(self, key: str) -> int | None:
+        """Bytes of a stored original, or None when it is not there."""
+        try:
+            return self.path_for(key).stat().st_size
+        except FileNotFoundError:
+            return None
 
     @staticmethod
     def _tmp_prefix() -> str:

@@ -117,6 +117,56 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A local S3-compatible server (moto in server mode, in a thread): the object-store tests
+    speak real HTTP to it and nothing leaves the host."""
+    from moto.server import ThreadedMotoServer
+
+    from bench.processes import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A fresh bucket on the local server, as the Settings fields that select it:
+    ``replace(settings, **s3_bucket)``."""
+    import boto3
+
+    # The standard variables boto3 reads; a developer's own AWS profile must not be used.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    bucket = f"leukoscreen-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(
+        Bucket=bucket
+    )
+    return {
+        "storage_url": f"s3://{bucket}/originals",
+        "s3_endpoint_url": s3_endpoint,
+        "s3_region": "us-east-1",
+    }
+
+
+def bucket_keys(settings: Settings) -> list[str]:
+    """Every object key in the bucket that ``settings`` stores originals in."""
+    import boto3
+
+    bucket = settings.storage_url.removeprefix("s3://").split("/", 1)[0]
+    client = boto3.client(
+        "s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region
+    )
+    return [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
 PASSWORD = "correct horse battery staple"
 
 

@@ -76,6 +76,8 @@ def test_pathologist_reviews_and_signs_a_specimen(web, browser):  # noqa: F811 -
     # Review only this specimen's images, with the keyboard.
     page.click("text=Review the 3 image(s) waiting")
     expect(page.locator("#queue li")).to_have_count(3)
+    expect(page.locator("#item-specimen")).to_have_text("ACC-2026-0001")
+    expect(page.locator("#filters input[name=specimen]")).to_have_value("ACC-2026-0001")
     page.locator("#stage").focus()
     for i in range(3):
         expect(page.locator("#queue li.current")).to_have_count(1)

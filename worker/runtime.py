@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.session import engine_for, session_factory
 from leukoscreen.config import Settings, load_settings, resolve_secret_key
-from leukoscreen.storage import ContentStore
+from leukoscreen.storage import Store, open_store
 from model.inference import LoadedModel, load_model
 from worker.celery_app import app
 from worker.dispatch import watch_outbox
@@ -43,8 +43,8 @@ class WorkerRuntime:
         return resolve_secret_key(self.settings).secret_key
 
     @cached_property
-    def store(self) -> ContentStore:
-        return ContentStore(self.settings.storage_dir)
+    def store(self) -> Store:
+        return open_store(self.settings)
 
     @cached_property
     def model(self) -> LoadedModel:

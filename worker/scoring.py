@@ -26,7 +26,7 @@ from db import lifecycle
 from db.lifecycle import Claimed, Failure, NewResult
 from db.models import ModelVersion
 from leukoscreen import metrics
-from leukoscreen.storage import ContentStore
+from leukoscreen.storage import StorageUnavailable, Store
 from model.card import ModelCard
 from model.gate import Gate, Route, route_image
 from model.inference import Scores
@@ -110,7 +110,7 @@ def split_for_retry(
     return [pending[i : i + size] for i in range(0, len(pending), size)]
 
 
-def _load(store: ContentStore, key: str | None, gate: Gate | None) -> Prepared:
+def _load(store: Store, key: str | None, gate: Gate | None) -> Prepared:
     if key is None:
         raise ValueError("image has no stored original")
     if gate is None:
@@ -125,7 +125,7 @@ def _finite(measures: dict[str, float]) -> dict[str, float | None]:
 
 def score_chunk(
     sessions: sessionmaker[Session],
-    store: ContentStore,
+    store: Store,
     model: Scorer,
     version_id: int,
     image_ids: Sequence[int],
@@ -143,10 +143,17 @@ def score_chunk(
     def load_one(item: Claimed) -> Prepared | Exception:
         try:
             return _load(store, item.storage_key, model.gate)
+        except StorageUnavailable:
+            raise  # the store is down, not the image: the task retries the chunk
         except Exception as exc:  # any decode or storage error is that image's own failure
             return exc
 
-    loaded = list(decode_pool.map(load_one, claimed) if decode_pool else map(load_one, claimed))
+    try:
+        loaded = list(decode_pool.map(load_one, claimed) if decode_pool else map(load_one, claimed))
+    except StorageUnavailable:
+        # The store is down, not the images: no attempt is spent, the task retries the chunk.
+        lifecycle.unclaim(sessions, [item.image_id for item in claimed])
+        raise
     good = [
         (item, prep)
         for item, prep in zip(claimed, loaded, strict=True)

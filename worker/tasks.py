@@ -20,6 +20,7 @@ from db.lifecycle import fail_unfinished
 from db.models import DeliveryState
 from db.retention import purge_old_images
 from leukoscreen import logs, metrics
+from leukoscreen.storage import StorageUnavailable
 from worker import heartbeat
 from worker.celery_app import PURGE_TASK, RECONCILE_TASK, SCORE_TASK, WEBHOOK_TASK, app
 from worker.dispatch import enqueue_images
@@ -30,8 +31,9 @@ from worker.webhooks import backoff_s, deliver
 
 log = logging.getLogger(__name__)
 
-# Database or broker hiccups are worth retrying; anything else is a bug or a bad image.
-TRANSIENT = (OperationalError, DBAPIError, ConnectionError, TimeoutError)
+# Database, broker or object-store hiccups are worth retrying; anything else is a bug or a bad
+# image.
+TRANSIENT = (OperationalError, DBAPIError, ConnectionError, TimeoutError, StorageUnavailable)
 MAX_RETRIES = 5
 
 

@@ -128,6 +128,7 @@
     $("item-threshold").textContent = LS.p(item.threshold);
     $("item-model").textContent = item.model_version;
     $("item-batch").textContent = item.batch_name;
+    $("item-specimen").textContent = item.specimen_id || "none given";
     // A manual-review image is stored as going to a person (flagged): "confirmed" records
     // leukemia and "overturned" no leukemia (db.reviews.label_for), so say just that.
     $("btn-confirm").querySelector("span").textContent = manual
