@@ -85,14 +85,15 @@ def _uploads() -> tuple[list[tuple[str, Any]], list[Any]]:
     A manifest is the ``manifest`` field's file, or a ``manifest.csv`` sent among the images.
     """
     fields = request.files.getlist("images") + request.files.getlist("archive")
-    manifests = request.files.getlist("manifest")
-    manifests += [f for f in fields if _is_manifest(f.filename or "")]
-    if len(manifests) == len(fields) + len(request.files.getlist("manifest")):
+    named = request.files.getlist("manifest")
+    if all(_is_manifest(f.filename or "") for f in fields):  # no image sent, manifests aside
         other = sorted(request.files.keys())
         hint = f" (got file fields {other})" if other else ""
         raise ApiError(400, f"no files: send them as multipart form field 'images'{hint}")
-    files = fields + request.files.getlist("manifest")
-    return [(f.filename or "unnamed", f.stream) for f in files], [f.stream for f in manifests]
+    manifests = named + [f for f in fields if _is_manifest(f.filename or "")]
+    return [(f.filename or "unnamed", f.stream) for f in fields + named], [
+        f.stream for f in manifests
+    ]
 
 
 def _specimens(intake: Intake, manifests: list[bytes]) -> dict[str, Specimen]:

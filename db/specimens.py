@@ -213,6 +213,7 @@ def _images_select() -> Select:
             Result.route,
             Result.route_reason,
             Result.threshold,
+            ModelVersion.name.label("model_version"),
             Review.decision,
             # The newest row's seq even when it withdrew a decision: a signature covers it.
             newest_review(Review.seq).label("seq"),
@@ -220,6 +221,7 @@ def _images_select() -> Select:
         )
         .select_from(Image)
         .outerjoin(Result, (Result.image_id == Image.id) & latest_result_condition())
+        .outerjoin(ModelVersion, ModelVersion.id == Result.model_version_id)
         # An undone decision (withdrawn) is no decision: the image waits for one again.
         .outerjoin(Review, current_review_condition())
         .outerjoin(User, User.id == Review.reviewer_id)
@@ -255,15 +257,6 @@ def load_specimen(
         Image.batch_id.in_(select(Batch.id).where(Batch.laboratory_id == lab)),
     )
     rows = session.execute(_images_select().where(*of_specimen).order_by(Image.id)).all()
-    versions = dict(
-        session.execute(
-            select(Result.image_id, ModelVersion.name)
-            .select_from(Result)
-            .join(ModelVersion, ModelVersion.id == Result.model_version_id)
-            .join(Image, Image.id == Result.image_id)
-            .where(*of_specimen, latest_result_condition())
-        ).all()
-    )
     images = [
         SpecimenImage(
             image_id=r.id,
@@ -274,7 +267,7 @@ def load_specimen(
             route=r.route,
             route_reason=r.route_reason,
             threshold=r.threshold,
-            model_version=versions.get(r.id),
+            model_version=r.model_version,
             decision=r.decision,
             decided_by=r.name,
             review_seq=r.seq or 0,
