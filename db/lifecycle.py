@@ -96,6 +96,10 @@ class NewResult:
     quality: dict[str, Any]
     scored_at: datetime
     worker: str | None
+    # A network with the subtype head (``model.card.P_CLASSES``): the most likely B-ALL
+    # subtype and the probability of each given leukemia; None for the other networks.
+    subtype: str | None = None
+    subtype_probs: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -199,6 +199,13 @@ class Result(Base):
     quality: Mapped[dict[str, Any] | None] = mapped_column()
     scored_at: Mapped[datetime] = mapped_column(default=utcnow)
     worker: Mapped[str | None] = mapped_column(String(255))
+    # model.card.SUBTYPES: the most likely B-ALL subtype and each one's probability given
+    # leukemia, from a network with the subtype head; null for the others.
+    subtype: Mapped[str | None] = mapped_column(String(16))
+    subtype_probs: Mapped[dict[str, Any] | None] = mapped_column()
+    # Storage key of the explanation overlay (``model.explain``), made after scoring for
+    # images that go to a person; null until then, and for cleared images.
+    heatmap_key: Mapped[str | None] = mapped_column(String(64))
 
     image: Mapped[Image] = relationship(back_populates="results")
     model_version: Mapped[ModelVersion] = relationship()

@@ -46,4 +46,35 @@ def build_lenet_lld_bn(input_shape: tuple[int, int, int] = INPUT_SHAPE) -> keras
     return keras.Model(inputs, outputs, name="lenet_lld_bn")
 
 
-ARCHITECTURES = {"lenet_lld": build_lenet_lld, "lenet_lld_bn": build_lenet_lld_bn}
+NATIVE_INPUT_SHAPE = (224, 224, 3)
+SUBTYPE_CLASSES = 4  # benign, Early pre-B, Pre-B, Pro-B (``model.card.CLASSES``)
+
+
+def build_lenet_lld_v2(input_shape: tuple[int, int, int] = NATIVE_INPUT_SHAPE) -> keras.Model:
+    """Second generation: ``lenet_lld_bn`` at the smear images' own 224x224 and one softmax
+    over benign and the three B-ALL subtypes.
+
+    p_leukemia is one minus the benign probability and the subtype is read from the other
+    three (``model.card``), so screening and subtyping share every feature and the network
+    stays a plain chain of layers: batch-norm folding and the domain gate's feature replay
+    work on it unchanged. 224x224 is what the camera wrote: upsampling to 256 added 31% of
+    convolution work and a resize, and no information.
+    """
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = inputs
+    for filters in (16, 32, 64, 128):
+        x = layers.Conv2D(filters, 3, use_bias=False)(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)
+        x = layers.Activation("relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.3)(x)
+    outputs = layers.Dense(SUBTYPE_CLASSES, activation="softmax", name="classes")(x)
+    return keras.Model(inputs, outputs, name="lenet_lld_v2")
+
+
+ARCHITECTURES = {
+    "lenet_lld": build_lenet_lld,
+    "lenet_lld_bn": build_lenet_lld_bn,
+    "lenet_lld_v2": build_lenet_lld_v2,
+}

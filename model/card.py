@@ -20,6 +20,13 @@ import numpy as np
 DEFAULT_THRESHOLD = 0.5
 P_LEUKEMIA = "p_leukemia"
 P_NORMAL = "p_normal"
+# A softmax over benign and the three B-ALL subtypes, in this order (``lenet_lld_v2``).
+P_CLASSES = "p_classes"
+OUTPUTS = (P_LEUKEMIA, P_NORMAL, P_CLASSES)
+CLASSES = ("benign", "early_pre_b", "pre_b", "pro_b")
+SUBTYPES = CLASSES[1:]
+SUBTYPE_LABELS = {"early_pre_b": "Early pre-B", "pre_b": "Pre-B", "pro_b": "Pro-B"}
+DEFAULT_INPUT_SIZE = (256, 256)  # the thesis network's, for cards written before gen 2
 
 
 class CardData(TypedDict):
@@ -30,9 +37,13 @@ class CardData(TypedDict):
 
     name: str
     threshold: float  # on the calibrated scale once a gate with calibration is fitted
-    output: str  # P_LEUKEMIA, or P_NORMAL for a network trained the other way round
+    # P_LEUKEMIA; P_NORMAL for a network trained the other way round; P_CLASSES for a
+    # softmax over ``CLASSES`` (p_leukemia and the subtype both come from it)
+    output: str
     metrics: dict[str, Any]  # test split at ``threshold`` (``model.train.summarise``)
     architecture: NotRequired[str]
+    input_size: NotRequired[list[int]]  # [width, height] the network takes; DEFAULT_INPUT_SIZE
+    subtype_metrics: NotRequired[dict[str, Any]]  # test split, positives (``model.train``)
     params: NotRequired[int]
     operating_point: NotRequired[str]  # how the threshold was chosen
     validation: NotRequired[dict[str, Any]]
@@ -58,6 +69,11 @@ class ModelCard:
     threshold: float
     output: str = P_LEUKEMIA
     metrics: dict[str, Any] = field(default_factory=dict)
+    input_size: tuple[int, int] = DEFAULT_INPUT_SIZE  # (width, height) for ``preprocess``
+
+    @property
+    def has_subtypes(self) -> bool:
+        return self.output == P_CLASSES
 
 
 def card_path(weights: Path) -> Path:
@@ -97,20 +113,35 @@ def read_card(weights: Path) -> ModelCard:
         return ModelCard(name=weights.stem, threshold=DEFAULT_THRESHOLD)
     path = card_path(weights)
     output = data.get("output", P_LEUKEMIA)
-    if output not in (P_LEUKEMIA, P_NORMAL):
-        raise ValueError(f"{path}: output must be {P_LEUKEMIA!r} or {P_NORMAL!r}, not {output!r}")
+    if output not in OUTPUTS:
+        raise ValueError(f"{path}: output must be one of {OUTPUTS}, not {output!r}")
+    width, height = data.get("input_size", DEFAULT_INPUT_SIZE)
     return ModelCard(
         name=str(data.get("name", weights.stem)),
         threshold=float(data.get("threshold", DEFAULT_THRESHOLD)),
         output=output,
         metrics=dict(data.get("metrics", {})),
+        input_size=(int(width), int(height)),
     )
 
 
 def to_p_leukemia(raw: np.ndarray, output: str) -> np.ndarray:
     """The single place where a network's output becomes the probability of leukemia."""
-    raw = np.asarray(raw, dtype=np.float64).reshape(-1)
+    raw = np.asarray(raw, dtype=np.float64)
+    if output == P_CLASSES:
+        return 1.0 - raw.reshape(len(raw), len(CLASSES))[:, 0]
+    raw = raw.reshape(-1)
     return 1.0 - raw if output == P_NORMAL else raw
+
+
+def to_subtype_probs(raw: np.ndarray, output: str) -> np.ndarray | None:
+    """(N, 3) probabilities of ``SUBTYPES`` given leukemia (each row sums to 1), or None for a
+    network without a subtype head. Conditional, so a flagged image's subtype reads the same
+    whatever its p_leukemia; the benign probability is reported as p_leukemia's complement."""
+    if output != P_CLASSES:
+        return None
+    raw = np.asarray(raw, dtype=np.float64).reshape(-1, len(CLASSES))[:, 1:]
+    return raw / np.maximum(raw.sum(axis=1, keepdims=True), 1e-12)
 
 
 def file_sha256(path: Path) -> str:

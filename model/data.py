@@ -17,11 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from leukoscreen.imagetypes import has_image_suffix
-from model.preprocess import preprocess
+from model.card import CLASSES
+from model.preprocess import TARGET_SIZE, preprocess
 
 NEGATIVE_FOLDERS = {"benign", "negative", "normal", "hem", "healthy"}
 POSITIVE_FOLDERS = {"early", "pre", "pro", "positive", "malignant", "all", "leukemia"}
 SPLITS = ("train", "val", "test")
+# Class folders that name a B-ALL subtype (the Taleqani set's); other positive folders leave
+# the subtype unknown, which a subtype network cannot be trained on.
+SUBTYPE_FOLDERS = {"early": "early_pre_b", "pre": "pre_b", "pro": "pro_b"}
 _NUMBER = re.compile(r"(\d+)(?!.*\d)")
 
 
@@ -31,18 +35,34 @@ class Record:
     label: int  # 1 = leukemia (positive), 0 = negative
     group: str  # "<class folder>/<block index>": images that must stay in one split
     sha256: str
+    subtype: str | None = None  # ``model.card.SUBTYPES`` for a subtype folder, else None
 
 
 @dataclass
 class Dataset:
     records: list[Record]
-    images: np.ndarray  # uint8, (N, 256, 256, 3)
+    images: np.ndarray  # uint8, (N, H, W, 3) at the network's input size
     skipped: list[str]  # files that did not decode
     duplicates: list[str]  # files dropped because an identical file came first
 
     @property
     def labels(self) -> np.ndarray:
         return np.array([r.label for r in self.records], dtype=np.int64)
+
+    @property
+    def classes(self) -> np.ndarray:
+        """Index into ``model.card.CLASSES`` (0 benign); ValueError if a positive image has
+        no subtype folder."""
+        missing = [r.file for r in self.records if r.label == 1 and r.subtype is None]
+        if missing:
+            raise ValueError(
+                f"{len(missing)} positive images are not in a subtype folder "
+                f"({sorted(SUBTYPE_FOLDERS)}), e.g. {missing[0]}"
+            )
+        return np.array(
+            [CLASSES.index(r.subtype) if r.label == 1 else 0 for r in self.records],
+            dtype=np.int64,
+        )
 
     def subset(self, files: set[str]) -> Dataset:
         keep = [i for i, r in enumerate(self.records) if r.file in files]
@@ -92,43 +112,49 @@ def to_float(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) * np.float32(1.0 / 255.0)
 
 
-def _cache_key(data_dir: Path, files: list[tuple[str, int]]) -> str:
-    digest = hashlib.sha256(str(data_dir.resolve()).encode())
+def _cache_key(data_dir: Path, files: list[tuple[str, int]], size: tuple[int, int]) -> str:
+    digest = hashlib.sha256(f"{data_dir.resolve()}\0{size}".encode())
     for rel, _ in files:
         stat = (data_dir / rel).stat()
         digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:24]
 
 
-def _decode_all(data_dir: Path, files: list[tuple[str, int]]):
+def _decode_all(data_dir: Path, files: list[tuple[str, int]], size: tuple[int, int]):
     kept, hashes, arrays, skipped = [], [], [], []
     for rel, label in files:
         data = (data_dir / rel).read_bytes()
         try:
-            arrays.append(to_uint8(preprocess(data)))
+            arrays.append(to_uint8(preprocess(data, size)))
         except Exception:  # noqa: BLE001 - any undecodable file is skipped and reported
             skipped.append(rel)
             continue
         kept.append((rel, label))
         hashes.append(hashlib.sha256(data).hexdigest())
-    images = np.stack(arrays) if arrays else np.zeros((0, 256, 256, 3), np.uint8)
+    images = np.stack(arrays) if arrays else np.zeros((0, size[1], size[0], 3), np.uint8)
     return kept, hashes, images, skipped
 
 
-def load_dataset(data_dir: Path, block: int = 20, cache_dir: Path | None = None) -> Dataset:
-    """Decode every image (skipping broken ones) and drop byte-identical duplicates."""
+def load_dataset(
+    data_dir: Path,
+    block: int = 20,
+    cache_dir: Path | None = None,
+    size: tuple[int, int] = TARGET_SIZE,
+) -> Dataset:
+    """Decode every image at the network's input ``size`` (width, height), skipping broken
+    ones, and drop byte-identical duplicates."""
     data_dir = Path(data_dir)
     files = list_images(data_dir)
     cache = None
     if cache_dir is not None:
-        cache = Path(cache_dir) / f"decoded-{_cache_key(data_dir, files)}.npz"
+        cache = Path(cache_dir) / f"decoded-{_cache_key(data_dir, files, size)}.npz"
     if cache is not None and cache.is_file():
         with np.load(cache, allow_pickle=False) as npz:
             meta = json.loads(str(npz["meta"]))
             images = npz["images"]
         kept, hashes, skipped = [tuple(k) for k in meta["kept"]], meta["hashes"], meta["skipped"]
     else:
-        kept, hashes, images, skipped = _decode_all(data_dir, files)
+        kept, hashes, images, skipped = _decode_all(data_dir, files, size)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             meta = json.dumps({"kept": kept, "hashes": hashes, "skipped": skipped})
@@ -140,7 +166,8 @@ def load_dataset(data_dir: Path, block: int = 20, cache_dir: Path | None = None)
             continue
         seen.add(sha)
         folder, stem = rel.split("/")[0], Path(rel).stem
-        records.append(Record(rel, int(label), group_of(folder, stem, block), sha))
+        subtype = SUBTYPE_FOLDERS.get(folder.lower()) if label else None
+        records.append(Record(rel, int(label), group_of(folder, stem, block), sha, subtype))
         keep.append(i)
     return Dataset(records, images[keep], list(skipped), duplicates)
 

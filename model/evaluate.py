@@ -75,9 +75,11 @@ def assess(loaded: LoadedModel, images_u8: np.ndarray) -> Scores:
     ]
     if not parts:
         return Scores(np.zeros((0,)), np.zeros((0,)))
+    subtypes = [s.subtype_probs for s in parts]
     return Scores(
         np.concatenate([s.p_leukemia for s in parts]),
         np.concatenate([s.domain_distance for s in parts]),
+        None if any(s is None for s in subtypes) else np.concatenate(subtypes),  # type: ignore[arg-type]
     )
 
 
@@ -259,7 +261,9 @@ def run(args: argparse.Namespace) -> int:
     # A network without a card is evaluated all the same, with the defaults below.
     raw_card: dict[str, Any] = dict(read_card_data(weights) or {})
     block = raw_card.get("data", {}).get("split", {}).get("block", 20)
-    dataset = mdata.load_dataset(args.data, block=block, cache_dir=args.cache_dir)
+    dataset = mdata.load_dataset(
+        args.data, block=block, cache_dir=args.cache_dir, size=card.input_size
+    )
     subset, split_name = select_split(dataset, weights, args.split)
     if not subset.records:
         raise SystemExit(f"no images to evaluate in {args.data}")

@@ -75,7 +75,9 @@ class Network:
         from model.folding import fold_batch_norm
         from model.inference import feature_network
 
-        self.output = read_card(weights).output
+        facts = read_card(weights)
+        self.output = facts.output
+        self.input_size = facts.input_size
         self.network = feature_network(fold_batch_norm(keras.saving.load_model(weights)))
         if self.network is None:
             raise SystemExit("the gate needs a network that is a simple chain of layers")
@@ -95,8 +97,10 @@ def _png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def _prepare_all(blobs: list[bytes], band: tuple[int, int] | None) -> list[Prepared]:
-    return [prepare(b, band) for b in blobs]
+def _prepare_all(
+    blobs: list[bytes], band: tuple[int, int] | None, size: tuple[int, int]
+) -> list[Prepared]:
+    return [prepare(b, band, size) for b in blobs]
 
 
 def _measures(prepared: list[Prepared]) -> np.ndarray:
@@ -148,9 +152,11 @@ def run(args: argparse.Namespace) -> int:
     labels = {name: np.array([r["label"] for r in split[name]]) for name in split}
     # Decoded once: the stain hue band comes from the training images, and every measure
     # after it needs that band.
-    decoded = {name: [decode(b) for b in blobs[name]] for name in split}
+    decoded = {name: [decode(b, net.input_size) for b in blobs[name]] for name in split}
     band = fit_hue_band(np.stack([hue_histogram(d.image) for d in decoded["train"]]))
-    prepared = {name: [prepare_decoded(d, band) for d in decoded[name]] for name in split}
+    prepared = {
+        name: [prepare_decoded(d, band, net.input_size) for d in decoded[name]] for name in split
+    }
     raw, feats = {}, {}
     for name in split:
         raw[name], feats[name] = net.run(prepared[name])
@@ -223,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
     for part, kinds in sets.items():
         evaluation[part] = {}
         for kind, (kind_blobs, kind_labels) in kinds.items():
-            prep = _prepare_all(kind_blobs, band)
+            prep = _prepare_all(kind_blobs, band, net.input_size)
             praw, pfeat = net.run(prep)
             decisions = _decide_all(
                 gate, threshold, prep, gate.calibrate(praw), gate.domain_distance(pfeat)

@@ -8,7 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from model.card import ModelCard, file_sha256, read_card, read_card_data, to_p_leukemia
+from model.card import (
+    ModelCard,
+    file_sha256,
+    read_card,
+    read_card_data,
+    to_p_leukemia,
+    to_subtype_probs,
+)
 from model.gate import FEATURE_OFFSET, Gate, model_version, read_gate
 
 
@@ -16,6 +23,8 @@ from model.gate import FEATURE_OFFSET, Gate, model_version, read_gate
 class Scores:
     p_leukemia: np.ndarray  # calibrated when the model has a gate
     domain_distance: np.ndarray  # NaN where the network has no gate or no features
+    # (N, 3) probabilities of ``model.card.SUBTYPES`` given leukemia; None without that head
+    subtype_probs: np.ndarray | None = None
 
 
 @dataclass
@@ -33,6 +42,7 @@ class LoadedModel:
         n = len(images)
         p = np.empty((n,), dtype=np.float64)
         distance = np.full((n,), np.nan, dtype=np.float64)
+        subtypes = np.full((n, 3), np.nan) if self.card.has_subtypes else None
         for start in range(0, n, self.batch_size):
             part = images[start : start + self.batch_size]
             # Pad to a fixed batch shape so the compiled graph is traced once, not per size.
@@ -41,13 +51,16 @@ class LoadedModel:
                 pad = np.zeros((self.batch_size - real, *part.shape[1:]), part.dtype)
                 part = np.concatenate([part, pad])
             raw, dist = self._predict(part)
-            prob = to_p_leukemia(raw.numpy(), self.card.output)[:real]
+            raw = raw.numpy()[:real]
+            prob = to_p_leukemia(raw, self.card.output)
+            if subtypes is not None:
+                subtypes[start : start + real] = to_subtype_probs(raw, self.card.output)
             if self.gate is not None:
                 prob = self.gate.calibrate(prob)
                 if dist is not None:
                     distance[start : start + real] = dist.numpy()[:real]
             p[start : start + real] = prob
-        return Scores(p, distance)
+        return Scores(p, distance, subtypes)
 
     def score(self, images: np.ndarray) -> np.ndarray:
         """p_leukemia alone (evaluation, benchmarks)."""

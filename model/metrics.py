@@ -218,3 +218,37 @@ def judged_metrics(decisions, labels: np.ndarray) -> dict[str, Any]:
         "confusion": {"tp": tp, "fp": fp, "tn": tn, "fn": fn},
         "ci95_wilson": proportion_cis({"tp": tp, "fp": fp, "tn": tn, "fn": fn}),
     }
+
+
+def subtype_metrics(classes: np.ndarray, subtype_probs: np.ndarray) -> dict:
+    """Subtype accuracy on positive images: confusion matrix (rows true, columns predicted,
+    in ``model.card.SUBTYPES`` order), per-subtype sensitivity with Wilson intervals.
+
+    ``classes`` are ``model.card.CLASSES`` indices (0 benign, skipped here: the subtype of a
+    negative image means nothing); ``subtype_probs`` the (N, 3) conditional probabilities.
+    """
+    from model.card import SUBTYPES
+
+    positive = classes > 0
+    truth = classes[positive] - 1
+    predicted = np.argmax(subtype_probs[positive], axis=1)
+    k = len(SUBTYPES)
+    matrix = np.zeros((k, k), dtype=np.int64)
+    np.add.at(matrix, (truth, predicted), 1)
+    correct, total = int(np.trace(matrix)), int(matrix.sum())
+    per_class = {}
+    for i, name in enumerate(SUBTYPES):
+        n = int(matrix[i].sum())
+        per_class[name] = {
+            "n": n,
+            "sensitivity": float(matrix[i, i] / n) if n else None,
+            "ci95_wilson": wilson_ci(int(matrix[i, i]), n),
+        }
+    return {
+        "n": total,
+        "accuracy": correct / total if total else None,
+        "accuracy_ci95_wilson": wilson_ci(correct, total),
+        "labels": list(SUBTYPES),
+        "confusion": matrix.tolist(),
+        "per_class": per_class,
+    }

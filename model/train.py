@@ -20,8 +20,16 @@ import numpy as np
 
 from model import data as mdata
 from model import metrics as mm
-from model.card import P_LEUKEMIA, CardData, card_path, history_path, write_card
-from model.evaluate import score
+from model.card import (
+    CLASSES,
+    P_CLASSES,
+    P_LEUKEMIA,
+    CardData,
+    card_path,
+    history_path,
+    write_card,
+)
+from model.evaluate import assess
 from model.inference import load_model
 
 DATA_SOURCE = (
@@ -41,7 +49,13 @@ INTENDED_USE = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="folder of class folders")
     parser.add_argument("--out", type=Path, default=Path("model/weights/lenet_lld.keras"))
-    parser.add_argument("--arch", default="lenet_lld", choices=["lenet_lld", "lenet_lld_bn"])
+    parser.add_argument(
+        "--arch",
+        default="lenet_lld_v2",
+        choices=["lenet_lld", "lenet_lld_bn", "lenet_lld_v2"],
+        help="lenet_lld: the thesis network at 256x256; lenet_lld_v2: native 224x224 with "
+        "the subtype head (shipped)",
+    )
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--patience", type=int, default=8, help="early-stopping patience")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -62,10 +76,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-gate", action="store_true", help="skip fitting the gate (leukoscreen fit-gate)"
     )
     parser.add_argument(
+        "--other-lab",
+        type=Path,
+        default=None,
+        help="another laboratory's smears, passed to the gate fit (checked, never trained on)",
+    )
+    parser.add_argument(
+        "--plots", type=Path, default=None, help="folder for the gate's figures (model card)"
+    )
+    parser.add_argument(
         "--monitor", default="val_auc", help="early stopping / LR schedule on this (max if auc)"
     )
     parser.add_argument("--max-minutes", type=float, default=40.0, help="stop epochs after this")
     parser.add_argument("--no-augment", action="store_true", help="disable augmentation")
+    parser.add_argument(
+        "--stain-jitter",
+        type=float,
+        default=0.0,
+        help="sigma of the optical-density stain jitter (0 = off; Tellez et al. use 0.05)",
+    )
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/leukoscreen-cache"))
 
 
@@ -84,6 +113,31 @@ def colour_jitter(x, tf):
     sat = tf.clip_by_value(hsv[..., 1] * tf.random.uniform([n, 1, 1], 0.6, 1.4), 0.0, 1.0)
     x = tf.image.hsv_to_rgb(tf.stack([hue, sat, hsv[..., 2]], axis=-1))
     return tf.clip_by_value(x, 0.0, 1.0)
+
+
+# Ruifrok & Johnston's stain vectors (haematoxylin, eosin, DAB) as rows, in optical density.
+_RGB_FROM_HED = np.array(
+    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float32
+)
+
+
+def stain_jitter(x, tf, sigma: float):
+    """Per-image stain strength and shift in optical-density space (Tellez et al., 2018).
+
+    Colour deconvolution splits each pixel's absorbance into stain channels; scaling each by
+    U(1-sigma, 1+sigma) and shifting it by U(-sigma, sigma) imitates another laboratory's
+    staining time and batch better than RGB jitter, which also moves the white background.
+    The vectors are H&E's; on Romanowsky-stained smears they still span the stains' colours.
+    """
+    n = tf.shape(x)[0]
+    rgb_from_hed = tf.constant(_RGB_FROM_HED)
+    hed_from_rgb = tf.constant(np.linalg.inv(_RGB_FROM_HED).astype(np.float32))
+    od = -tf.math.log(tf.clip_by_value(x, 1e-3, 1.0))
+    hed = tf.einsum("nhwc,cd->nhwd", od, hed_from_rgb)
+    alpha = tf.random.uniform([n, 1, 1, 3], 1.0 - sigma, 1.0 + sigma)
+    beta = tf.random.uniform([n, 1, 1, 3], -sigma, sigma)
+    od = tf.einsum("nhwc,cd->nhwd", hed * alpha + beta, rgb_from_hed)
+    return tf.clip_by_value(tf.exp(-od), 0.0, 1.0)
 
 
 def random_affine(x, tf):
@@ -127,7 +181,15 @@ def random_affine(x, tf):
     )
 
 
-def make_dataset(images, labels, batch_size: int, seed: int, augment: bool, shuffle: bool):
+def make_dataset(
+    images,
+    labels,
+    batch_size: int,
+    seed: int,
+    augment: bool,
+    shuffle: bool,
+    stain_sigma: float = 0.0,
+):
     """tf.data over uint8 arrays already decoded by ``preprocess``; augmentation in tf ops."""
     import tensorflow as tf
 
@@ -138,17 +200,59 @@ def make_dataset(images, labels, batch_size: int, seed: int, augment: bool, shuf
     scale = tf.constant(1.0 / 255.0, tf.float32)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32) * scale, y), num_parallel_calls=2)
     if augment:
-        ds = ds.map(lambda x, y: (colour_jitter(random_affine(x, tf), tf), y), num_parallel_calls=2)
+
+        def augment_batch(x, y):
+            x = random_affine(x, tf)
+            if stain_sigma > 0:
+                x = stain_jitter(x, tf, stain_sigma)
+            return colour_jitter(x, tf), y
+
+        ds = ds.map(augment_batch, num_parallel_calls=2)
     return ds.prefetch(2)
 
 
-def class_weights(labels: np.ndarray) -> dict[int, float]:
-    """Balanced weights: each class contributes half of the loss."""
-    n, pos = len(labels), int(labels.sum())
-    return {0: n / (2.0 * (n - pos)), 1: n / (2.0 * pos)}
+def class_weights(labels: np.ndarray, classes: int = 2) -> dict[int, float]:
+    """Balanced weights: negatives and positives each contribute half of the loss.
+
+    With a subtype head (``classes`` 4) every subtype gets the positive weight: the screening
+    question stays balanced and the subtypes, which are near balanced, keep their shares.
+    """
+    binary = (labels > 0).astype(np.int64)
+    n, pos = len(binary), int(binary.sum())
+    negative, positive = n / (2.0 * (n - pos)), n / (2.0 * pos)
+    return {0: negative, **{k: positive for k in range(1, classes)}}
 
 
 # ---- model -----------------------------------------------------------------------------
+
+
+def classes_loss(y_true, y_pred):
+    """Cross-entropy over benign and the three subtypes, plus the screening question's own
+    binary cross-entropy on p_leukemia = 1 - p_benign: the subtype term alone would let a
+    confident wrong subtype cost as much as missing the leukemia."""
+    import keras
+    from keras import ops
+
+    y = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+    subtype = keras.losses.sparse_categorical_crossentropy(y, y_pred)
+    p_leukemia = ops.clip(1.0 - y_pred[:, 0], 1e-7, 1.0 - 1e-7)
+    is_positive = ops.cast(y > 0, y_pred.dtype)
+    screening = -(is_positive * ops.log(p_leukemia) + (1.0 - is_positive) * ops.log1p(-p_leukemia))
+    return subtype + screening
+
+
+def leukemia_auc():
+    """ROC AUC of p_leukemia for a network with the subtype head (what early stopping
+    watches, as for the binary networks)."""
+    import keras
+    from keras import ops
+
+    class LeukemiaAUC(keras.metrics.AUC):
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            positive = ops.cast(ops.reshape(y_true, (-1,)) > 0, "float32")
+            return super().update_state(positive, 1.0 - y_pred[:, 0], sample_weight)
+
+    return LeukemiaAUC(name="auc")
 
 
 def build_model(arch: str, lr: float):
@@ -157,6 +261,13 @@ def build_model(arch: str, lr: float):
     from model.architecture import ARCHITECTURES
 
     model = ARCHITECTURES[arch]()
+    if model.output_shape[-1] == len(CLASSES):
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=lr),
+            loss=classes_loss,
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), leukemia_auc()],
+        )
+        return model
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=lr),
         loss="binary_crossentropy",
@@ -270,11 +381,16 @@ def run(args: argparse.Namespace) -> int:
     keras.utils.set_random_seed(args.seed)
     out: Path = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
+    model = build_model(args.arch, args.lr)
+    height, width = model.input_shape[1:3]
+    with_subtypes = model.output_shape[-1] == len(CLASSES)
 
-    dataset = mdata.load_dataset(args.data, block=args.block, cache_dir=args.cache_dir)
+    dataset = mdata.load_dataset(
+        args.data, block=args.block, cache_dir=args.cache_dir, size=(width, height)
+    )
     print(
-        f"{len(dataset.records)} images ({len(dataset.skipped)} undecodable skipped, "
-        f"{len(dataset.duplicates)} duplicates dropped)",
+        f"{len(dataset.records)} images at {width}x{height} ({len(dataset.skipped)} "
+        f"undecodable skipped, {len(dataset.duplicates)} duplicates dropped)",
         flush=True,
     )
     split_seed = args.seed if args.split_seed is None else args.split_seed
@@ -290,77 +406,97 @@ def run(args: argparse.Namespace) -> int:
     parts = {k: dataset.subset({r.file for r in rs}) for k, rs in splits.items()}
     for k, d in parts.items():
         print(f"{k}: {len(d.records)} images, {int(d.labels.sum())} positive", flush=True)
+    targets = {k: d.classes if with_subtypes else d.labels for k, d in parts.items()}
 
     train_ds = make_dataset(
         parts["train"].images,
-        parts["train"].labels,
+        targets["train"],
         args.batch_size,
         args.seed,
         augment=not args.no_augment,
         shuffle=True,
+        stain_sigma=args.stain_jitter,
     )
     val_ds = make_dataset(
         parts["val"].images,
-        parts["val"].labels,
+        targets["val"],
         args.batch_size,
         args.seed,
         augment=False,
         shuffle=False,
     )
-    model = build_model(args.arch, args.lr)
+    weights = class_weights(targets["train"], len(CLASSES) if with_subtypes else 2)
     t_fit = time.monotonic()
-    hist, best_epoch = fit(model, train_ds, val_ds, class_weights(parts["train"].labels), args)
+    hist, best_epoch = fit(model, train_ds, val_ds, weights, args)
     fit_seconds = time.monotonic() - t_fit
     export_weights(model, args.arch, out)
     history_path(out).write_text(json.dumps({"best_epoch": best_epoch, **hist}, indent=1) + "\n")
 
-    loaded = load_model(out, args.batch_size)
-    p_val = score(loaded, parts["val"].images)
-    threshold = mm.choose_threshold(parts["val"].labels, p_val, args.target_sensitivity)
-    p_test = score(loaded, parts["test"].images)
-    test_groups = [r.group for r in parts["test"].records]
+    # Scored from the written file, by the workers' loader (BN folded), with the card's
+    # output kind and input size already in place.
     card: CardData = {
         "name": args.arch,
         "architecture": args.arch,
         "params": int(model.count_params()),
-        "threshold": threshold,
-        "output": P_LEUKEMIA,
-        "operating_point": f"highest validation specificity with sensitivity >= "
-        f"{args.target_sensitivity}",
-        "metrics": summarise(parts["test"].labels, p_test, threshold, test_groups),
-        "validation": mm.binary_metrics(parts["val"].labels, p_val, threshold),
-        "colour_baseline": colour_baseline(parts, args.target_sensitivity, args.seed),
-        "sha256": loaded.sha256,
-        "data": {
-            "source": DATA_SOURCE,
-            "split_file": mdata.split_path(out).name,
-            "split": split_info,
-            "sizes": {k: len(d.records) for k, d in parts.items()},
-            "skipped_undecodable": len(dataset.skipped),
-            "dropped_duplicates": len(dataset.duplicates),
-        },
-        "training": {
-            "command": "python -m model.train " + shlex.join(sys.argv[1:]),
-            "epochs_run": len(hist.get("loss", [])),
-            "best_epoch": best_epoch,
-            "fit_seconds": round(fit_seconds, 1),
-            "total_seconds": round(time.monotonic() - t_start, 1),
-            "optimizer": f"Adam lr={args.lr}",
-            "loss": "binary_crossentropy",
-            "batch_size": args.batch_size,
-            "early_stopping": f"{args.monitor}, patience {args.patience}, best weights restored",
-            "class_weight": class_weights(parts["train"].labels),
-            "augmentation": "none"
-            if args.no_augment
-            else "flips h/v, rotation +-180deg, zoom 15%, shift 10%, shear 0.1 (one composed "
-            "affine resampling, reflect fill); "
-            "per-channel gain 0.85-1.15, brightness +-0.1, contrast 0.75-1.25, "
-            "hue +-0.05, saturation 0.6-1.4",
-        },
-        "intended_use": INTENDED_USE,
+        "threshold": 0.5,
+        "output": P_CLASSES if with_subtypes else P_LEUKEMIA,
+        "input_size": [int(width), int(height)],
+        "metrics": {},
     }
     write_card(out, card)
+    loaded = load_model(out, args.batch_size)
+    val_scores = assess(loaded, parts["val"].images)
+    test_scores = assess(loaded, parts["test"].images)
+    p_val, p_test = val_scores.p_leukemia, test_scores.p_leukemia
+    threshold = mm.choose_threshold(parts["val"].labels, p_val, args.target_sensitivity)
+    test_groups = [r.group for r in parts["test"].records]
+    card.update(
+        {
+            "threshold": threshold,
+            "operating_point": f"highest validation specificity with sensitivity >= "
+            f"{args.target_sensitivity}",
+            "metrics": summarise(parts["test"].labels, p_test, threshold, test_groups),
+            "validation": mm.binary_metrics(parts["val"].labels, p_val, threshold),
+            "colour_baseline": colour_baseline(parts, args.target_sensitivity, args.seed),
+            "sha256": loaded.sha256,
+            "data": {
+                "source": DATA_SOURCE,
+                "split_file": mdata.split_path(out).name,
+                "split": split_info,
+                "sizes": {k: len(d.records) for k, d in parts.items()},
+                "skipped_undecodable": len(dataset.skipped),
+                "dropped_duplicates": len(dataset.duplicates),
+            },
+            "training": {
+                "command": "python -m model.train " + shlex.join(sys.argv[1:]),
+                "epochs_run": len(hist.get("loss", [])),
+                "best_epoch": best_epoch,
+                "fit_seconds": round(fit_seconds, 1),
+                "total_seconds": round(time.monotonic() - t_start, 1),
+                "optimizer": f"Adam lr={args.lr}",
+                "loss": "cross-entropy over benign/Early pre-B/Pre-B/Pro-B + binary "
+                "cross-entropy on p_leukemia"
+                if with_subtypes
+                else "binary_crossentropy",
+                "batch_size": args.batch_size,
+                "early_stopping": f"{args.monitor}, patience {args.patience}, "
+                "best weights restored",
+                "class_weight": {str(k): v for k, v in weights.items()},
+                "augmentation": augmentation_text(args),
+            },
+            "intended_use": INTENDED_USE,
+        }
+    )
+    if with_subtypes:
+        assert val_scores.subtype_probs is not None and test_scores.subtype_probs is not None
+        card["subtype_metrics"] = {
+            "test": mm.subtype_metrics(parts["test"].classes, test_scores.subtype_probs),
+            "validation": mm.subtype_metrics(parts["val"].classes, val_scores.subtype_probs),
+        }
+    write_card(out, card)
     print(json.dumps({k: card["metrics"][k] for k in ("auc", "sensitivity", "specificity")}))
+    if with_subtypes:
+        print(f"subtype accuracy, test positives: {card['subtype_metrics']['test']['accuracy']}")
     print(f"threshold {threshold:.4f}; wrote {out} and {card_path(out).name}", flush=True)
     if args.no_gate:
         return 0
@@ -368,7 +504,29 @@ def run(args: argparse.Namespace) -> int:
     # the scores and chooses the threshold again, on calibrated validation scores.
     from model import fit_gate
 
-    return fit_gate.main(["--model", str(out), "--data", str(args.data)])
+    gate_args = ["--model", str(out), "--data", str(args.data)]
+    if args.other_lab is not None:
+        gate_args += ["--other-lab", str(args.other_lab)]
+    if args.plots is not None:
+        gate_args += ["--plots", str(args.plots)]
+    return fit_gate.main(gate_args)
+
+
+def augmentation_text(args: argparse.Namespace) -> str:
+    if args.no_augment:
+        return "none"
+    stain = (
+        f"optical-density stain jitter sigma {args.stain_jitter} (HED scale and shift); "
+        if args.stain_jitter > 0
+        else ""
+    )
+    return (
+        "flips h/v, rotation +-180deg, zoom 15%, shift 10%, shear 0.1 (one composed "
+        "affine resampling, reflect fill); "
+        + stain
+        + "per-channel gain 0.85-1.15, brightness +-0.1, contrast 0.75-1.25, "
+        "hue +-0.05, saturation 0.6-1.4"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

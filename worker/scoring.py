@@ -27,7 +27,7 @@ from db.lifecycle import Claimed, Failure, NewResult
 from db.models import ModelVersion
 from leukoscreen import metrics
 from leukoscreen.storage import StorageUnavailable, Store
-from model.card import ModelCard
+from model.card import SUBTYPES, ModelCard
 from model.gate import Gate, Route, route_image
 from model.inference import Scores
 from model.preprocess import Prepared, prepare
@@ -110,17 +110,31 @@ def split_for_retry(
     return [pending[i : i + size] for i in range(0, len(pending), size)]
 
 
-def _load(store: Store, key: str | None, gate: Gate | None) -> Prepared:
+def _load(store: Store, key: str | None, model: Scorer) -> Prepared:
     if key is None:
         raise ValueError("image has no stored original")
-    if gate is None:
-        return prepare(store.read(key), None, with_quality=False)
-    return prepare(store.read(key), gate.hue_band)
+    size = model.card.input_size
+    if model.gate is None:
+        return prepare(store.read(key), None, size, with_quality=False)
+    return prepare(store.read(key), model.gate.hue_band, size)
 
 
 def _finite(measures: dict[str, float]) -> dict[str, float | None]:
     # JSON has no NaN: a measure not taken is stored as null.
     return {k: (v if np.isfinite(v) else None) for k, v in measures.items()}
+
+
+def _subtype(scores: Scores, i: int) -> tuple[str | None, dict[str, float] | None]:
+    """Image ``i``'s most likely subtype and every subtype's probability given leukemia.
+
+    Stored for every image the network saw, cleared ones included, so a pathologist who
+    overturns a cleared image still sees what the network thought it was."""
+    if scores.subtype_probs is None or not np.all(np.isfinite(scores.subtype_probs[i])):
+        return None, None
+    row = scores.subtype_probs[i]
+    return SUBTYPES[int(np.argmax(row))], {
+        name: float(v) for name, v in zip(SUBTYPES, row, strict=True)
+    }
 
 
 def score_chunk(
@@ -142,7 +156,7 @@ def score_chunk(
     # Decoding is per image: one unreadable file fails alone, the rest go on to the model.
     def load_one(item: Claimed) -> Prepared | Exception:
         try:
-            return _load(store, item.storage_key, model.gate)
+            return _load(store, item.storage_key, model)
         except StorageUnavailable:
             raise  # the store is down, not the image: the task retries the chunk
         except Exception as exc:  # any decode or storage error is that image's own failure
@@ -176,6 +190,7 @@ def score_chunk(
     for i, (item, prep) in enumerate(good):
         assert scores is not None
         p, distance = float(scores.p_leukemia[i]), float(scores.domain_distance[i])
+        subtype, subtype_probs = _subtype(scores, i)
         decision = route_image(model.gate, threshold, p, prep.quality, distance, prep.original_mode)
         results.append(
             NewResult(
@@ -191,6 +206,8 @@ def score_chunk(
                 quality={**_finite(prep.quality), "failed": list(decision.failed)},
                 scored_at=now,
                 worker=worker_name,
+                subtype=subtype,
+                subtype_probs=subtype_probs,
             )
         )
     lifecycle.finish(sessions, results, bad, {item.batch_id for item in claimed})
