@@ -339,20 +339,22 @@ def _serve(args: argparse.Namespace) -> int:
 def _model_init(args: argparse.Namespace) -> int:
     import keras
 
-    from model.architecture import build_lenet_lld
-    from model.card import P_LEUKEMIA, CardData, write_card
+    from model.architecture import ARCHITECTURES
+    from model.card import CLASSES, P_CLASSES, P_LEUKEMIA, CardData, write_card
     from model.gate import permissive_gate, write_statistics
     from model.inference import feature_network
 
     keras.utils.set_random_seed(args.seed)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    network = build_lenet_lld()
+    network = ARCHITECTURES[args.arch]()
     network.save(out)
+    height, width = network.input_shape[1:3]
     card: CardData = {
-        "name": f"lenet_lld-untrained-seed{args.seed}",
+        "name": f"{args.arch}-untrained-seed{args.seed}",
         "threshold": args.threshold,
-        "output": P_LEUKEMIA,
+        "output": P_CLASSES if network.output_shape[-1] == len(CLASSES) else P_LEUKEMIA,
+        "input_size": [int(width), int(height)],
         "metrics": {},
         "warning": "random weights for plumbing tests only; not a screening model",
     }
@@ -361,7 +363,7 @@ def _model_init(args: argparse.Namespace) -> int:
         card["gate"] = write_statistics(out, permissive_gate(dim)).describe()
         card["gate_warning"] = "permissive gate: every image is judged by the network"
     write_card(out, card)
-    print(f"wrote untrained LeNet-LLD to {out}")
+    print(f"wrote untrained {args.arch} to {out}")
     return 0
 
 
@@ -498,8 +500,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=_serve)
 
-    p = sub.add_parser("model-init", help="write an untrained LeNet-LLD (plumbing tests only)")
+    p = sub.add_parser("model-init", help="write an untrained network (plumbing tests only)")
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--arch", default="lenet_lld", choices=["lenet_lld", "lenet_lld_bn", "lenet_lld_v2"]
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument(
