@@ -105,7 +105,8 @@ def bench_model(model_path: Path, batch_sizes: list[int], seconds: float = 4.0) 
     rng = np.random.default_rng(0)
     for bs in batch_sizes:
         model = load_model(model_path, batch_size=bs)
-        x = rng.random((bs, 256, 256, 3), dtype=np.float32)
+        width, height = model.card.input_size
+        x = rng.random((bs, height, width, 3), dtype=np.float32)
         model.score(x)  # trace and warm up
         n, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
@@ -116,17 +117,21 @@ def bench_model(model_path: Path, batch_sizes: list[int], seconds: float = 4.0) 
 
 
 def bench_preprocess(
-    blobs: list[bytes], seconds: float = 3.0, hue_band: tuple[int, int] | None = None
+    blobs: list[bytes],
+    size: tuple[int, int],
+    seconds: float = 3.0,
+    hue_band: tuple[int, int] | None = None,
 ) -> float:
-    """Images per second on one core; with ``hue_band``, also the quality measures."""
+    """Images per second on one core at the network's input ``size``; with ``hue_band``, also
+    the quality measures."""
     from model.preprocess import prepare, preprocess
 
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         if hue_band is None:
-            preprocess(blobs[n % len(blobs)])
+            preprocess(blobs[n % len(blobs)], size)
         else:
-            prepare(blobs[n % len(blobs)], hue_band)
+            prepare(blobs[n % len(blobs)], hue_band, size)
         n += 1
     return n / (time.perf_counter() - start)
 
@@ -151,15 +156,16 @@ def bench_gate(
 ) -> dict[str, Any]:
     from model.inference import load_model
 
-    gate = load_model(model_path, batch_size=32).gate
+    loaded = load_model(model_path, batch_size=32)
+    gate, size = loaded.gate, loaded.card.input_size
     if gate is None:
         return {"gate": "the model has no gate"}
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         plain = without_gate(model_path, Path(tmp))
         blobs = [d for _, d in inputs[:200]]
-        out["preprocess_ips_no_quality"] = bench_preprocess(blobs)
-        out["preprocess_ips_with_quality"] = bench_preprocess(blobs, hue_band=gate.hue_band)
+        out["preprocess_ips_no_quality"] = bench_preprocess(blobs, size)
+        out["preprocess_ips_with_quality"] = bench_preprocess(blobs, size, hue_band=gate.hue_band)
         out["model_ips_no_gate"] = bench_model(plain, [32])[32]
         out["model_ips_with_gate"] = bench_model(model_path, [32])[32]
         if "e2e" not in set(filter(None, args.skip.split(","))) and "end_to_end_ips" in figures:
@@ -175,15 +181,17 @@ def bench_thesis(model_path: Path, inputs: list[tuple[str, bytes]]) -> float:
     from flask import Flask, jsonify, request
     from werkzeug.serving import make_server
 
+    from model.card import read_card, to_p_leukemia
     from model.preprocess import preprocess
 
     network = keras.saving.load_model(model_path, compile=False)
+    card = read_card(model_path)
     app = Flask("thesis")
 
     @app.post("/predict")
     def predict():
-        x = preprocess(request.files["file"].read())[None]
-        p = float(network.predict(x, verbose=0)[0, 0])
+        x = preprocess(request.files["file"].read(), card.input_size)[None]
+        p = float(to_p_leukemia(network.predict(x, verbose=0), card.output)[0])
         return jsonify(result="leukemia" if p >= 0.5 else "normal", confidence=p)
 
     server = make_server("127.0.0.1", 0, app, threaded=False)
@@ -514,7 +522,11 @@ def run(args: argparse.Namespace) -> int:
         figures["model_only_by_batch"] = {str(k): round(v, 1) for k, v in per_bs.items()}
         figures["model_only_ips"] = max(per_bs.values())
     if "preprocess" not in skip:
-        figures["preprocess_ips"] = bench_preprocess([d for _, d in inputs[:200]])
+        from model.card import read_card
+
+        figures["preprocess_ips"] = bench_preprocess(
+            [d for _, d in inputs[:200]], read_card(model_path).input_size
+        )
     if "thesis" not in skip:
         figures["thesis_ips"] = bench_thesis(model_path, inputs[: args.thesis_images])
     if "e2e" not in skip:

@@ -230,6 +230,11 @@ def print_summary(report: dict) -> None:
         extra = "" if base is None else f"   colour baseline {base:.4f}"
         print(f"  {key:12s} {text}{extra}")
     print(f"  confusion    tp={cm['tp']} fp={cm['fp']} tn={cm['tn']} fn={cm['fn']}")
+    if sub := report.get("subtype"):
+        per = ", ".join(
+            f"{k} {_opt(v['sensitivity'])} (n={v['n']})" for k, v in sub["per_class"].items()
+        )
+        print(f"  subtype      accuracy {_opt(sub['accuracy'])} on {sub['n']} positives: {per}")
     r = report["routes"]
     print(
         f"  routes       {r['routes']}; manual review {r['manual_review']:.2%} "
@@ -278,6 +283,13 @@ def run(args: argparse.Namespace) -> int:
         baseline_p = mm.colour_baseline_scores(raw_card["colour_baseline"], feats)
     report = build_report(y, p, groups, card.threshold, raw_card, baseline_p)
     report["routes"] = {**mm.route_summary(decisions, y), **mm.judged_metrics(decisions, y)}
+    if scores.subtype_probs is not None:
+        try:
+            classes = subset.classes
+        except ValueError as exc:  # positives without subtype folders: nothing to compare
+            print(f"subtype not evaluated: {exc}")
+        else:
+            report["subtype"] = mm.subtype_metrics(classes, scores.subtype_probs)
     report["model"] = {"path": str(weights), "name": card.name, "sha256": file_sha256(weights)}
     report["data"] = {
         "dir": str(args.data),

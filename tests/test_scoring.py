@@ -83,6 +83,50 @@ def test_chunk_is_scored_in_one_model_call_with_threshold_recorded(db_settings, 
         assert s.scalars(select(Batch.state)).one() == "complete"
 
 
+@dataclass
+class FakeSubtypeScorer(FakeScorer):
+    """A network with the subtype head that takes 224x224 inputs."""
+
+    card: ModelCard = field(
+        default_factory=lambda: ModelCard(
+            name="fake-v2", threshold=0.45, output="p_classes", input_size=(224, 224)
+        )
+    )
+    shapes: list[tuple[int, ...]] = field(default_factory=list)
+
+    def assess(self, images: np.ndarray) -> Scores:
+        self.shapes.append(images.shape[1:])
+        p = images.mean(axis=(1, 2, 3)).astype(np.float64)
+        subtypes = np.tile([0.1, 0.7, 0.2], (len(p), 1))
+        return Scores(p, np.zeros_like(p), subtypes)
+
+
+def test_each_result_stores_its_subtype_and_the_network_gets_its_own_input_size(
+    db_settings, make_jpeg
+):
+    ids, store = _seed(db_settings, [make_jpeg(i) for i in range(3)])
+    sessions = session_factory(engine_for(db_settings.database_url))
+    scorer = FakeSubtypeScorer()
+    version = register_model_version(sessions, scorer)
+    score_chunk(sessions, store, scorer, version, ids, max_attempts=3)
+    assert scorer.shapes == [(224, 224, 3)]
+    with sessions() as s:
+        rows = s.execute(select(Result.subtype, Result.subtype_probs)).all()
+    assert len(rows) == 3
+    for subtype, probs in rows:
+        assert subtype == "pre_b"
+        assert probs == pytest.approx({"early_pre_b": 0.1, "pre_b": 0.7, "pro_b": 0.2})
+
+
+def test_a_network_without_the_subtype_head_stores_no_subtype(db_settings, make_jpeg):
+    ids, store = _seed(db_settings, [make_jpeg(i) for i in range(2)])
+    sessions = session_factory(engine_for(db_settings.database_url))
+    scorer = FakeScorer()
+    score_chunk(sessions, store, scorer, register_model_version(sessions, scorer), ids, 3)
+    with sessions() as s:
+        assert s.execute(select(Result.subtype, Result.subtype_probs)).all() == [(None, None)] * 2
+
+
 def test_redelivered_chunk_creates_no_second_result(db_settings, make_jpeg):
     ids, store = _seed(db_settings, [make_jpeg(i) for i in range(4)])
     sessions = session_factory(engine_for(db_settings.database_url))
@@ -178,3 +222,12 @@ def test_p_normal_networks_are_converted_in_one_place():
 
     np.testing.assert_allclose(to_p_leukemia(np.array([[0.1], [0.8]]), P_NORMAL), [0.9, 0.2])
     np.testing.assert_allclose(to_p_leukemia(np.array([0.1, 0.8]), "p_leukemia"), [0.1, 0.8])
+
+
+def test_subtype_head_gives_p_leukemia_as_one_minus_benign_and_conditional_subtypes():
+    from model.card import P_CLASSES, P_LEUKEMIA, to_p_leukemia, to_subtype_probs
+
+    raw = np.array([[0.2, 0.4, 0.2, 0.2], [0.9, 0.0, 0.05, 0.05]])
+    np.testing.assert_allclose(to_p_leukemia(raw, P_CLASSES), [0.8, 0.1])
+    np.testing.assert_allclose(to_subtype_probs(raw, P_CLASSES), [[0.5, 0.25, 0.25], [0, 0.5, 0.5]])
+    assert to_subtype_probs(np.array([0.3]), P_LEUKEMIA) is None

@@ -23,12 +23,18 @@ def jpeg_bytes(seed: int, tint: tuple[int, int, int]) -> bytes:
     return buf.getvalue()
 
 
-def make_folder(root: Path, per_class: int = 12, seed: int = 0) -> Path:
-    """Benign (negative) and Early (positive) folders, numbered like the real data."""
-    for cls, tint, prefix in (
-        ("Benign", (200, 170, 210), "WBC-Benign"),
-        ("Early", (150, 120, 200), "WBC-Malignant-Early"),
-    ):
+CLASS_FOLDERS = (
+    ("Benign", (200, 170, 210), "WBC-Benign"),
+    ("Early", (150, 120, 200), "WBC-Malignant-Early"),
+    ("Pre", (120, 150, 200), "WBC-Malignant-Pre"),
+    ("Pro", (150, 200, 120), "WBC-Malignant-Pro"),
+)
+
+
+def make_folder(root: Path, per_class: int = 12, seed: int = 0, subtypes: bool = False) -> Path:
+    """Benign (negative) and Early (positive) folders, numbered like the real data; with
+    ``subtypes``, Pre and Pro too."""
+    for cls, tint, prefix in CLASS_FOLDERS if subtypes else CLASS_FOLDERS[:2]:
         (root / cls).mkdir(parents=True)
         for i in range(1, per_class + 1):
             seed = seed + i + (0 if cls == "Benign" else 1000)
@@ -131,6 +137,43 @@ def test_class_weights_balance_the_loss():
     assert w[0] * 10 == pytest.approx(w[1] * 40) and w[0] == pytest.approx(2.5)
 
 
+def test_class_weights_with_subtypes_keep_screening_balanced_and_give_subtypes_one_weight():
+    from model.train import class_weights
+
+    classes = np.array([0] * 10 + [1] * 10 + [2] * 20 + [3] * 10)
+    w = class_weights(classes, 4)
+    assert w[0] * 10 == pytest.approx(w[1] * 40)
+    assert w[1] == w[2] == w[3]
+
+
+def test_classes_loss_adds_the_screening_term_to_the_subtype_term():
+    from model.train import classes_loss
+
+    y_pred = np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.7, 0.1]], np.float32)
+    loss = np.asarray(classes_loss(np.array([2.0, 2.0], np.float32), y_pred))
+    # wrong screening answer: -log 0.1 (subtype) - log 0.3 (leukemia)
+    assert loss[0] == pytest.approx(-np.log(0.1) - np.log(0.3), rel=1e-4)
+    assert loss[1] == pytest.approx(-np.log(0.7) - np.log(0.9), rel=1e-4)
+    benign = np.asarray(classes_loss(np.array([0.0], np.float32), y_pred[:1]))
+    assert benign[0] == pytest.approx(-2 * np.log(0.7), rel=1e-4)
+
+
+def test_stain_jitter_keeps_the_range_the_background_near_white_and_moves_stained_pixels():
+    import tensorflow as tf
+
+    from model.train import stain_jitter
+
+    tf.random.set_seed(1)
+    x = np.ones((8, 8, 8, 3), np.float32)
+    x[:, :4] = [0.45, 0.25, 0.6]  # a purple, stained half
+    y = stain_jitter(tf.constant(x), tf, 0.05).numpy()
+    assert y.min() >= 0 and y.max() <= 1
+    assert np.abs(y[:, 4:] - 1).max() < 0.2  # white background stays light
+    assert np.abs(y[:, :4] - x[:, :4]).mean() > 0.005
+    same = stain_jitter(tf.constant(x), tf, 0.0).numpy()
+    np.testing.assert_allclose(same[:, :4], x[:, :4], atol=2e-3)
+
+
 def test_colour_jitter_keeps_range_and_changes_colour():
     import tensorflow as tf
 
@@ -182,14 +225,23 @@ def parse(module, argv: list[str]) -> argparse.Namespace:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["lenet_lld", "lenet_lld_bn"])
+@pytest.mark.parametrize("arch", ["lenet_lld", "lenet_lld_bn", "lenet_lld_v2"])
 def test_train_and_evaluate_smoke(tmp_path, arch):
     from model import evaluate, train
     from model.card import file_sha256, read_card
     from model.gate import model_version, read_gate
 
-    root = make_folder(tmp_path / "data", per_class=16)
+    with_subtypes = arch == "lenet_lld_v2"
+    root = make_folder(tmp_path / "data", per_class=16, subtypes=with_subtypes)
     out = tmp_path / "weights" / f"{arch}.keras"
+    plots = tmp_path / "plots"
+    extra: list[str] = []
+    if with_subtypes:
+        other = tmp_path / "other-lab"
+        other.mkdir()
+        for i in range(4):
+            (other / f"BloodImage_{i:05d}.jpg").write_bytes(jpeg_bytes(90_000 + i, (190, 90, 90)))
+        extra = ["--stain-jitter", "0.05", "--other-lab", str(other), "--plots", str(plots)]
     args = parse(
         train,
         [
@@ -215,11 +267,28 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
             "3",
             "--split-seed",
             "11",
+            *extra,
         ],
     )
     assert train.run(args) == 0
     card = json.loads(out.with_suffix(".json").read_text())
-    assert card["name"] == arch and card["output"] == "p_leukemia"
+    assert card["name"] == arch
+    if with_subtypes:
+        # One training command writes every fitted artefact: weights, split, history, gate
+        # statistics, calibration, threshold, subtype figures and the gate's figures.
+        assert card["output"] == "p_classes" and card["input_size"] == [224, 224]
+        assert read_card(out).input_size == (224, 224)
+        for part in ("test", "validation"):
+            sub = card["subtype_metrics"][part]
+            assert sub["labels"] == ["early_pre_b", "pre_b", "pro_b"]
+            assert np.array(sub["confusion"]).shape == (3, 3)
+            assert sum(map(sum, sub["confusion"])) == sub["n"] > 0
+        assert "stain jitter sigma 0.05" in card["training"]["augmentation"]
+        assert card["gate_evaluation"]["held_out"]["other_lab"]["n"] > 0
+        assert (plots / "reliability.png").stat().st_size > 1000
+        assert out.with_suffix(".gate.npz").is_file()
+    else:
+        assert card["output"] == "p_leukemia" and "input_size" not in card
     assert 0.0 <= card["threshold"] <= 1.0
     # training ends by fitting the gate; the model version covers weights and gate
     assert card["gate"]["limits"] and card["calibration"]["ece_after"]
@@ -279,6 +348,10 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
     ):
         assert key in report, key
     assert sum(report["routes"]["routes"].values()) == report["n"]
+    if with_subtypes:
+        assert report["subtype"]["n"] == split["sizes"]["test"]["positive"]
+    else:
+        assert "subtype" not in report
     assert report["data"]["split"] == "test" and report["n"] == split["sizes"]["test"]["n"]
     assert report["threshold"] == card["threshold"]
     assert report["auc"] == pytest.approx(card["metrics"]["auc"], abs=1e-6)
