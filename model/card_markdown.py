@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from model.card import CardData, card_path, read_card_data
+from model.card import SUBTYPE_LABELS, CardData, card_path, read_card_data
 
 GOAL = {"sensitivity": 0.99, "specificity": 0.95, "auc": 0.99}
 
@@ -123,6 +123,7 @@ def render(weights: list[Path]) -> str:
         "JSON card so `evaluate` reports it on any folder.",
         "",
     ]
+    lines += subtype_section(main)
     lines += gate_section(main)
     lines += [
         "## Training",
@@ -152,6 +153,39 @@ def render(weights: list[Path]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def subtype_section(card: CardData) -> list[str]:
+    """Subtype accuracy on the positive test images: confusion matrix, per-class sensitivity."""
+    sub = card.get("subtype_metrics")
+    if not sub:
+        return []
+    t, v = sub["test"], sub["validation"]
+    names = [SUBTYPE_LABELS[k] for k in t["labels"]]
+    lines = [
+        "## B-ALL subtype (positive images)",
+        "The same softmax that gives `p_leukemia` (one minus the benign probability) gives each"
+        " subtype's probability given leukemia; the most likely one is stored with every "
+        "result. Scored on the leukemic images of the grouped test split (the subtype of a "
+        "benign image means nothing); 95% Wilson intervals.",
+        "",
+        f"Test accuracy {_opt(t['accuracy'])}{_ci(t['accuracy_ci95_wilson'])} on {t['n']} "
+        f"positive images (validation {_opt(v['accuracy'])} on {v['n']}). Goal >= 0.95: "
+        f"{'met' if (t['accuracy'] or 0) >= 0.95 else 'MISSED'}.",
+        "",
+        "| true \\ predicted | " + " | ".join(names) + " | sensitivity |",
+        "|---|" + "---|" * (len(names) + 1),
+    ]
+    for i, key in enumerate(t["labels"]):
+        per = t["per_class"][key]
+        cells = [str(n) for n in t["confusion"][i]]
+        lines.append(
+            f"| {SUBTYPE_LABELS[key]} | "
+            + " | ".join(cells)
+            + f" | {_opt(per['sensitivity'])}{_ci(per['ci95_wilson'])} |"
+        )
+    lines.append("")
+    return lines
 
 
 def _pct(x: float | None) -> str:
