@@ -1,0 +1,185 @@
+"""The B-ALL subtype of model generation 2 (issue 16, item 2): in every JSON representation of
+a result and in the CSV export's columns.
+
+Results are written straight into the database with the subtype a worker stores; the last test
+scores with an untrained ``lenet_lld_v2`` to show the whole way from network to export.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+from sqlalchemy import update
+
+from db.models import Image, ImageState, Result
+from db.progress import RESULT_COLUMNS
+from db.session import engine_for, session_factory
+from model.card import SUBTYPES
+from tests.conftest import token_client
+from tests.reviewdata import seed_scored
+from tests.test_routes_shown import route_manual
+
+PRE_B = {"early_pre_b": 0.05, "pre_b": 0.91, "pro_b": 0.04}
+PRO_B = {"early_pre_b": 0.2, "pre_b": 0.1, "pro_b": 0.7}
+EARLY = {"early_pre_b": 0.6, "pre_b": 0.3, "pro_b": 0.1}
+NONE: dict[str, Any] = {"subtype": None, "subtype_probs": None}
+
+
+def with_subtypes(database_url: str, estimates: dict[int, dict[str, float]]) -> None:
+    """Give these images' results the subtype a generation-2 worker stores: the most likely
+    subtype and every subtype's probability given leukemia."""
+    with session_factory(engine_for(database_url)).begin() as session:
+        for image_id, probs in estimates.items():
+            session.execute(
+                update(Result)
+                .where(Result.image_id == image_id)
+                .values(subtype=max(probs, key=lambda s: probs[s]), subtype_probs=probs)
+            )
+
+
+def _seed(database_url: str) -> tuple[str, list[int]]:
+    """Flagged Pre-B 0.9, manual review Pro-B 0.8, cleared early pre-B 0.2, and a flagged 0.7
+    from a network without the subtype head; all four fields of specimen SP-16."""
+    batch, ids = seed_scored(database_url, [0.9, 0.8, 0.2, 0.7])
+    route_manual(database_url, [ids[1]], "underexposed")
+    with_subtypes(database_url, {ids[0]: PRE_B, ids[1]: PRO_B, ids[2]: EARLY})
+    with session_factory(engine_for(database_url)).begin() as session:
+        session.execute(update(Image).where(Image.id.in_(ids)).values(specimen_id="SP-16"))
+    return batch, ids
+
+
+def _expected(ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    return {
+        ids[0]: {"subtype": "pre_b", "subtype_probs": PRE_B},
+        ids[1]: {"subtype": "pro_b", "subtype_probs": PRO_B},
+        ids[2]: {"subtype": "early_pre_b", "subtype_probs": EARLY},
+        ids[3]: NONE,
+    }
+
+
+def _subtypes(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    return {
+        r["image_id"]: {"subtype": r["subtype"], "subtype_probs": r["subtype_probs"]} for r in rows
+    }
+
+
+def _valid(spec: dict[str, Any], path: str, body: Any) -> None:
+    """``body`` is what the OpenAPI description says ``path``'s GET answers."""
+    op = spec["paths"][path]["get"]["responses"]["200"]
+    schema = op["content"]["application/json"]["schema"]
+    errors = [e.message for e in Draft202012Validator(schema).iter_errors(body)]
+    assert errors == [], f"{path}: {errors[:3]}"
+
+
+def test_every_json_representation_of_a_result_carries_its_subtype_or_null(app, db_settings):
+    batch, ids = _seed(db_settings.database_url)
+    expected = _expected(ids)
+    reviewer = token_client(app, db_settings.database_url, "rita", "reviewer")
+    spec = reviewer.get("/api/v1/openapi.json").json
+
+    results = reviewer.get(f"/api/v1/batches/{batch}/results").json
+    assert _subtypes(results["results"]) == expected
+    _valid(spec, "/api/v1/batches/{batch_id}/results", results)
+    export = json.loads(reviewer.get(f"/api/v1/batches/{batch}/results?format=json").data)
+    assert _subtypes(export["results"]) == expected
+
+    listed = reviewer.get(f"/api/v1/batches/{batch}/images").json
+    assert _subtypes(listed["items"]) == expected
+    _valid(spec, "/api/v1/batches/{batch_id}/images", listed)
+
+    # The queue holds what goes to a person; the QC sample the cleared image, subtype and all.
+    queue = reviewer.get(f"/api/v1/review/queue?batch={batch}&state=all").json
+    assert _subtypes(queue["items"]) == {i: expected[i] for i in (ids[0], ids[1], ids[3])}
+    _valid(spec, "/api/v1/review/queue", queue)
+    for image_id in ids[:2] + ids[3:]:
+        item = reviewer.get(f"/api/v1/review/items/{image_id}").json
+        assert _subtypes([item]) == {image_id: expected[image_id]}
+    _valid(spec, "/api/v1/review/items/{image_id}", item)
+    sample = reviewer.get(f"/api/v1/batches/{batch}/sample").json
+    assert _subtypes(sample["items"]) == {ids[2]: expected[ids[2]]}
+
+    specimen = reviewer.get("/api/v1/specimens/SP-16").json
+    assert _subtypes(specimen["images"]) == expected
+    _valid(spec, "/api/v1/specimens/{specimen_id}", specimen)
+
+
+def test_the_csv_export_has_a_column_per_subtype_and_a_duplicate_gets_its_twins(app, db_settings):
+    batch, ids = _seed(db_settings.database_url)
+    with session_factory(engine_for(db_settings.database_url)).begin() as session:
+        twin = session.get(Image, ids[0])
+        assert twin is not None
+        session.add(
+            Image(
+                batch_id=batch,
+                sha256=twin.sha256,
+                original_name="copy of cell_000.jpg",
+                size_bytes=1,
+                state=ImageState.DUPLICATE.value,
+                duplicate_of_id=twin.id,
+            )
+        )
+    client = token_client(app, db_settings.database_url, "lab", "uploader")
+
+    exported = client.get(f"/api/v1/batches/{batch}/results?format=csv")
+
+    assert exported.status_code == 200
+    text = exported.get_data(as_text=True)
+    header = next(csv.reader(io.StringIO(text)))
+    assert header == list(RESULT_COLUMNS)
+    # The model's outputs side by side: the route, then the subtype and its probabilities.
+    start = header.index("route_reason") + 1
+    assert header[start : start + 4] == ["subtype", "p_early_pre_b", "p_pre_b", "p_pro_b"]
+    assert "subtype_probs" not in header
+    rows = {r["file_name"]: r for r in csv.DictReader(io.StringIO(text))}
+    columns = ("subtype", "p_early_pre_b", "p_pre_b", "p_pro_b")
+    shown = {name: tuple(r[c] for c in columns) for name, r in rows.items()}
+    assert shown == {
+        "cell_000.jpg": ("pre_b", "0.050000", "0.910000", "0.040000"),
+        "cell_001.jpg": ("pro_b", "0.200000", "0.100000", "0.700000"),
+        "cell_002.jpg": ("early_pre_b", "0.600000", "0.300000", "0.100000"),
+        "cell_003.jpg": ("", "", "", ""),  # a network without the subtype head
+        "copy of cell_000.jpg": ("pre_b", "0.050000", "0.910000", "0.040000"),
+    }
+    assert rows["copy of cell_000.jpg"]["state"] == "duplicate"
+
+
+@pytest.fixture(scope="module")
+def v2_model(v2_model_path):  # type: ignore[no-untyped-def]
+    from model.inference import load_model
+
+    return load_model(v2_model_path, batch_size=4)
+
+
+def test_a_generation_2_network_fills_the_subtype_of_every_export(
+    app, db_settings, v2_model, make_jpeg
+):
+    from tests.test_scoring import _seed as seed_queued
+    from worker.scoring import register_model_version, score_chunk
+
+    ids, store = seed_queued(db_settings, [make_jpeg(i) for i in range(3)])
+    sessions = session_factory(engine_for(db_settings.database_url))
+    model = v2_model
+    version = register_model_version(sessions, model)
+    assert score_chunk(sessions, store, model, version, ids, max_attempts=3).scored == 3
+    client = token_client(app, db_settings.database_url, "lab", "uploader")
+    with sessions() as session:
+        batch = session.get(Image, ids[0]).batch_id  # type: ignore[union-attr]
+
+    rows = client.get(f"/api/v1/batches/{batch}/results").json["results"]
+    exported = client.get(f"/api/v1/batches/{batch}/results?format=csv").get_data(as_text=True)
+
+    assert len(rows) == 3
+    for row in rows:
+        probs = row["subtype_probs"]
+        assert set(probs) == set(SUBTYPES) and sum(probs.values()) == pytest.approx(1.0)
+        assert row["subtype"] == max(probs, key=probs.get)
+    for line in csv.DictReader(io.StringIO(exported)):
+        assert line["subtype"] in SUBTYPES
+        total = sum(float(line[f"p_{s}"]) for s in SUBTYPES)
+        assert total == pytest.approx(1.0, abs=1e-5)
