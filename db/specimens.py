@@ -46,7 +46,7 @@ from db.models import (
     User,
 )
 from db.reviews import current_review_condition, latest_result_condition, newest_review
-from db.subtypes import subtype_json
+from db.subtypes import SubtypeEstimate, estimate, subtype_json
 from model.gate import Route
 
 
@@ -96,6 +96,11 @@ class SpecimenImage:
     @property
     def to_person(self) -> bool:
         return self.route in TO_PERSON
+
+    @property
+    def subtype_shown(self) -> SubtypeEstimate | None:
+        """The subtype estimate the pages show: only for an image that goes to a person."""
+        return estimate(self.subtype, self.subtype_probs) if self.to_person else None
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -1,15 +1,19 @@
 """The B-ALL subtype of model generation 2 (issue 16, item 2): in every JSON representation of
-a result and in the CSV export's columns.
+a result, in the CSV export's columns, on the specimen page of images that go to a person and
+in the hooks of the review and single-image pages.
 
 Results are written straight into the database with the subtype a worker stores; the last test
-scores with an untrained ``lenet_lld_v2`` to show the whole way from network to export.
+scores with an untrained ``lenet_lld_v2`` to show the whole way from network to export. The
+review and single-image pages' scripts are driven in a browser in ``test_review_pages``.
 """
 
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,8 +24,9 @@ from sqlalchemy import update
 from db.models import Image, ImageState, Result
 from db.progress import RESULT_COLUMNS
 from db.session import engine_for, session_factory
+from db.subtypes import page_words
 from model.card import SUBTYPES
-from tests.conftest import token_client
+from tests.conftest import browser_login, token_client
 from tests.reviewdata import seed_scored
 from tests.test_routes_shown import route_manual
 
@@ -147,6 +152,51 @@ def test_the_csv_export_has_a_column_per_subtype_and_a_duplicate_gets_its_twins(
         "copy of cell_000.jpg": ("pre_b", "0.050000", "0.910000", "0.040000"),
     }
     assert rows["copy of cell_000.jpg"]["state"] == "duplicate"
+
+
+def _thumbs(page: str) -> dict[str, str]:
+    """The text of the specimen page's image tiles (as a reader sees it) by file name."""
+    tiles = re.findall(r'<li class="thumb[^"]*">(.*?)</li>', page, re.S)
+    texts = [" ".join(html.unescape(re.sub(r"<[^>]+>", " ", t)).split()) for t in tiles]
+    return {t.split()[0]: t for t in texts}
+
+
+def test_the_specimen_page_shows_the_subtype_of_images_that_go_to_a_person_only(app, db_settings):
+    _, ids = _seed(db_settings.database_url)
+    reviewer = browser_login(app, db_settings.database_url, "rita", "reviewer")
+
+    page = reviewer.get("/specimens/SP-16").get_data(as_text=True)
+
+    tiles = _thumbs(page)
+    flagged = tiles["cell_000.jpg"]
+    assert "Most likely subtype, if leukemic: Pre-B 0.910" in flagged
+    assert "Early pre-B 0.050 · Pre-B 0.910 · Pro-B 0.040" in flagged
+    assert "A model estimate, conditional on leukemia; not a diagnosis." in flagged
+    assert "cannot judge" not in flagged
+    manual = tiles["cell_001.jpg"]
+    assert "Most likely subtype, if leukemic: Pro-B 0.700" in manual
+    assert "the model cannot judge this image, so do not rely on it." in manual
+    # A cleared image keeps its subtype in the data, not on the page; an old network has none.
+    assert "subtype" not in tiles["cell_002.jpg"] and "pre-B" not in tiles["cell_002.jpg"]
+    assert "subtype" not in tiles["cell_003.jpg"] and "pre-B" not in tiles["cell_003.jpg"]
+    assert "p(leukemia) 0.200" in tiles["cell_002.jpg"]
+
+
+def test_the_review_and_single_pages_give_their_scripts_the_subtype_words(app, db_settings):
+    batch, _ = _seed(db_settings.database_url)
+    reviewer = browser_login(app, db_settings.database_url, "rita", "reviewer")
+    words = page_words()
+    assert [key for key, _ in words["labels"]] == list(SUBTYPES)
+    assert [name for _, name in words["labels"]] == ["Early pre-B", "Pre-B", "Pro-B"]
+    for path in (f"/review?batch={batch}", f"/review/sample/{batch}", "/single"):
+        page = reviewer.get(path).get_data(as_text=True)
+        found = re.search(r"data-subtypes='([^']*)'", page)
+        assert found, path
+        assert json.loads(html.unescape(found.group(1))) == words
+        # Hidden until the script has an estimate to show (none for a cleared image).
+        prefix = "single" if path == "/single" else "item"
+        assert f'<dd id="{prefix}-subtype" class="subtype" hidden></dd>' in page
+        assert f'<dt id="{prefix}-subtype-label" hidden>' in page
 
 
 @pytest.fixture(scope="module")
