@@ -1,6 +1,6 @@
 """The B-ALL subtype of model generation 2 (issue 16, item 2): in every JSON representation of
-a result, in the CSV export's columns, on the specimen page of images that go to a person and
-in the hooks of the review and single-image pages.
+a result, in the CSV export's columns, on the specimen page of images that go to a person, in
+the hooks of the review and single-image pages, and in a signed specimen's FHIR report.
 
 Results are written straight into the database with the subtype a worker stores; the last test
 scores with an untrained ``lenet_lld_v2`` to show the whole way from network to export. The
@@ -27,6 +27,7 @@ from db.session import engine_for, session_factory
 from db.subtypes import page_words
 from model.card import SUBTYPES
 from tests.conftest import browser_login, token_client
+from tests.lisdata import scored_specimen, sign_specimen
 from tests.reviewdata import seed_scored
 from tests.test_routes_shown import route_manual
 
@@ -197,6 +198,56 @@ def test_the_review_and_single_pages_give_their_scripts_the_subtype_words(app, d
         prefix = "single" if path == "/single" else "item"
         assert f'<dd id="{prefix}-subtype" class="subtype" hidden></dd>' in page
         assert f'<dt id="{prefix}-subtype-label" hidden>' in page
+
+
+def test_a_signed_report_has_the_subtype_estimate_of_each_image_that_went_to_a_person(
+    app, db_settings
+):
+    from fhir.resources.R4B.bundle import Bundle
+    from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+    from fhir.resources.R4B.observation import Observation
+
+    batch, ids = scored_specimen(db_settings.database_url, "S-200", [0.93, 0.12, 0.8, 0.7])
+    route_manual(db_settings.database_url, [ids[2]], "underexposed")
+    with_subtypes(db_settings.database_url, {ids[0]: PRE_B, ids[1]: EARLY, ids[2]: PRO_B})
+    sign_specimen(db_settings.database_url, "S-200", "leukemia_suspected")
+    client = token_client(app, db_settings.database_url)
+
+    answer = client.get("/api/v1/specimens/S-200/fhir")
+
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    report = DiagnosticReport.model_validate_json(answer.get_data(as_text=True))
+    contained = {o.id: o for o in report.contained if isinstance(o, Observation)}
+    subtype = contained[f"image-subtype-{ids[0]}"]
+    assert subtype.code.text == "Model estimate of B-ALL subtype (given leukemia)"
+    assert subtype.status == "final"
+    concept = subtype.valueCodeableConcept
+    assert (concept.coding[0].code, concept.text) == ("pre_b", "Pre-B")
+    assert [r.reference for r in subtype.derivedFrom] == [f"#image-{ids[0]}"]
+    probs = {c.code.coding[0].code: float(c.valueQuantity.value) for c in subtype.component}
+    assert probs == {"p_early_pre_b": 0.05, "p_pre_b": 0.91, "p_pro_b": 0.04}
+    assert {c.valueQuantity.unit for c in subtype.component} == {"probability"}
+    assert "a model estimate, conditional on leukemia; not a diagnosis" in subtype.note[0].text
+    manual = contained[f"image-subtype-{ids[2]}"]
+    assert manual.valueCodeableConcept.text == "Pro-B"
+    assert "cannot judge this image" in manual.note[0].text
+    # None for the cleared image, none from the network without the subtype head.
+    assert f"image-subtype-{ids[1]}" not in contained
+    assert f"image-subtype-{ids[3]}" not in contained
+    assert [r.reference for r in report.result] == [
+        f"#image-{ids[0]}",
+        f"#image-subtype-{ids[0]}",
+        f"#image-{ids[1]}",
+        f"#image-{ids[2]}",
+        f"#image-subtype-{ids[2]}",
+        f"#image-{ids[3]}",
+    ]
+    # The image's own observation is as before: p_leukemia as its value.
+    assert float(contained[f"image-{ids[0]}"].valueQuantity.value) == pytest.approx(0.93)
+    bundle = client.get(f"/api/v1/batches/{batch}/fhir")
+    assert bundle.status_code == 200
+    parsed = Bundle.model_validate_json(bundle.get_data(as_text=True))
+    assert parsed.entry is not None and len(parsed.entry) == 1
 
 
 @pytest.fixture(scope="module")
