@@ -39,6 +39,7 @@ from db.progress import (
     RESULT_COLUMNS,
     batch_images,
     batch_progress,
+    csv_row,
     iter_batch_results,
     parse_list_cursor,
 )
@@ -417,7 +418,7 @@ def _csv_lines(batch_id: str) -> Iterator[str]:
     writer.writeheader()
     with context.sessions()() as session:
         for row in iter_batch_results(session, batch_id):
-            writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+            writer.writerow({k: _csv_cell(v) for k, v in csv_row(row).items()})
             yield buffer.getvalue()
             buffer.seek(0)
             buffer.truncate()

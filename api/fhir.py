@@ -5,8 +5,13 @@ as ``conclusion`` and ``conclusionCode``, status ``final`` (first sign-off) or `
 ``issued`` at the signature, the signer as ``resultsInterpreter``, the specimen as a contained
 ``Specimen`` with its accession number, and one contained ``Observation`` per image the
 signature covers (``p_leukemia`` as ``valueQuantity``; route, route reason, threshold, model
-version and the pathologist's decision as components). A batch exports its signed specimens'
-reports as a ``Bundle`` of type ``collection``.
+version and the pathologist's decision as components). An image that went to a person (flagged
+or manual review) and was scored by a network with the subtype head has a second contained
+``Observation``, derived from the first: the model's estimate of the B-ALL subtype given
+leukemia (the most likely subtype as ``valueCodeableConcept``, each subtype's probability as a
+component), noted as an estimate and not a diagnosis; a cleared image's is left out of the
+report, as the pages leave it out (the CSV and JSON exports carry it). A batch exports its
+signed specimens' reports as a ``Bundle`` of type ``collection``.
 
 Built with ``fhir.resources``' R4B models (R4B is wire-compatible with R4 for these resources),
 which validate every element as the resources are made: a report that is not valid FHIR is
@@ -30,7 +35,15 @@ from db.errors import Conflict
 from db.lifecycle import emit
 from db.models import Batch, Interpretation, WebhookEvent
 from db.progress import batch_specimen_ids
-from db.specimens import INTERPRETATION_TEXT, Signoff, Specimen, SpecimenImage, load_specimen
+from db.specimens import (
+    INTERPRETATION_TEXT,
+    TO_PERSON,
+    Signoff,
+    Specimen,
+    SpecimenImage,
+    load_specimen,
+)
+from db.subtypes import SUBTYPE_COLUMNS, SubtypeEstimate, caveat, estimate
 from db.tenancy import Scope, batch_or_404
 from model.gate import REASON_TEXT, Route
 
@@ -67,21 +80,33 @@ def _probability(value: float) -> dict[str, Any]:
     return {"value": round(value, 6), "unit": "probability", "system": UCUM, "code": "1"}
 
 
-def _observation(image: SpecimenImage, signed: list[Any]) -> dict[str, Any]:
-    # What the signature covered (route and decision at signing), scores as stored.
+def _signed(image: SpecimenImage, signed: list[Any]) -> tuple[str | None, str | None]:
+    """The image's route and decision as the signature covered them."""
     _state, route, decision, _seq = (signed + [None] * 4)[:4]
-    route = route or image.route
-    obs: dict[str, Any] = {
-        "id": f"image-{image.image_id}",
-        "identifier": [{"system": f"{IDENTIFIER_SYSTEM}:image", "value": str(image.image_id)}],
+    return route or image.route, decision
+
+
+def _about_image(image: SpecimenImage, kind: str, code: dict[str, Any]) -> dict[str, Any]:
+    """What every observation of a field image starts with; ``kind`` names it among them."""
+    return {
+        "id": f"{kind}-{image.image_id}",
+        "identifier": [{"system": f"{IDENTIFIER_SYSTEM}:{kind}", "value": str(image.image_id)}],
         "status": "final",
         "category": [
             _code("laboratory", "Laboratory", f"{HL7}/observation-category"),
         ],
-        "code": _code("p-leukemia", "Probability of leukemia (blood smear field image)"),
+        "code": code,
         "specimen": {"reference": "#specimen"},
         "note": [{"text": f"field image {image.file_name}"}],
     }
+
+
+def _observation(image: SpecimenImage, signed: list[Any]) -> dict[str, Any]:
+    # What the signature covered (route and decision at signing), scores as stored.
+    route, decision = _signed(image, signed)
+    obs = _about_image(
+        image, "image", _code("p-leukemia", "Probability of leukemia (blood smear field image)")
+    )
     if image.p_leukemia is None:
         obs["status"] = "cancelled"
         obs["dataAbsentReason"] = _code("error", "Error", f"{HL7}/data-absent-reason")
@@ -132,6 +157,43 @@ def _observation(image: SpecimenImage, signed: list[Any]) -> dict[str, Any]:
     return {"resourceType": "Observation", **obs}
 
 
+def _subtype_observation(
+    image: SpecimenImage, signed: list[Any], found: SubtypeEstimate
+) -> dict[str, Any]:
+    """The model's estimate of the image's B-ALL subtype given leukemia, derived from the
+    image's observation (``_observation``)."""
+    route, _ = _signed(image, signed)
+    obs = _about_image(
+        image,
+        "image-subtype",
+        _code("b-all-subtype", "Model estimate of B-ALL subtype (given leukemia)"),
+    )
+    obs["note"] = [{"text": f"field image {image.file_name}: {caveat(route)}"}]
+    obs["derivedFrom"] = [{"reference": f"#image-{image.image_id}"}]
+    obs["valueCodeableConcept"] = _code(found.subtype, found.label)
+    obs["component"] = [
+        _component(
+            SUBTYPE_COLUMNS[key],
+            f"Probability of {label} given leukemia",
+            valueQuantity=_probability(p),
+        )
+        for key, label, p in found.labelled()
+    ]
+    if image.model_version:
+        obs["device"] = {"display": f"LeukoScreen model {image.model_version}"}
+    return {"resourceType": "Observation", **obs}
+
+
+def _image_observations(image: SpecimenImage, signed: list[Any]) -> list[dict[str, Any]]:
+    """The image's observation, and its subtype estimate when it went to a person."""
+    route, _ = _signed(image, signed)
+    found = estimate(image.subtype, image.subtype_probs) if route in TO_PERSON else None
+    observations = [_observation(image, signed)]
+    if found is not None and image.p_leukemia is not None:
+        observations.append(_subtype_observation(image, signed, found))
+    return observations
+
+
 def report_id(signoff: Signoff) -> str:
     return f"signoff-{signoff.id}"
 
@@ -146,7 +208,9 @@ def diagnostic_report(specimen: Specimen) -> DiagnosticReport:
         )
     covered = signoff.signed_content.get("images", {})
     images = [i for i in specimen.images if str(i.image_id) in covered]
-    observations = [_observation(i, list(covered[str(i.image_id)])) for i in images]
+    observations = [
+        o for i in images for o in _image_observations(i, list(covered[str(i.image_id)]))
+    ]
     sample: dict[str, Any] = {
         "resourceType": "Specimen",
         "id": "specimen",

@@ -25,7 +25,9 @@ from db.models import (
 from db.reviews import QUEUE_ROUTES
 from db.reviews import STATES as REVIEW_STATES
 from db.specimens import SpecimenStatus
+from db.subtypes import SUBTYPE_COLUMNS
 from leukoscreen.imagetypes import MIME_TYPES
+from model.card import SUBTYPES
 from model.gate import Route, RouteReason
 
 bp = Blueprint("openapi", __name__)
@@ -99,6 +101,30 @@ ROUTE_REASON = {
     "type": ["string", "null"],
     "enum": [*(r.value for r in RouteReason), None],
     "description": "why an image goes to manual review; null for flagged and cleared",
+}
+# A network with the subtype head (model.card.P_CLASSES) gives each image's B-ALL subtype.
+SUBTYPE = {
+    "type": ["string", "null"],
+    "enum": [*SUBTYPES, None],
+    "description": "the most likely B-ALL subtype if the image is leukemic (a model estimate, "
+    "not a diagnosis); null until scored and for a network without the subtype head",
+}
+SUBTYPE_PROBS = {
+    "type": ["object", "null"],
+    "properties": {s: {"type": "number", "minimum": 0, "maximum": 1} for s in SUBTYPES},
+    "description": "each subtype's probability given leukemia (they sum to 1; p_leukemia is "
+    "the probability of leukemia); null where subtype is. The CSV export has them as columns "
+    + ", ".join(SUBTYPE_COLUMNS.values()),
+}
+# What the model says of an image, in every representation of its result (null until scored).
+MODEL_SAYS = {
+    "p_leukemia": {"type": ["number", "null"]},
+    "route": ROUTE,
+    "route_reason": ROUTE_REASON,
+    "subtype": SUBTYPE,
+    "subtype_probs": SUBTYPE_PROBS,
+    "threshold": {"type": ["number", "null"]},
+    "model_version": {"type": ["string", "null"]},
 }
 STATE_COUNTS = {
     "type": "object",
@@ -228,13 +254,9 @@ RESULT_ROW = {
         "specimen_id": {"type": ["string", "null"]},
         "sha256": {"type": "string"},
         "state": {"type": "string", "enum": [s.value for s in ImageState]},
-        "p_leukemia": {"type": ["number", "null"]},
+        **MODEL_SAYS,
         "flagged": {"type": ["boolean", "null"]},
-        "route": ROUTE,
-        "route_reason": ROUTE_REASON,
         "domain_distance": {"type": ["number", "null"]},
-        "threshold": {"type": ["number", "null"]},
-        "model_version": {"type": ["string", "null"]},
         "model_sha256": {"type": ["string", "null"]},
         "scored_at": {"type": ["string", "null"]},
         "batch_name": {"type": "string"},
@@ -252,24 +274,35 @@ RESULT_ROW = {
         "false_negative": FALSE_NEGATIVE,
     },
 }
-LIST_ITEM = {
-    "type": "object",
-    "required": ["image_id", "file_name", "state"],
-    "properties": {
-        "image_id": {"type": "integer"},
-        "file_name": {"type": "string"},
-        "state": {"type": "string", "enum": [s.value for s in ImageState]},
-        "duplicate_of": {"type": ["integer", "null"]},
-        "duplicate_of_file": {"type": ["string", "null"], "description": "the twin's file name"},
-        "has_image": {"type": "boolean"},
-        "p_leukemia": {"type": ["number", "null"]},
-        "route": ROUTE,
-        "reason": {"type": ["string", "null"]},
-        "reason_code": {"type": ["string", "null"]},
-        "review_decision": {"type": ["string", "null"]},
-        "review_label": {"type": ["string", "null"]},
-    },
-}
+
+
+def _image_item(**properties: Any) -> dict[str, Any]:
+    """An object about one image: its id, file name and state, and these ``properties``."""
+    return {
+        "type": "object",
+        "required": ["image_id", "file_name", "state"],
+        "properties": {
+            "image_id": {"type": "integer"},
+            "file_name": {"type": "string"},
+            "state": {"type": "string", "enum": [s.value for s in ImageState]},
+            **properties,
+        },
+    }
+
+
+LIST_ITEM = _image_item(
+    duplicate_of={"type": ["integer", "null"]},
+    duplicate_of_file={"type": ["string", "null"], "description": "the twin's file name"},
+    has_image={"type": "boolean"},
+    p_leukemia={"type": ["number", "null"]},
+    route=ROUTE,
+    subtype=SUBTYPE,
+    subtype_probs=SUBTYPE_PROBS,
+    reason={"type": ["string", "null"]},
+    reason_code={"type": ["string", "null"]},
+    review_decision={"type": ["string", "null"]},
+    review_label={"type": ["string", "null"]},
+)
 
 
 QUEUE_ITEM = {
@@ -285,6 +318,8 @@ QUEUE_ITEM = {
             "type": ["string", "null"],
             "description": "route_reason in plain words, as the pages show it",
         },
+        "subtype": SUBTYPE,
+        "subtype_probs": SUBTYPE_PROBS,
         "domain_distance": {"type": ["number", "null"]},
         "state": {"type": "string"},
         "false_negative": FALSE_NEGATIVE,
@@ -433,6 +468,13 @@ SPECIMEN_ROW = {
         "last_upload": {"type": "string", "format": "date-time"},
     },
 }
+SPECIMEN_IMAGE = _image_item(
+    batch_id={"type": "string"},
+    **MODEL_SAYS,
+    review_decision={"type": ["string", "null"]},
+    reviewed_by={"type": ["string", "null"]},
+    image_purged={"type": "boolean"},
+)
 SPECIMEN = {
     "type": "object",
     "required": ["specimen_id", "status", "counts", "images", "signoffs"],
@@ -446,7 +488,7 @@ SPECIMEN = {
         "batches": {"type": "array", "items": {"type": "string"}},
         "signoff": {"oneOf": [SIGNOFF, {"type": "null"}]},
         "signoffs": {"type": "array", "items": SIGNOFF},
-        "images": {"type": "array", "items": {"type": "object"}},
+        "images": {"type": "array", "items": SPECIMEN_IMAGE},
     },
 }
 

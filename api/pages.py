@@ -28,6 +28,7 @@ from db.accounts import (
 )
 from db.models import Batch, Role
 from db.reviews import ALL_ROUTES, FALSE_NEGATIVE, STATES
+from db.subtypes import page_words
 from model.gate import REASON_TEXT, Route
 
 bp = Blueprint("pages", __name__)
@@ -90,7 +91,8 @@ def upload():
 @bp.get("/single")
 def single():
     # The route reasons in plain words, for the script to show beside a result.
-    return render_template("single.html", reasons=REASON_TEXT)
+    # With the subtype's words, for the script to show an estimate beside a flagged result.
+    return render_template("single.html", reasons=REASON_TEXT, subtype_words=page_words())
 
 
 @bp.get("/review")
@@ -108,6 +110,7 @@ def review():
         batches=recent,
         states=STATE_LABELS,
         route_labels=ROUTE_LABELS,
+        subtype_words=page_words(),
         args=request.args,
     )
 
@@ -124,6 +127,7 @@ def review_sample(batch_id: str):
         batches=[],
         states=STATE_LABELS,
         route_labels=ROUTE_LABELS,
+        subtype_words=page_words(),
         args=request.args,
     )
 

@@ -16,6 +16,8 @@ from api.fhir import emit_specimen_signed
 from api.params import int_arg, json_object
 from db.models import Interpretation, Role
 from db.specimens import INTERPRETATION_TEXT, list_specimens, load_specimen, sign
+from db.subtypes import HEADLINE as SUBTYPE_HEADLINE
+from db.subtypes import caveat as subtype_caveat
 from model.gate import REASON_TEXT
 
 bp = Blueprint("specimens", __name__, url_prefix="/api/v1")
@@ -96,6 +98,10 @@ def specimen_page(specimen_id: str):
         specimen=specimen.as_dict(),
         interpretations=INTERPRETATION_TEXT,
         reasons=REASON_TEXT,
+        # Only for images that go to a person (db.subtypes): cleared ones show none.
+        subtypes={i.image_id: i.subtype_shown for i in specimen.images if i.subtype_shown},
+        subtype_caveat=subtype_caveat,
+        subtype_headline=SUBTYPE_HEADLINE,
     )
 
 

@@ -14,6 +14,7 @@ from db.errors import Invalid
 from db.lifecycle import PENDING
 from db.models import Batch, Image, ImageState, ModelVersion, Result, Review, User
 from db.reviews import LEUKEMIA, current_review_condition, latest_result_condition
+from db.subtypes import SUBTYPE_COLUMNS, subtype_json
 from model.gate import REASON_TEXT, Route
 
 # Machine codes of the export's ``reason_code`` that the intake does not store itself.
@@ -103,6 +104,8 @@ RESULT_COLUMNS = (
     "flagged",
     "route",
     "route_reason",
+    "subtype",
+    *SUBTYPE_COLUMNS.values(),
     "domain_distance",
     "threshold",
     "model_version",
@@ -174,6 +177,7 @@ def iter_batch_results(
             "flagged": result.flagged if result else None,
             "route": result.route if result else None,
             "route_reason": result.route_reason if result else None,
+            **subtype_json(result),
             "domain_distance": result.domain_distance if result else None,
             "threshold": result.threshold if result else None,
             "model_version": version.name if version else None,
@@ -203,6 +207,14 @@ def iter_batch_results(
         pending = row
     if pending is not None:
         yield pending
+
+
+def csv_row(row: dict[str, Any]) -> dict[str, Any]:
+    """An ``iter_batch_results`` row with the columns of ``RESULT_COLUMNS``: the subtype
+    probabilities spread over their own columns (empty when there are none)."""
+    flat = {k: v for k, v in row.items() if k != "subtype_probs"}
+    probs = row["subtype_probs"] or {}
+    return flat | {column: probs.get(s) for s, column in SUBTYPE_COLUMNS.items()}
 
 
 def _reason(image: Image, result: Result | None) -> tuple[str | None, str | None]:
@@ -286,6 +298,7 @@ def batch_images(
                 "has_image": image.storage_key is not None and image.purged_at is None,
                 "p_leukemia": result.p_leukemia if result else None,
                 "route": result.route if result else None,
+                **subtype_json(result),
                 "reason": reason,
                 "reason_code": reason_code,
                 "review_decision": review.decision if review else None,

@@ -37,6 +37,7 @@ from db.models import (
     User,
     utcnow,
 )
+from db.subtypes import subtype_json
 from model.gate import REASON_TEXT, Route
 
 LEUKEMIA, NO_LEUKEMIA = "leukemia", "no_leukemia"
@@ -147,6 +148,8 @@ def _item_select() -> Select:
             Result.threshold,
             Result.route,
             Result.route_reason,
+            Result.subtype,
+            Result.subtype_probs,
             Result.domain_distance,
             Result.scored_at,
             ModelVersion.name.label("model_version"),
@@ -185,6 +188,7 @@ def _item_json(row: Any) -> dict[str, Any]:
         "route_reason": row.route_reason,
         # The reason in plain words for the page (model.gate.REASON_TEXT), null without one.
         "route_reason_text": REASON_TEXT.get(row.route_reason) if row.route_reason else None,
+        **subtype_json(row),
         "domain_distance": row.domain_distance,
         "model_version": row.model_version,
         "scored_at": row.scored_at.isoformat(),

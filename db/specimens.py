@@ -46,6 +46,7 @@ from db.models import (
     User,
 )
 from db.reviews import current_review_condition, latest_result_condition, newest_review
+from db.subtypes import SubtypeEstimate, estimate, subtype_json
 from model.gate import Route
 
 
@@ -89,10 +90,17 @@ class SpecimenImage:
     decided_by: str | None
     review_seq: int
     purged: bool
+    subtype: str | None = None
+    subtype_probs: dict[str, Any] | None = None
 
     @property
     def to_person(self) -> bool:
         return self.route in TO_PERSON
+
+    @property
+    def subtype_shown(self) -> SubtypeEstimate | None:
+        """The subtype estimate the pages show: only for an image that goes to a person."""
+        return estimate(self.subtype, self.subtype_probs) if self.to_person else None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -103,6 +111,7 @@ class SpecimenImage:
             "p_leukemia": self.p_leukemia,
             "route": self.route,
             "route_reason": self.route_reason,
+            **subtype_json(self),
             "threshold": self.threshold,
             "model_version": self.model_version,
             "review_decision": self.decision,
@@ -212,6 +221,8 @@ def _images_select() -> Select:
             Result.p_leukemia,
             Result.route,
             Result.route_reason,
+            Result.subtype,
+            Result.subtype_probs,
             Result.threshold,
             ModelVersion.name.label("model_version"),
             Review.decision,
@@ -272,6 +283,8 @@ def load_specimen(
             decided_by=r.name,
             review_seq=r.seq or 0,
             purged=r.purged_at is not None,
+            subtype=r.subtype,
+            subtype_probs=r.subtype_probs,
         )
         for r in rows
     ]

@@ -225,28 +225,34 @@ def client(app, db_settings: Settings):  # type: ignore[no-untyped-def]
     return token_client(app, db_settings.database_url)
 
 
-@pytest.fixture(scope="session")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained LeNet-LLD weights file with a gate that lets everything through: the
-    pipeline must run with any such file."""
-    out = tmp_path_factory.mktemp("model") / "lenet_lld_test.keras"
+def init_model(folder: Path, name: str, *options: str) -> Path:
+    """``leukoscreen model-init`` of an untrained network with threshold 0.5 and a gate that
+    lets everything through: ``folder/name``."""
+    out = folder / name
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "leukoscreen.cli",
-            "model-init",
-            "--out",
-            str(out),
-            "--threshold",
-            "0.5",
-            "--permissive-gate",
-        ],
+        [sys.executable, "-m", "leukoscreen.cli", "model-init", "--out", str(out)]
+        + ["--threshold", "0.5", "--permissive-gate", *options],
         check=True,
         cwd=REPO,
         capture_output=True,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained LeNet-LLD weights file with a gate that lets everything through: the
+    pipeline must run with any such file."""
+    return init_model(tmp_path_factory.mktemp("model"), "lenet_lld_test.keras")
+
+
+@pytest.fixture(scope="session")
+def v2_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained generation-2 network (``lenet_lld_v2``: p_leukemia and the B-ALL subtype
+    from one softmax) with a gate that lets everything through, for plumbing tests."""
+    return init_model(
+        tmp_path_factory.mktemp("model_v2"), "lenet_lld_v2_test.keras", "--arch", "lenet_lld_v2"
+    )
 
 
 @pytest.fixture(scope="session")

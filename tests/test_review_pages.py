@@ -421,6 +421,98 @@ def test_single_states_the_verdict_route_p_and_threshold_plainly(
     assert problems == []
 
 
+# ---- issue 16: the model's B-ALL subtype ---------------------------------------------------------
+
+
+def test_the_review_page_shows_the_subtype_of_images_that_go_to_a_person_only(site, pages):
+    from playwright.sync_api import expect
+
+    from tests.test_routes_shown import route_manual
+    from tests.test_subtype import EARLY, PRE_B, PRO_B, with_subtypes
+
+    # Flagged Pre-B, flagged by a network without the subtype head, manual review Pro-B, and
+    # a cleared image whose stored subtype no page shows.
+    batch_id, ids = site.seed([0.95, 0.9, 0.85, 0.2], "subtype batch", 1600)
+    route_manual(site.database_url, [ids[2]], "underexposed")
+    with_subtypes(site.database_url, {ids[0]: PRE_B, ids[2]: PRO_B, ids[3]: EARLY})
+    problems: list[str] = []
+    page = _signed_in(pages, site, "dr.path", problems)
+    page.goto(f"{site.base}/review?batch={batch_id}")
+    expect(page.locator("#item-name")).to_have_text("subtype_00.jpg")
+    subtype, label = page.locator("#item-subtype"), page.locator("#item-subtype-label")
+    expect(subtype).to_be_visible()
+    expect(label).to_be_visible()
+    expect(subtype).to_contain_text("Most likely subtype, if leukemic: Pre-B 0.910")
+    expect(subtype).to_contain_text("Early pre-B 0.050 · Pre-B 0.910 · Pro-B 0.040")
+    expect(subtype).to_contain_text("A model estimate, conditional on leukemia; not a diagnosis.")
+    expect(page.locator("#big")).to_have_js_property("complete", True)
+    page.screenshot(path=str(ARTIFACTS / "review-subtype.png"))
+    _assert_axe_clean(page, "review with a subtype")
+    page.locator("#stage").focus()
+    page.keyboard.press("j")
+    expect(page.locator("#item-name")).to_have_text("subtype_01.jpg")
+    expect(subtype).to_be_hidden()
+    expect(label).to_be_hidden()
+    page.keyboard.press("j")
+    expect(page.locator("#item-name")).to_have_text("subtype_02.jpg")
+    expect(subtype).to_contain_text("Most likely subtype, if leukemic: Pro-B 0.700")
+    expect(subtype).to_contain_text("the model cannot judge this image, so do not rely on it.")
+    page.goto(f"{site.base}/review/sample/{batch_id}")
+    expect(page.locator("#item-name")).to_have_text("subtype_03.jpg")
+    expect(page.locator("#item-flag")).to_contain_text("cleared")
+    expect(subtype).to_be_hidden()
+    expect(label).to_be_hidden()
+    # The specimen page, likewise: the estimates of the flagged and manual-review images.
+    _specimen(site, ids, "SP-SUBTYPE")
+    page.goto(f"{site.base}/specimens/SP-SUBTYPE")
+    expect(page.locator(".subtype")).to_have_count(2)
+    expect(page.locator(".subtype").first).to_contain_text(
+        "Most likely subtype, if leukemic: Pre-B 0.910"
+    )
+    page.screenshot(path=str(ARTIFACTS / "specimen-subtype.png"), full_page=True)
+    _assert_axe_clean(page, "specimen with subtypes")
+    assert problems == []
+
+
+@pytest.mark.parametrize(
+    ("route", "with_head", "shown"),
+    [("flagged", True, True), ("cleared", True, False), ("flagged", False, False)],
+)
+def test_single_shows_the_subtype_of_a_flagged_image_only(site, pages, route, with_head, shown):
+    from playwright.sync_api import expect
+
+    from tests.test_subtype import PRE_B
+
+    problems: list[str] = []
+    page = _signed_in(pages, site, "tech", problems)
+    estimate = {"subtype": "pre_b", "subtype_probs": PRE_B} if with_head else {}
+    _fake_single_result(
+        page,
+        SINGLE_ROW
+        | estimate
+        | {"p_leukemia": 0.8 if route == "flagged" else 0.1, "threshold": 0.5, "route": route},
+    )
+    page.goto(f"{site.base}/single")
+    page.set_input_files(
+        "#single-file", {"name": "one cell.jpg", "mimeType": "image/jpeg", "buffer": b"x"}
+    )
+    page.click("#single button[type=submit]")
+    expect(page.locator("#single-route")).to_contain_text(route + ":")
+    subtype = page.locator("#single-subtype")
+    if shown:
+        expect(subtype).to_contain_text("Most likely subtype, if leukemic: Pre-B 0.910")
+        expect(subtype).to_contain_text("Early pre-B 0.050 · Pre-B 0.910 · Pro-B 0.040")
+        expect(subtype).to_contain_text("not a diagnosis")
+        expect(page.locator("#single-subtype-label")).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "single-subtype.png"))
+        _assert_axe_clean(page, "/single with a subtype")
+    else:
+        expect(subtype).to_be_hidden()
+        expect(page.locator("#single-subtype-label")).to_be_hidden()
+        expect(page.locator("#single-result")).not_to_contain_text("Most likely subtype")
+    assert problems == []
+
+
 # ---- 12. upload --------------------------------------------------------------------------------
 
 

@@ -63,6 +63,27 @@ const LS = {
 
   p: (x) => (x === null || x === undefined ? "–" : Number(x).toFixed(3)),
 
+  // The model's B-ALL subtype estimate of an image that goes to a person (flagged or manual
+  // review), in the server's words (db.subtypes.page_words: names, headline, caveats), into
+  // the <dd> ``value`` after its <dt> ``label``; both hidden for a cleared image and for a
+  // network without the subtype head (subtype null).
+  showSubtype(label, value, item, words) {
+    const names = new Map(words.labels || []);
+    const probs = item.subtype_probs || {};
+    const toPerson = item.route ? item.route !== "cleared" : Boolean(item.flagged);
+    const shown = toPerson && names.has(item.subtype) && words.labels.every(([key]) => key in probs);
+    label.hidden = value.hidden = !shown;
+    if (!shown) { value.replaceChildren(); return; }
+    const caveat = item.route === "manual_review" ? `${words.caveat}; ${words.cannot_judge}` : words.caveat;
+    // "Pre-B 0.910" never breaks at its hyphen, nor between name and number.
+    const named = (key) => LS.el("span", { className: "nowrap" }, `${names.get(key)} ${LS.p(probs[key])}`);
+    value.replaceChildren(
+      LS.el("div", {}, `${words.headline} `, named(item.subtype)),
+      LS.el("div", { className: "muted" },
+        ...words.labels.flatMap(([key], i) => (i ? [" · ", named(key)] : [named(key)]))),
+      LS.el("div", { className: "muted" }, `${caveat.charAt(0).toUpperCase()}${caveat.slice(1)}.`));
+  },
+
   // A score and its threshold to 3 decimals, or as many more as keep them apart: 0.4675
   // against 0.468 must not read "0.468 below the threshold 0.468".
   distinct(p, threshold) {

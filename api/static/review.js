@@ -10,6 +10,8 @@
     undo: null, // {item, seq, comment, timer}: the last decision, while it may be undone
   };
   const view = { zoom: 1, x: 0, y: 0 };
+  // The subtype's words from the server (db.subtypes.page_words), for LS.showSubtype.
+  const subtypeWords = JSON.parse(root.dataset.subtypes || "{}");
   const PAGE = 40; // the next page is fetched (keyset cursor) when J reaches the end
 
   // ---- comments kept in this tab ------------------------------------------------------
@@ -125,6 +127,7 @@
     $("item-gate").hidden = !manual;
     $("item-gate").textContent = manual
       ? `Model cannot judge this image: ${item.route_reason_text || item.route_reason || "no reason given"}` : "";
+    LS.showSubtype($("item-subtype-label"), $("item-subtype"), item, subtypeWords);
     $("item-threshold").textContent = LS.p(item.threshold);
     $("item-model").textContent = item.model_version;
     $("item-batch").textContent = item.batch_name;

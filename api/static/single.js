@@ -5,6 +5,8 @@
   const set = (id, v) => { document.getElementById(id).textContent = v; };
   // Route reasons in plain words, from the server (model.gate.REASON_TEXT).
   const reasons = JSON.parse(form.dataset.reasons || "{}");
+  // The subtype's words from the server (db.subtypes.page_words), for LS.showSubtype.
+  const subtypeWords = JSON.parse(form.dataset.subtypes || "{}");
 
   async function waitForResult(resultsUrl) {
     for (;;) {
@@ -65,6 +67,9 @@
           : "cleared: p_leukemia is below the threshold; a random sample of cleared images is checked in QC");
         set("single-p", `${p} (${flagged ? "at or above" : "below"} the threshold)`);
       }
+      // Only for an image that goes to a person; a cleared one shows no subtype.
+      LS.showSubtype(document.getElementById("single-subtype-label"),
+        document.getElementById("single-subtype"), row, subtypeWords);
       set("single-threshold", threshold);
       set("single-model", row.model_version);
       document.getElementById("single-image").src = `/api/v1/images/${row.image_id}`;
