@@ -127,8 +127,8 @@ def _finite(measures: dict[str, float]) -> dict[str, float | None]:
 def _subtype(scores: Scores, i: int) -> tuple[str | None, dict[str, float] | None]:
     """Image ``i``'s most likely subtype and every subtype's probability given leukemia.
 
-    Stored for every image the network saw, cleared ones included, so a pathologist who
-    overturns a cleared image still sees what the network thought it was."""
+    Stored for every image the network saw, cleared ones included: the pages show it only for
+    images that go to a person, but exports and the JSON carry every image's."""
     if scores.subtype_probs is None or not np.all(np.isfinite(scores.subtype_probs[i])):
         return None, None
     row = scores.subtype_probs[i]
