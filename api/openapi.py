@@ -252,6 +252,12 @@ RESULT_ROW = {
         "false_negative": FALSE_NEGATIVE,
     },
 }
+HEATMAP_URL = {
+    "type": ["string", "null"],
+    "description": "the image's explanation heatmap (GET /api/v1/images/{image_id}/heatmap): "
+    "where the network looked, made after scoring for images that go to a person; null until "
+    "then, for cleared images and once retention purged the pixels",
+}
 LIST_ITEM = {
     "type": "object",
     "required": ["image_id", "file_name", "state"],
@@ -264,6 +270,7 @@ LIST_ITEM = {
         "has_image": {"type": "boolean"},
         "p_leukemia": {"type": ["number", "null"]},
         "route": ROUTE,
+        "heatmap_url": HEATMAP_URL,
         "reason": {"type": ["string", "null"]},
         "reason_code": {"type": ["string", "null"]},
         "review_decision": {"type": ["string", "null"]},
@@ -286,6 +293,7 @@ QUEUE_ITEM = {
             "description": "route_reason in plain words, as the pages show it",
         },
         "domain_distance": {"type": ["number", "null"]},
+        "heatmap_url": HEATMAP_URL,
         "state": {"type": "string"},
         "false_negative": FALSE_NEGATIVE,
         "specimen_id": {"type": ["string", "null"]},
@@ -1076,6 +1084,26 @@ def spec() -> dict[str, Any]:
                             },
                         },
                         **_errors(404, 503),
+                    },
+                }
+            },
+            "/api/v1/images/{image_id}/heatmap": {
+                "get": {
+                    "summary": "the explanation heatmap of the image's newest result (Grad-CAM)",
+                    "description": "An RGBA PNG at the network's input size: colour and opacity "
+                    "rise where the network's last convolutions raised the leukemia score. It "
+                    "shows where the network looked, not proof of leukemia. Made by the "
+                    "workers after scoring, for images that go to a person (flagged or manual "
+                    "review); 404 until then and for cleared images.",
+                    "parameters": [_id("image_id")],
+                    "responses": {
+                        "200": {
+                            "description": "PNG bytes",
+                            "content": {
+                                "image/png": {"schema": {"type": "string", "format": "binary"}}
+                            },
+                        },
+                        **_errors(404, 410, 503),
                     },
                 }
             },
