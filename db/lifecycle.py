@@ -293,6 +293,12 @@ def request_stale_heatmaps(
     return [r.image_id for r in rows]
 
 
+def scoring_pending(sessions: sessionmaker[Session]) -> bool:
+    """Whether any image anywhere is still waiting or being scored (one index probe)."""
+    with sessions() as session:
+        return bool(session.scalar(select(exists().where(Image.state.in_(PENDING)))))
+
+
 def pending_attempts(sessions: sessionmaker[Session], image_ids: Sequence[int]) -> dict[int, int]:
     """Attempts so far of the images among ``image_ids`` still to be scored."""
     with sessions() as session:

@@ -193,6 +193,37 @@ def test_the_task_is_idempotent_and_scoring_asks_for_heatmaps_of_images_to_a_per
     assert sent.sent == []
 
 
+def test_with_the_embedded_broker_heatmaps_wait_until_scoring_is_done(db_settings, monkeypatch):
+    """The filesystem broker serves queues in turn: the task itself lets scoring go first."""
+    world = _world(db_settings)
+    with world.sessions.begin() as s:  # type: ignore[attr-defined]
+        waiting = s.get(Image, world.ids["cleared"])
+        s.add(
+            Image(
+                batch_id=waiting.batch_id,
+                sha256="c" * 64,
+                original_name="waiting.jpg",
+                storage_key=waiting.storage_key,
+                size_bytes=1,
+                state="queued",
+            )
+        )
+    rt = _Runtime(world.sessions, db_settings, world.store, FakeExplainer(), world.version_id)
+    sent = RecordingCelery()
+    monkeypatch.setattr(tasks, "runtime", lambda: rt)
+    monkeypatch.setattr(tasks, "app", sent)
+    ids = list(world.ids.values())
+    assert db_settings.uses_filesystem_broker
+    assert tasks.explain_images.apply(args=[ids]).result == {"deferred": 5}
+    assert [(t["name"], t["args"], t["queue"], t["countdown"]) for t in sent.sent] == [
+        (EXPLAIN_TASK, [ids], EXPLAIN_QUEUE, tasks.EXPLAIN_DEFER_S)
+    ]
+    assert not any(_keys(world).values())
+    # Redis hands the queues out in the worker's order: no need to wait there.
+    rt.settings = replace(db_settings, broker_url="redis://127.0.0.1:1/0")
+    assert tasks.explain_images.apply(args=[ids]).result["made"] == 2
+
+
 def test_the_explain_queue_is_declared_and_routed():
     app = make_celery()
     assert EXPLAIN_QUEUE in {q.name for q in app.conf.task_queues}

@@ -16,13 +16,14 @@ from celery.signals import (
 )
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from db.lifecycle import fail_unfinished
+from db.lifecycle import fail_unfinished, scoring_pending
 from db.models import DeliveryState
 from db.retention import purge_old_images
 from leukoscreen import logs, metrics
 from leukoscreen.storage import StorageUnavailable
 from worker import heartbeat
 from worker.celery_app import (
+    EXPLAIN_QUEUE,
     EXPLAIN_TASK,
     PURGE_TASK,
     RECONCILE_TASK,
@@ -43,6 +44,9 @@ log = logging.getLogger(__name__)
 # image.
 TRANSIENT = (OperationalError, DBAPIError, ConnectionError, TimeoutError, StorageUnavailable)
 MAX_RETRIES = 5
+# With the embedded broker, a heatmap task that finds scoring still pending comes back this
+# much later (``explain_images``).
+EXPLAIN_DEFER_S = 10
 
 
 @worker_process_init.connect
@@ -179,6 +183,13 @@ def explain_images(self, image_ids: list[int]) -> dict[str, object]:
     goes to a person (``worker.explain``). Idempotent; nothing is marked failed: what is
     still missing after the retries, the reconciler asks for again."""
     rt = runtime()
+    if rt.settings.uses_filesystem_broker and scoring_pending(rt.sessions):
+        # The embedded broker (``serve`` without Redis) hands out its queues in turn, not in
+        # the worker's order: wait until scoring is done rather than slow the bulk path.
+        app.send_task(
+            EXPLAIN_TASK, args=[image_ids], queue=EXPLAIN_QUEUE, countdown=EXPLAIN_DEFER_S
+        )
+        return {"deferred": len(image_ids)}
     try:
         outcome = explain_chunk(
             rt.sessions, rt.store, rt.model, rt.version_id, image_ids, rt.decode_pool
