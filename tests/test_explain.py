@@ -159,3 +159,17 @@ def test_the_overlay_is_a_small_transparent_png_at_the_maps_size():
     light = rgba[0, :, :3].astype(float) @ np.array([0.299, 0.587, 0.114])
     assert light[-1] > light[112] > light[0]
     assert len(png) < 16_000
+
+
+def test_bench_prints_what_a_heatmap_costs_beside_scoring(model_path, capsys):
+    """``leukoscreen bench`` part 6: figures printed, never asserted as speeds."""
+    from bench.throughput import bench_explain, machine, print_table
+    from tests.conftest import smear_like_jpeg
+
+    figures = bench_explain(model_path, [smear_like_jpeg(1), smear_like_jpeg(2)], 2, 0.01)
+    assert figures["explain_batch"] == 2
+    for key in ("explain_score_ms", "explain_gradcam_ms", "explain_png_ms", "explain_ratio"):
+        assert figures[key] > 0, key
+    print_table({"machine": machine(), **figures})
+    out = capsys.readouterr().out
+    assert "heatmap: Grad-CAM, batch of 2" in out and "heatmap / scoring" in out
