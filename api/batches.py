@@ -34,7 +34,7 @@ from api.workers import current_stall
 from db import drift, lifecycle
 from db.audit import record_event
 from db.errors import Gone, NotFound
-from db.models import Batch, Image, ImageState
+from db.models import Batch, Image, ImageState, Result
 from db.progress import (
     RESULT_COLUMNS,
     batch_images,
@@ -43,7 +43,7 @@ from db.progress import (
     iter_batch_results,
     parse_list_cursor,
 )
-from db.reviews import decision_counts
+from db.reviews import decision_counts, latest_result_condition
 from db.tenancy import batch_or_404, image_or_404, scoped
 from leukoscreen import logs, metrics
 from leukoscreen.imagetypes import MIME_TYPES
@@ -498,6 +498,34 @@ def get_thumbnail(image_id: int):
         preview = thumbnail_jpeg(original)
     response = Response(preview, mimetype="image/jpeg")
     response.cache_control.max_age = 3600
+    return _private(response)
+
+
+@bp.get("/images/<int:image_id>/heatmap")
+def get_heatmap(image_id: int):
+    """The explanation overlay (``model.explain``) of the image's newest result: a PNG at the
+    network's input size, transparent where the network did not look, for the review page to
+    stack over the image."""
+    with context.sessions()() as session:
+        image = image_or_404(session, scope(), image_id)
+        if image.purged_at is not None:
+            raise Gone(f"image purged: image {image_id}'s pixels were removed by retention")
+        # A duplicate is scored (and explained) as its twin.
+        key = session.scalar(
+            select(Result.heatmap_key).where(
+                Result.image_id == (image.duplicate_of_id or image.id),
+                latest_result_condition(),
+            )
+        )
+    if key is None:
+        raise NotFound(
+            f"no heatmap for image {image_id} yet: one is made after scoring, for images that "
+            "go to a person (flagged or manual review)"
+        )
+    response = Response(context.store().read(key), mimetype="image/png")
+    # Its address changes with its content (``db.reviews.heatmap_url``): kept long.
+    response.cache_control.max_age = 86400
+    response.set_etag(key)
     return _private(response)
 
 

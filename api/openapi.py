@@ -290,6 +290,12 @@ def _image_item(**properties: Any) -> dict[str, Any]:
     }
 
 
+HEATMAP_URL = {
+    "type": ["string", "null"],
+    "description": "the image's explanation heatmap (GET /api/v1/images/{image_id}/heatmap): "
+    "where the network looked, made after scoring for images that go to a person; null until "
+    "then, for cleared images and once retention purged the pixels",
+}
 LIST_ITEM = _image_item(
     duplicate_of={"type": ["integer", "null"]},
     duplicate_of_file={"type": ["string", "null"], "description": "the twin's file name"},
@@ -298,6 +304,7 @@ LIST_ITEM = _image_item(
     route=ROUTE,
     subtype=SUBTYPE,
     subtype_probs=SUBTYPE_PROBS,
+    heatmap_url=HEATMAP_URL,
     reason={"type": ["string", "null"]},
     reason_code={"type": ["string", "null"]},
     review_decision={"type": ["string", "null"]},
@@ -321,6 +328,7 @@ QUEUE_ITEM = {
         "subtype": SUBTYPE,
         "subtype_probs": SUBTYPE_PROBS,
         "domain_distance": {"type": ["number", "null"]},
+        "heatmap_url": HEATMAP_URL,
         "state": {"type": "string"},
         "false_negative": FALSE_NEGATIVE,
         "specimen_id": {"type": ["string", "null"]},
@@ -1118,6 +1126,26 @@ def spec() -> dict[str, Any]:
                             },
                         },
                         **_errors(404, 503),
+                    },
+                }
+            },
+            "/api/v1/images/{image_id}/heatmap": {
+                "get": {
+                    "summary": "the explanation heatmap of the image's newest result (Grad-CAM)",
+                    "description": "An RGBA PNG at the network's input size: colour and opacity "
+                    "rise where the network's last convolutions raised the leukemia score. It "
+                    "shows where the network looked, not proof of leukemia. Made by the "
+                    "workers after scoring, for images that go to a person (flagged or manual "
+                    "review); 404 until then and for cleared images.",
+                    "parameters": [_id("image_id")],
+                    "responses": {
+                        "200": {
+                            "description": "PNG bytes",
+                            "content": {
+                                "image/png": {"schema": {"type": "string", "format": "binary"}}
+                            },
+                        },
+                        **_errors(404, 410, 503),
                     },
                 }
             },

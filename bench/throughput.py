@@ -6,6 +6,9 @@
 4. thesis' way     one HTTP request and one ``model.predict`` per image, as the thesis' page
 5. priority lane   one image's upload-to-result (p50/p95) while a large batch is scoring,
                    with the priority lane on and off
+6. heatmaps        what a Grad-CAM heatmap and its PNG cost per image (``model.explain``),
+                   beside scoring the same batch: workers make them after scoring, on a
+                   queue of their own, so this is not a cost of the bulk path
 
 and what the gate costs (``gate``): preprocessing with and without the quality measures, the
 model with and without the gate's features and distance, and a second end-to-end run with a
@@ -60,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--skip",
         default="",
-        help="comma list of parts to skip: model,preprocess,e2e,thesis,gate,priority",
+        help="comma list of parts to skip: model,preprocess,e2e,thesis,gate,priority,explain",
     )
     p.add_argument(
         "--priority-images",
@@ -134,6 +137,46 @@ def bench_preprocess(
             prepare(blobs[n % len(blobs)], hue_band, size)
         n += 1
     return n / (time.perf_counter() - start)
+
+
+def _ms_per_image(run: Any, images: int, seconds: float) -> float:
+    n, start = 0, time.perf_counter()
+    while n == 0 or time.perf_counter() - start < seconds:
+        run()
+        n += images
+    return (time.perf_counter() - start) / n * 1000
+
+
+def bench_explain(
+    model_path: Path, blobs: list[bytes], batch_size: int = 32, seconds: float = 3.0
+) -> dict[str, float]:
+    """A heatmap's cost per image in ms (Grad-CAM on a batch, then the PNG), and scoring the
+    same batch, as the explain task and the scoring task run them."""
+    from model.explain import overlay_png
+    from model.inference import load_model
+    from model.preprocess import prepare
+
+    model = load_model(model_path, batch_size=batch_size)
+    x = np.stack(
+        [
+            prepare(blobs[i % len(blobs)], None, model.card.input_size, with_quality=False).pixels
+            for i in range(batch_size)
+        ]
+    )
+    model.assess(x)  # trace and warm up both graphs
+    maps = model.heatmaps(x)
+    score_ms = _ms_per_image(lambda: model.assess(x), batch_size, seconds)
+    gradcam_ms = _ms_per_image(lambda: model.heatmaps(x), batch_size, seconds)
+    pngs: list[bytes] = []
+    png_ms = _ms_per_image(lambda: pngs.extend(overlay_png(m) for m in maps), batch_size, seconds)
+    return {
+        "explain_batch": batch_size,
+        "explain_score_ms": score_ms,
+        "explain_gradcam_ms": gradcam_ms,
+        "explain_png_ms": png_ms,
+        "explain_png_bytes": float(np.mean([len(p) for p in pngs[:batch_size]])),
+        "explain_ratio": (gradcam_ms + png_ms) / score_ms,
+    }
 
 
 def without_gate(model_path: Path, folder: Path) -> Path:
@@ -537,6 +580,8 @@ def run(args: argparse.Namespace) -> int:
     if "priority" not in skip:
         figures["priority_lane"] = bench_priority_lane(args, model_path, lane=True)
         figures["priority_lane_off"] = bench_priority_lane(args, model_path, lane=False)
+    if "explain" not in skip:
+        figures.update(bench_explain(model_path, [d for _, d in inputs[:200]]))
     if "end_to_end_ips" in figures and "model_only_ips" in figures:
         figures["ratio_e2e_to_model"] = figures["end_to_end_ips"] / figures["model_only_ips"]
     if "end_to_end_ips" in figures and "thesis_ips" in figures:
@@ -578,6 +623,20 @@ def print_table(f: dict[str, Any]) -> None:
     ):
         if key in f:
             rows.append((label, f"{f[key]:8.2f} x"))
+    if "explain_gradcam_ms" in f:
+        batch = f["explain_batch"]
+        for key, label in (
+            ("explain_score_ms", f"heatmap: scoring the same batch of {batch}"),
+            ("explain_gradcam_ms", f"heatmap: Grad-CAM, batch of {batch}"),
+            ("explain_png_ms", "heatmap: PNG overlay"),
+        ):
+            rows.append((label, f"{f[key]:8.2f} ms/img"))
+        rows.append(
+            (
+                "heatmap / scoring (own queue, after scoring)",
+                f"{f['explain_ratio']:8.2f} x ({f['explain_png_bytes'] / 1024:.1f} KB PNG)",
+            )
+        )
     if "gate_cost_e2e" in f:
         rows.append(("gate: end-to-end cost", f"{f['gate_cost_e2e']:8.1%}"))
     for key, label in (("priority_lane", "lane on"), ("priority_lane_off", "lane off")):

@@ -24,6 +24,13 @@ Webhook deliveries (``webhook_delivery`` rows, the outbox) have states of their 
                                               used up, webhook deactivated)
     any          → pending   (attempts 0)     ``resend_delivery`` (an admin's re-send)
 
+A result that goes to a person gets its explanation heatmap after scoring (``model.explain``,
+made by ``worker.explain``); the result's ``heatmap_key`` is its only state:
+
+    null         → the overlay's storage key   ``set_heatmaps`` (once: never replaced)
+    null         → null, asked for again       ``request_stale_heatmaps`` (the reconciler)
+    any          → null                        ``mark_purged`` (retention removed the pixels)
+
 Every function that takes a ``sessionmaker`` runs its change in one transaction of its own:
 an image's new state, its result and its batch's completion commit together or not at all.
 """
@@ -31,14 +38,14 @@ an image's new state, its result and its batch's completion commit together or n
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, insert, inspect, select, update
+from sqlalchemy import and_, exists, insert, inspect, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from db.drift import check_completed
 from db.errors import Conflict
@@ -171,14 +178,125 @@ def mark_enqueued(sessions: sessionmaker[Session], image_ids: Sequence[int]) -> 
 
 
 def mark_purged(session: Session, image_ids: Sequence[int]) -> None:
-    """Record that retention removed these images' pixels (``db.retention``); not a state:
-    the image stays ``scored`` (or ``failed``) with its results."""
+    """Record that retention removed these images' pixels (``db.retention``), their heatmaps
+    included; not a state: the image stays ``scored`` (or ``failed``) with its results."""
     session.execute(
         update(Image)
         .where(Image.id.in_(image_ids))
         .values(purged_at=datetime.now(UTC))
         .execution_options(synchronize_session=False)
     )
+    session.execute(
+        update(Result)
+        .where(Result.image_id.in_(image_ids), Result.heatmap_key.is_not(None))
+        .values(heatmap_key=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+@dataclass(frozen=True)
+class HeatmapWanted:
+    """A result of the worker's model that goes to a person (``flagged``: route flagged or
+    manual review) and has no heatmap yet."""
+
+    result_id: int
+    image_id: int
+    storage_key: str
+
+
+def heatmaps_to_make(
+    sessions: sessionmaker[Session], image_ids: Sequence[int], version_id: int
+) -> list[HeatmapWanted]:
+    """The results among these images' that want a heatmap from model version ``version_id``:
+    routed to a person, none made yet, and the image's pixels still stored. A result of
+    another model version is left for a worker that loads that model: a heatmap shows what
+    the network that made the score looked at."""
+    if not image_ids:
+        return []
+    with sessions() as session:
+        rows = session.execute(
+            select(Result.id, Result.image_id, Image.storage_key)
+            .join(Image, Image.id == Result.image_id)
+            .where(
+                Result.image_id.in_(image_ids),
+                Result.model_version_id == version_id,
+                Result.flagged.is_(True),
+                Result.heatmap_key.is_(None),
+                Image.purged_at.is_(None),
+                Image.storage_key.is_not(None),
+            )
+            .order_by(Result.id)
+        ).all()
+    return [HeatmapWanted(r.id, r.image_id, r.storage_key) for r in rows]
+
+
+def set_heatmaps(sessions: sessionmaker[Session], keys: Mapping[int, str]) -> list[int]:
+    """Record each result's stored heatmap (result id -> storage key); returns the ids set.
+
+    Idempotent: a result that has a heatmap already keeps it (a duplicated task made the same
+    one), and an image purged meanwhile gets none (retention has removed its pixels).
+    """
+    done: list[int] = []
+    if not keys:
+        return done
+    purged = select(Image.id).where(Image.id == Result.image_id, Image.purged_at.is_not(None))
+    with sessions.begin() as session:
+        for result_id, key in keys.items():
+            found = session.scalar(
+                update(Result)
+                .where(Result.id == result_id, Result.heatmap_key.is_(None), ~purged.exists())
+                .values(heatmap_key=key)
+                .returning(Result.id)
+                .execution_options(synchronize_session=False)
+            )
+            if found is not None:
+                done.append(found)
+    return done
+
+
+def request_stale_heatmaps(
+    sessions: sessionmaker[Session], stale_before: datetime, scored_since: datetime, limit: int
+) -> list[int]:
+    """Images whose newest result goes to a person, was scored since ``scored_since`` and has
+    no heatmap although it was scored (or last asked for) before ``stale_before``: the message
+    was lost or its worker died. Their ``heatmap_requested_at`` is set here, so that the next
+    reconciler run waits another period before asking again. Returns the image ids."""
+    now = datetime.now(UTC)
+    newer = aliased(Result)
+    with sessions.begin() as session:
+        rows = session.execute(
+            select(Result.id, Result.image_id)
+            .join(Image, Image.id == Result.image_id)
+            .where(
+                Result.scored_at >= scored_since,
+                Result.scored_at < stale_before,
+                Result.flagged.is_(True),
+                Result.heatmap_key.is_(None),
+                or_(
+                    Result.heatmap_requested_at.is_(None),
+                    Result.heatmap_requested_at < stale_before,
+                ),
+                Image.purged_at.is_(None),
+                Image.storage_key.is_not(None),
+                ~exists().where(newer.image_id == Result.image_id, newer.id > Result.id),
+            )
+            .order_by(Result.scored_at)
+            .limit(limit)
+        ).all()
+        if rows:
+            session.execute(
+                update(Result)
+                .where(Result.id.in_([r.id for r in rows]))
+                .values(heatmap_requested_at=now)
+                .execution_options(synchronize_session=False)
+            )
+    return [r.image_id for r in rows]
+
+
+def scoring_pending(sessions: sessionmaker[Session]) -> bool:
+    """Whether any image anywhere is still waiting or being scored (one index probe)."""
+    with sessions() as session:
+        return bool(session.scalar(select(exists().where(Image.state.in_(PENDING)))))
 
 
 def pending_attempts(sessions: sessionmaker[Session], image_ids: Sequence[int]) -> dict[int, int]:

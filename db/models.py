@@ -206,6 +206,9 @@ class Result(Base):
     # Storage key of the explanation overlay (``model.explain``), made after scoring for
     # images that go to a person; null until then, and for cleared images.
     heatmap_key: Mapped[str | None] = mapped_column(String(64))
+    # When the reconciler last asked for the heatmap again (``worker.reconcile``): it waits
+    # for that message before sending another, as ``image.enqueued_at`` does for scoring.
+    heatmap_requested_at: Mapped[datetime | None] = mapped_column()
 
     image: Mapped[Image] = relationship(back_populates="results")
     model_version: Mapped[ModelVersion] = relationship()

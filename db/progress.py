@@ -13,7 +13,12 @@ from sqlalchemy.orm import Session, aliased
 from db.errors import Invalid
 from db.lifecycle import PENDING
 from db.models import Batch, Image, ImageState, ModelVersion, Result, Review, User
-from db.reviews import LEUKEMIA, current_review_condition, latest_result_condition
+from db.reviews import (
+    LEUKEMIA,
+    current_review_condition,
+    heatmap_url,
+    latest_result_condition,
+)
 from db.subtypes import SUBTYPE_COLUMNS, subtype_json
 from model.gate import REASON_TEXT, Route
 
@@ -299,6 +304,7 @@ def batch_images(
                 "p_leukemia": result.p_leukemia if result else None,
                 "route": result.route if result else None,
                 **subtype_json(result),
+                "heatmap_url": heatmap_url(image.id, result.heatmap_key if result else None),
                 "reason": reason,
                 "reason_code": reason_code,
                 "review_decision": review.decision if review else None,

@@ -113,6 +113,13 @@ def first_copy_condition() -> ColumnElement[bool]:
     )
 
 
+def heatmap_url(image_id: int, key: str | None) -> str | None:
+    """The path of the image's explanation heatmap (``GET /api/v1/images/<id>/heatmap``), or
+    None while it has none. The key's start is in the query: a heatmap made anew (the image
+    rescored by another model) has another address, so a browser may keep each one long."""
+    return f"/api/v1/images/{image_id}/heatmap?v={key[:16]}" if key else None
+
+
 def latest_result_condition() -> ColumnElement[bool]:
     """True for the newest result of its image (an image rescored by a new model has several)."""
     newer = aliased(Result)
@@ -152,6 +159,7 @@ def _item_select() -> Select:
             Result.subtype_probs,
             Result.domain_distance,
             Result.scored_at,
+            Result.heatmap_key,
             ModelVersion.name.label("model_version"),
             # The newest row's seq, even when that row withdrew a decision: the next decision
             # extends the history from there. Evaluated for the rows returned only.
@@ -190,6 +198,8 @@ def _item_json(row: Any) -> dict[str, Any]:
         "route_reason_text": REASON_TEXT.get(row.route_reason) if row.route_reason else None,
         **subtype_json(row),
         "domain_distance": row.domain_distance,
+        # Where the network looked (``model.explain``); null until made (after scoring).
+        "heatmap_url": heatmap_url(row.image_id, row.heatmap_key),
         "model_version": row.model_version,
         "scored_at": row.scored_at.isoformat(),
         "state": row.decision or "unreviewed",

@@ -109,7 +109,13 @@ def _count_gpus() -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from worker.celery_app import PRIORITY_QUEUE, RECONCILE_QUEUE, WEBHOOK_QUEUE, app
+    from worker.celery_app import (
+        EXPLAIN_QUEUE,
+        PRIORITY_QUEUE,
+        RECONCILE_QUEUE,
+        WEBHOOK_QUEUE,
+        app,
+    )
     from worker.runtime import use_settings
 
     settings = load_settings()
@@ -123,6 +129,9 @@ def _worker(args: argparse.Namespace) -> int:
     if RECONCILE_QUEUE in queues:
         # Webhook sends need no model either: the housekeeping worker takes them.
         queues.append(WEBHOOK_QUEUE)
+    if args.queue != RECONCILE_QUEUE:
+        # Heatmaps need the model that scored, and wait until every scoring queue is empty.
+        queues.append(EXPLAIN_QUEUE)
     argv = [
         "worker",
         "-Q",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,19 @@ from model.card import (
     to_subtype_probs,
 )
 from model.gate import FEATURE_OFFSET, Gate, model_version, read_gate
+
+
+def padded_batches(images: np.ndarray, batch_size: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(start, real images, batch) for each slice of ``batch_size`` images, the last one
+    padded with zeros: a fixed batch shape lets the compiled graph be traced once, not per
+    size."""
+    for start in range(0, len(images), batch_size):
+        part = images[start : start + batch_size]
+        real = len(part)
+        if real < batch_size:
+            pad = np.zeros((batch_size - real, *part.shape[1:]), part.dtype)
+            part = np.concatenate([part, pad])
+        yield start, real, part
 
 
 @dataclass(frozen=True)
@@ -36,6 +50,9 @@ class LoadedModel:
     gate: Gate | None
     batch_size: int
     _predict: Any
+    # The (folded) network ``_predict`` runs: Grad-CAM replays it (``heatmaps``).
+    network: Any = None
+    _gradcam: Any = None
 
     def assess(self, images: np.ndarray) -> Scores:
         """p_leukemia and domain distance for a stack of preprocessed images (N, H, W, 3)."""
@@ -43,13 +60,7 @@ class LoadedModel:
         p = np.empty((n,), dtype=np.float64)
         distance = np.full((n,), np.nan, dtype=np.float64)
         subtypes = np.full((n, 3), np.nan) if self.card.has_subtypes else None
-        for start in range(0, n, self.batch_size):
-            part = images[start : start + self.batch_size]
-            # Pad to a fixed batch shape so the compiled graph is traced once, not per size.
-            real = len(part)
-            if real < self.batch_size:
-                pad = np.zeros((self.batch_size - real, *part.shape[1:]), part.dtype)
-                part = np.concatenate([part, pad])
+        for start, real, part in padded_batches(images, self.batch_size):
             raw, dist = self._predict(part)
             raw = raw.numpy()[:real]
             prob = to_p_leukemia(raw, self.card.output)
@@ -65,6 +76,16 @@ class LoadedModel:
     def score(self, images: np.ndarray) -> np.ndarray:
         """p_leukemia alone (evaluation, benchmarks)."""
         return self.assess(images).p_leukemia
+
+    def heatmaps(self, images: np.ndarray) -> np.ndarray:
+        """Grad-CAM maps (N, H, W) in [0, 1] of the leukemia score for preprocessed images
+        (``model.explain``), from the same network that scored them. Traced on first use."""
+        if self._gradcam is None:
+            from model.explain import GradCam
+
+            self._gradcam = GradCam(self.network, self.card.output, self.batch_size)
+        maps: np.ndarray = self._gradcam(images)
+        return maps
 
 
 def feature_network(network: Any) -> Any:
@@ -133,4 +154,5 @@ def load_model(path: Path, batch_size: int = 32) -> LoadedModel:
         gate=gate,
         batch_size=batch_size,
         _predict=predict,
+        network=network,
     )

@@ -7,6 +7,8 @@ import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
+from sqlalchemy import select
+
 from db.models import Batch, Image, ImageState, ModelVersion, Result
 from db.session import engine_for, session_factory
 from db.tenancy import DEFAULT_LAB_ID, Scope
@@ -71,3 +73,20 @@ def seed_scored(
                 )
             )
         return batch.id, [image.id for image, _ in images]
+
+
+def give_heatmap(database_url: str, storage_dir: Path, image_id: int, heat: float = 1.0) -> str:
+    """Store an explanation overlay for the image's result, as a worker would; returns its key."""
+    import numpy as np
+
+    from db.lifecycle import set_heatmaps
+    from model.explain import overlay_png
+
+    store = ContentStore(storage_dir)
+    ramp = np.outer(np.linspace(0.0, heat, 224), np.ones(224))
+    key = store.commit(store.stage(io.BytesIO(overlay_png(ramp)), 10**6))
+    sessions = session_factory(engine_for(database_url))
+    with sessions() as session:
+        result_id = session.scalars(select(Result.id).where(Result.image_id == image_id)).one()
+    assert set_heatmaps(sessions, {result_id: key}) == [result_id]
+    return key

@@ -27,7 +27,7 @@ from db.tenancy import DEFAULT_LAB_ID
 from db.webhooks import create_webhook
 from tests.conftest import PASSWORD, create_account, csrf_token, smear_like_jpeg
 from tests.lisdata import scored_specimen, sign_specimen
-from tests.reviewdata import seed_scored
+from tests.reviewdata import give_heatmap, seed_scored
 
 ROLES = ("anonymous", "uploader", "reviewer", "admin", "global")  # global: a global admin
 LOGIN = "login"  # a 302 to the login page
@@ -73,6 +73,7 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int, int]] = {
     ("GET", "/api/v1/batches/<batch_id>/images"): (401, 200, 200, 200, 200),
     ("GET", "/api/v1/images/<int:image_id>"): (401, 200, 200, 200, 200),
     ("GET", "/api/v1/images/<int:image_id>/thumbnail"): (401, 200, 200, 200, 200),
+    ("GET", "/api/v1/images/<int:image_id>/heatmap"): (401, 200, 200, 200, 200),
     ("GET", "/api/v1/specimens"): (401, 200, 200, 200, 200),
     ("GET", "/api/v1/specimens/<specimen_id>"): (401, 200, 200, 200, 200),
     # reports for other systems: whoever may export results may download them
@@ -146,6 +147,7 @@ CROSS: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/batches/<batch_id>/results"): HIDDEN,
     ("GET", "/api/v1/images/<int:image_id>"): HIDDEN,
     ("GET", "/api/v1/images/<int:image_id>/thumbnail"): HIDDEN,
+    ("GET", "/api/v1/images/<int:image_id>/heatmap"): HIDDEN,
     ("GET", "/api/v1/batches/<batch_id>/images"): HIDDEN,
     ("GET", "/api/v1/specimens"): ABSENT,
     ("GET", "/api/v1/specimens/<specimen_id>"): HIDDEN,
@@ -340,6 +342,7 @@ def world(db_settings):  # type: ignore[no-untyped-def]
         storage_dir=db_settings.storage_dir,
         blobs=[smear_like_jpeg(1), smear_like_jpeg(2)],
     )
+    give_heatmap(url, db_settings.storage_dir, image_ids[0])
     with session_factory(engine_for(url)).begin() as s:
         target = find_user(s, TARGET)
         assert target is not None

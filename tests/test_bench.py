@@ -60,6 +60,8 @@ def test_bench_reports_every_figure_in_its_json(model_path, tmp_path, redis_url)
         "gate_cost_e2e",
         "priority_lane",
         "priority_lane_off",
+        "explain_gradcam_ms",
+        "explain_ratio",
     ):
         assert key in figures, key
     assert figures["priority_lane"]["bulk_images"] == 100
@@ -67,4 +69,5 @@ def test_bench_reports_every_figure_in_its_json(model_path, tmp_path, redis_url)
     assert set(figures["model_only_by_batch"]) == {"1", "8"}
     assert figures["rss_mb"]["after_start"] > 0
     assert "gate: end-to-end cost" in done.stdout
+    assert "heatmap / scoring" in done.stdout
     assert "end to end" in done.stdout and figures["machine"]["cores"] >= 1

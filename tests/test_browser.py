@@ -279,6 +279,61 @@ def test_pathologist_uploads_reviews_with_the_keyboard_and_exports(web, browser,
     assert problems == []
 
 
+def test_the_worker_makes_heatmaps_after_scoring_and_h_shows_them(web, browser):
+    """Issue 16: the scoring worker (``leukoscreen worker``: priority, cpu, then explain)
+    scores a batch, then makes the flagged images' heatmaps; the review page shows them."""
+    import time
+
+    import requests
+    from playwright.sync_api import expect
+
+    base, database_url, _ = web
+    token = create_account(database_url, "tech", "uploader")
+    files = [
+        ("images", (f"heat_{i}.jpg", smear_like_jpeg(800 + i), "image/jpeg")) for i in range(4)
+    ]
+    sent = requests.post(
+        f"{base}/api/v1/batches",
+        files=files,
+        data={"name": "heatmaps"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    )
+    assert sent.status_code == 202, sent.text
+    batch_id = sent.json()["batch_id"]
+    deadline, urls = time.monotonic() + 240, []
+    while time.monotonic() < deadline:
+        items = requests.get(
+            f"{base}/api/v1/batches/{batch_id}/images",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        ).json()["items"]
+        urls = [i["heatmap_url"] for i in items]
+        if len(urls) == 4 and all(urls):
+            break
+        time.sleep(1)
+    assert len(urls) == 4 and all(urls), urls
+    png = requests.get(f"{base}{urls[0]}", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert png.status_code == 200 and png.headers["Content-Type"] == "image/png"
+
+    problems: list[str] = []
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    _watch(page, problems)
+    _login(page, base, "dr.path")
+    page.goto(f"{base}/review?batch={batch_id}")
+    expect(page.locator("#big")).to_have_js_property("complete", True)
+    page.locator("#stage").focus()
+    page.keyboard.press("h")
+    expect(page.locator("#heatmap")).to_be_visible()
+    # The network's input size (the untrained thesis network here: 256x256).
+    expect(page.locator("#heatmap")).to_have_js_property("naturalWidth", 256)
+    expect(page.locator("#heatmap-note")).to_contain_text("not proof of leukaemia")
+    page.screenshot(path=str(ARTIFACTS / "09-review-heatmap.png"))
+    page.click("#heatmap-toggle")
+    expect(page.locator("#heatmap")).to_be_hidden()
+    assert problems == []
+
+
 def test_reviewer_overturns_a_cleared_image_from_the_qc_sample(web, browser):
     from playwright.sync_api import expect
 

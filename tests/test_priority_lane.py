@@ -59,9 +59,10 @@ def test_a_zero_limit_turns_the_lane_off(db_settings):
 @pytest.mark.parametrize(
     ("argv", "queues"),
     [
-        (["worker"], "priority,cpu"),
-        (["worker", "--queue", "gpu", "--concurrency", "1"], "priority,gpu"),
-        (["worker", "--beat"], "priority,cpu,reconcile,webhooks"),
+        # Heatmaps (``explain``) last: a backlog of any other queue goes first.
+        (["worker"], "priority,cpu,explain"),
+        (["worker", "--queue", "gpu", "--concurrency", "1"], "priority,gpu,explain"),
+        (["worker", "--beat"], "priority,cpu,reconcile,webhooks,explain"),
         (["worker", "--queue", "reconcile"], "reconcile,webhooks"),
     ],
 )
@@ -76,25 +77,33 @@ def test_every_scoring_worker_consumes_the_priority_lane_first(monkeypatch, argv
     assert args[args.index("-Q") + 1] == queues
 
 
-@pytest.mark.redis
-def test_redis_hands_out_the_priority_lane_before_a_backlog(settings, redis_url):
+def consume_in_order(app, queue_names: list[str], n: int) -> list[list[int]]:  # type: ignore[no-untyped-def]
+    """The first id of each of ``n`` tasks as one worker consuming ``queue_names`` (in that
+    order, as ``leukoscreen worker`` passes them) receives them."""
     from kombu import Consumer
 
-    app = make_celery(replace(settings, broker_url=redis_url))
-    for i in range(3):
-        app.send_task(SCORE_TASK, args=[[i]], queue="cpu")
-    for i in range(3):
-        app.send_task(SCORE_TASK, args=[[100 + i]], queue=PRIORITY_QUEUE)
     received: list[list[int]] = []
     with app.connection_for_read() as conn:
-        queues = [app.amqp.queues[PRIORITY_QUEUE], app.amqp.queues["cpu"]]
+        queues = [app.amqp.queues[name] for name in queue_names]
 
         def take(body, message):  # type: ignore[no-untyped-def]
             received.append(body[0][0])
             message.ack()
 
         with Consumer(conn, queues=queues, callbacks=[take], prefetch_count=1):
-            while len(received) < 6:
+            while len(received) < n:
                 conn.drain_events(timeout=5)
+    return received
+
+
+@pytest.mark.redis
+def test_redis_hands_out_the_priority_lane_before_a_backlog(settings, redis_url):
+
+    app = make_celery(replace(settings, broker_url=redis_url))
+    for i in range(3):
+        app.send_task(SCORE_TASK, args=[[i]], queue="cpu")
+    for i in range(3):
+        app.send_task(SCORE_TASK, args=[[100 + i]], queue=PRIORITY_QUEUE)
+    received = consume_in_order(app, [PRIORITY_QUEUE, "cpu"], 6)
     # Kombu's default round robin would alternate the two queues ([100], [0], [101], ...).
     assert received == [[100], [101], [102], [0], [1], [2]]

@@ -14,6 +14,7 @@ import yaml
 from leukoscreen import serve
 from tests.conftest import REPO
 from worker.celery_app import (
+    EXPLAIN_QUEUE,
     PRIORITY_QUEUE,
     RECONCILE_QUEUE,
     RECONCILE_TASK,
@@ -81,6 +82,13 @@ def test_a_worker_with_the_schedule_also_runs_the_reconciler(monkeypatch):
     assert main(["worker", "--beat"]) == 0
     assert main(["worker"]) == 0
     with_beat, plain = (argv[argv.index("-Q") + 1] for argv in argvs)
-    # The housekeeping queues (reconciler, webhook sends) after the scoring ones.
-    assert with_beat.split(",") == [PRIORITY_QUEUE, "cpu", RECONCILE_QUEUE, WEBHOOK_QUEUE]
-    assert plain == f"{PRIORITY_QUEUE},cpu"  # the priority lane first
+    # The housekeeping queues (reconciler, webhook sends) after the scoring ones, and the
+    # heatmaps last of all.
+    assert with_beat.split(",") == [
+        PRIORITY_QUEUE,
+        "cpu",
+        RECONCILE_QUEUE,
+        WEBHOOK_QUEUE,
+        EXPLAIN_QUEUE,
+    ]
+    assert plain == f"{PRIORITY_QUEUE},cpu,{EXPLAIN_QUEUE}"  # the priority lane first

@@ -23,7 +23,7 @@ import pytest
 from bench.processes import ProcessGroup, free_port, project_env
 from db import migrate
 from tests.conftest import PASSWORD, create_account, smear_like_jpeg
-from tests.reviewdata import seed_scored
+from tests.reviewdata import give_heatmap, seed_scored
 from tests.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _login, _watch, running
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.timeout(600)]
@@ -595,6 +595,99 @@ def _noise_jpeg(seed: int) -> bytes:
     out = io.BytesIO()
     PILImage.fromarray(pixels).save(out, "JPEG", quality=95)
     return out.getvalue()
+
+
+# ---- issue 16: the explanation heatmap ------------------------------------------------------
+
+
+def _box(page, selector: str) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    box = page.locator(selector).bounding_box()
+    assert box is not None, selector
+    return box
+
+
+def test_h_and_the_button_toggle_the_heatmap_over_the_image_with_its_note(site, pages):
+    from playwright.sync_api import expect
+
+    # A wide original (320x200), so the overlay must follow the image's drawn box.
+    batch_id, (explained, waiting) = seed_scored(
+        site.database_url,
+        [0.95, 0.9],
+        name="heatmap batch",
+        file_names=["heat_00.jpg", "heat_01.jpg"],
+        storage_dir=site.storage,
+        blobs=[smear_like_jpeg(1500, size=(320, 200)), smear_like_jpeg(1501)],
+    )
+    give_heatmap(site.database_url, site.storage, explained)
+    problems: list[str] = []
+    page = _signed_in(pages, site, "dr.path", problems)
+    page.goto(f"{site.base}/review?batch={batch_id}")
+    expect(page.locator("#item-name")).to_have_text("heat_00.jpg")
+    expect(page.locator("#big")).to_have_js_property("complete", True)
+    toggle, overlay, note = (
+        page.locator(s) for s in ("#heatmap-toggle", "#heatmap", "#heatmap-note")
+    )
+    expect(toggle).to_have_attribute("aria-pressed", "false")
+    expect(toggle).to_contain_text("Show heatmap")
+    expect(overlay).to_be_hidden()
+    expect(note).to_be_hidden()
+
+    # H: the overlay over the image, and the note in plain words.
+    page.locator("#stage").focus()
+    page.keyboard.press("h")
+    expect(toggle).to_have_attribute("aria-pressed", "true")
+    expect(overlay).to_be_visible()
+    expect(overlay).to_have_js_property("naturalWidth", 224)
+    expect(note).to_be_visible()
+    expect(note).to_have_text(
+        "The heatmap shows where the network looked when it scored this image. "
+        "It is not proof of leukaemia and not a diagnosis."
+    )
+    # Stretched over the drawn image (object-fit: contain), 320:200, centred in the stage.
+    stage, box = _box(page, "#stage"), _box(page, "#heatmap")
+    assert box["width"] / box["height"] == pytest.approx(320 / 200, rel=0.02)
+    assert min(stage["width"] - box["width"], stage["height"] - box["height"]) < 2
+    assert box["x"] + box["width"] / 2 == pytest.approx(stage["x"] + stage["width"] / 2, abs=2)
+    assert box["y"] + box["height"] / 2 == pytest.approx(stage["y"] + stage["height"] / 2, abs=2)
+    # Zoomed with the image.
+    page.keyboard.press("+")
+    assert "scale(1.25)" in (overlay.get_attribute("style") or "")
+    page.screenshot(path=str(ARTIFACTS / "review-heatmap-on.png"))
+    _assert_axe_clean(page, "review with the heatmap on")
+
+    # A held H toggles once, not on every auto-repeat.
+    for _ in range(10):
+        page.keyboard.down("h")
+        page.wait_for_timeout(40)
+    page.keyboard.up("h")
+    expect(toggle).to_have_attribute("aria-pressed", "false")
+    expect(overlay).to_be_hidden()
+    expect(note).to_be_hidden()
+
+    # The button does the same.
+    toggle.click()
+    expect(toggle).to_have_attribute("aria-pressed", "true")
+    expect(overlay).to_be_visible()
+    toggle.click()
+    expect(toggle).to_have_attribute("aria-pressed", "false")
+    expect(overlay).to_be_hidden()
+
+    # The next image has none yet: it says so, and the wish stays on.
+    toggle.click()
+    page.locator("#stage").focus()
+    page.keyboard.press("j")
+    expect(page.locator("#item-name")).to_have_text("heat_01.jpg")
+    expect(toggle).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#heatmap-status")).to_have_text(
+        "Heatmap not ready yet: it is made shortly after scoring."
+    )
+    expect(overlay).to_be_hidden()
+    expect(note).to_be_visible()
+    # Back: the first image's heatmap again.
+    page.keyboard.press("k")
+    expect(overlay).to_be_visible()
+    expect(page.locator("#heatmap-status")).to_have_text("")
+    assert problems == []
 
 
 # ---- 11. accessibility on every page, and the screenshots ---------------------------------------

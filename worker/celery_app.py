@@ -21,7 +21,12 @@ WEBHOOK_QUEUE = "webhooks"
 # One-image requests and small batches (LEUKOSCREEN_PRIORITY_MAX_IMAGES): every scoring worker
 # consumes it before its own queue, so /single waits for one chunk at most, not a backlog.
 PRIORITY_QUEUE = "priority"
-QUEUES = ("cpu", "gpu", PRIORITY_QUEUE, RECONCILE_QUEUE, WEBHOOK_QUEUE)
+EXPLAIN_TASK = "worker.tasks.explain_images"
+# Explanation heatmaps (``model.explain``) of scored images that go to a person: they need the
+# model, so scoring workers consume this queue, last of all theirs (``leukoscreen worker``),
+# and a bulk backlog is scored before any heatmap is made.
+EXPLAIN_QUEUE = "explain"
+QUEUES = ("cpu", "gpu", PRIORITY_QUEUE, RECONCILE_QUEUE, WEBHOOK_QUEUE, EXPLAIN_QUEUE)
 # Retention is checked hourly; a run with nothing old enough does nothing.
 PURGE_EVERY_S = 3600
 
@@ -51,6 +56,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
             RECONCILE_TASK: {"queue": RECONCILE_QUEUE},
             PURGE_TASK: {"queue": RECONCILE_QUEUE},
             WEBHOOK_TASK: {"queue": WEBHOOK_QUEUE},
+            EXPLAIN_TASK: {"queue": EXPLAIN_QUEUE},
         },
         broker_transport_options=settings.broker_transport_options,
         broker_connection_retry_on_startup=True,

@@ -12,7 +12,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.lifecycle import OUTBOX, mark_enqueued
 from leukoscreen import logs, metrics
-from worker.celery_app import SCORE_TASK, WEBHOOK_QUEUE, WEBHOOK_TASK
+from worker.celery_app import (
+    EXPLAIN_QUEUE,
+    EXPLAIN_TASK,
+    SCORE_TASK,
+    WEBHOOK_QUEUE,
+    WEBHOOK_TASK,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,19 +31,16 @@ def chunked(ids: Sequence[int], size: int) -> list[list[int]]:
     return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
 
 
-def enqueue_images(
-    celery: Celery,
-    sessions: sessionmaker[Session],
-    image_ids: Sequence[int],
-    chunk_size: int,
-    queue: str,
-) -> int:
-    """Send score tasks in chunks; returns how many images were enqueued (0: broker down)."""
+def _send_chunks(
+    celery: Celery, task: str, ids: Sequence[int], chunk_size: int, queue: str, what: str
+) -> list[int]:
+    """Send ``task`` for ``ids`` in chunks; returns the ids sent (all but those after a broker
+    error, which the reconciler picks up later)."""
     sent: list[int] = []
     try:
-        for chunk in chunked(image_ids, chunk_size):
+        for chunk in chunked(ids, chunk_size):
             celery.send_task(
-                SCORE_TASK,
+                task,
                 args=[chunk],
                 queue=queue,
                 retry=True,
@@ -48,14 +51,30 @@ def enqueue_images(
             sent.extend(chunk)
     except Exception as exc:  # kombu raises many transport-specific types
         log.warning(
-            "broker unavailable, %d images left for the reconciler: %s",
-            len(image_ids) - len(sent),
-            exc,
+            "broker unavailable, %d %s left for the reconciler: %s", len(ids) - len(sent), what, exc
         )
+    return sent
+
+
+def enqueue_images(
+    celery: Celery,
+    sessions: sessionmaker[Session],
+    image_ids: Sequence[int],
+    chunk_size: int,
+    queue: str,
+) -> int:
+    """Send score tasks in chunks; returns how many images were enqueued (0: broker down)."""
+    sent = _send_chunks(celery, SCORE_TASK, image_ids, chunk_size, queue, "images")
     if sent:
         mark_enqueued(sessions, sent)
         metrics.ENQUEUED.labels(queue).inc(len(sent))
     return len(sent)
+
+
+def enqueue_heatmaps(celery: Celery, image_ids: Sequence[int], chunk_size: int) -> int:
+    """Ask for the heatmaps of these scored images (``worker.explain``), in chunks; returns how
+    many ids were sent. A broker outage is not an error: the reconciler asks again later."""
+    return len(_send_chunks(celery, EXPLAIN_TASK, image_ids, chunk_size, EXPLAIN_QUEUE, "heatmaps"))
 
 
 def enqueue_deliveries(celery: Celery, delivery_ids: Sequence[str]) -> int:

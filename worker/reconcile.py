@@ -11,17 +11,22 @@ from celery import Celery
 from sqlalchemy import and_, false, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db.lifecycle import requeue_stale, stale_deliveries
+from db.lifecycle import request_stale_heatmaps, requeue_stale, stale_deliveries
 from db.models import Image, ImageState
 from leukoscreen import logs, metrics
 from leukoscreen.config import Settings
-from worker.dispatch import enqueue_deliveries, enqueue_images
+from worker.dispatch import enqueue_deliveries, enqueue_heatmaps, enqueue_images
 
 log = logging.getLogger(__name__)
 
 # Images accepted while the broker was down have never been enqueued; pick them up soon
 # rather than after the full stale timeout.
 NEVER_ENQUEUED_GRACE = timedelta(seconds=30)
+# Heatmaps still missing are asked for again for results scored this recently: a reviewer
+# looks at an image within days. Older results without one (scored before heatmaps existed, or
+# by a model no worker loads any more) are left alone, and the query stays on the recent
+# end of the ``scored_at`` index.
+HEATMAP_WINDOW = timedelta(days=3)
 
 
 @dataclass
@@ -31,6 +36,7 @@ class ReconcileReport:
     enqueued: int = 0
     stale_queued: int = 0
     deliveries_enqueued: int = 0
+    heatmaps_enqueued: int = 0
 
 
 def reconcile(
@@ -82,4 +88,9 @@ def reconcile(
     # Webhook deliveries whose message was lost or whose sender died: pending and untouched.
     if lost := stale_deliveries(sessions, stale, limit):
         report.deliveries_enqueued = enqueue_deliveries(celery, lost)
+    # Heatmaps of images that go to a person, still missing well after scoring: the message
+    # was lost, its worker died or a worker of another model version took it.
+    if missing := request_stale_heatmaps(sessions, stale, now - HEATMAP_WINDOW, limit):
+        report.heatmaps_enqueued = enqueue_heatmaps(celery, missing, settings.chunk_size)
+        log.info("reconciler asked again for %d heatmaps", report.heatmaps_enqueued)
     return report

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -48,6 +48,8 @@ class ChunkOutcome:
     scored: int = 0
     failed: int = 0
     skipped: int = 0
+    # Images scored in this chunk that go to a person: their heatmaps are asked for next.
+    to_person: list[int] = field(default_factory=list)
 
 
 def register_model_version(sessions: sessionmaker[Session], model: Scorer) -> int:
@@ -212,6 +214,7 @@ def score_chunk(
         )
     lifecycle.finish(sessions, results, bad, {item.batch_id for item in claimed})
     outcome.scored, outcome.failed = len(good), len(bad)
+    outcome.to_person = [r.image_id for r in results if r.flagged]
     metrics.IMAGES_SCORED.inc(len(good))
     metrics.IMAGES_FAILED.inc(len(bad))
     if bad:

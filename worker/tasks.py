@@ -16,14 +16,23 @@ from celery.signals import (
 )
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from db.lifecycle import fail_unfinished
+from db.lifecycle import fail_unfinished, scoring_pending
 from db.models import DeliveryState
 from db.retention import purge_old_images
 from leukoscreen import logs, metrics
 from leukoscreen.storage import StorageUnavailable
 from worker import heartbeat
-from worker.celery_app import PURGE_TASK, RECONCILE_TASK, SCORE_TASK, WEBHOOK_TASK, app
-from worker.dispatch import enqueue_images
+from worker.celery_app import (
+    EXPLAIN_QUEUE,
+    EXPLAIN_TASK,
+    PURGE_TASK,
+    RECONCILE_TASK,
+    SCORE_TASK,
+    WEBHOOK_TASK,
+    app,
+)
+from worker.dispatch import enqueue_heatmaps, enqueue_images
+from worker.explain import explain_chunk
 from worker.reconcile import reconcile as reconcile_images
 from worker.runtime import reset_runtime, runtime, worker_settings
 from worker.scoring import score_chunk, split_for_retry
@@ -35,6 +44,9 @@ log = logging.getLogger(__name__)
 # image.
 TRANSIENT = (OperationalError, DBAPIError, ConnectionError, TimeoutError, StorageUnavailable)
 MAX_RETRIES = 5
+# With the embedded broker, a heatmap task that finds scoring still pending comes back this
+# much later (``explain_images``).
+EXPLAIN_DEFER_S = 10
 
 
 @worker_process_init.connect
@@ -93,7 +105,7 @@ def _bind_log_context(task_id: str, task: object, args: tuple = (), **_: object)
     """The request and batch the task came from (message headers), and its images, on every
     line logged while it runs."""
     fields = logs.from_task_request(getattr(task, "request", None))
-    if getattr(task, "name", "") == SCORE_TASK and args:
+    if getattr(task, "name", "") in (SCORE_TASK, EXPLAIN_TASK) and args:
         fields.update(logs.image_ids(list(args[0])))
     _log_tokens[task_id] = logs.bind(task_id=task_id, **fields)
     if (beat := heartbeat.current()) is not None:
@@ -159,6 +171,42 @@ def score_images(self, image_ids: list[int]) -> dict[str, int]:
         outcome.failed,
         outcome.skipped,
     )
+    if outcome.to_person:
+        # The heatmaps of the images a person will look at, made once scoring is idle.
+        enqueue_heatmaps(app, outcome.to_person, rt.settings.chunk_size)
+    return asdict(outcome)
+
+
+@app.task(name=EXPLAIN_TASK, bind=True, max_retries=MAX_RETRIES, acks_late=True)
+def explain_images(self, image_ids: list[int]) -> dict[str, object]:
+    """Grad-CAM heatmaps of the images among ``image_ids`` whose result of this worker's model
+    goes to a person (``worker.explain``). Idempotent; nothing is marked failed: what is
+    still missing after the retries, the reconciler asks for again."""
+    rt = runtime()
+    if rt.settings.uses_filesystem_broker and scoring_pending(rt.sessions):
+        # The embedded broker (``serve`` without Redis) hands out its queues in turn, not in
+        # the worker's order: wait until scoring is done rather than slow the bulk path.
+        app.send_task(
+            EXPLAIN_TASK, args=[image_ids], queue=EXPLAIN_QUEUE, countdown=EXPLAIN_DEFER_S
+        )
+        return {"deferred": len(image_ids)}
+    try:
+        outcome = explain_chunk(
+            rt.sessions, rt.store, rt.model, rt.version_id, image_ids, rt.decode_pool
+        )
+    except TRANSIENT as exc:
+        if self.request.retries >= self.max_retries:
+            log.error("heatmaps not made after %d retries: %s", self.request.retries, exc)
+            raise
+        raise self.retry(exc=exc, countdown=min(60, 2 ** (self.request.retries + 1))) from exc
+    if outcome.made or outcome.failed:
+        log.info(
+            "heatmaps: %d made (%.1f ms an image), %d failed, %d not wanted",
+            outcome.made,
+            outcome.seconds_per_image * 1000,
+            outcome.failed,
+            outcome.skipped,
+        )
     return asdict(outcome)
 
 

@@ -8,6 +8,8 @@
     items: [], index: -1, next: null, busy: false, threshold: null, modelThreshold: null,
     warnedAbout: null, // the image whose unsaved comment the reviewer was warned about
     undo: null, // {item, seq, comment, timer}: the last decision, while it may be undone
+    // The heatmap overlay is wanted (H or the button): kept for every image, in this tab.
+    heatmap: sessionStorage.getItem("leukoscreen.review.heatmap") === "on",
   };
   const view = { zoom: 1, x: 0, y: 0 };
   // The subtype's words from the server (db.subtypes.page_words), for LS.showSubtype.
@@ -113,6 +115,9 @@
     // A reload, or a sign-in after the session ended, comes back to this image.
     sessionStorage.setItem(RETURN_KEY, String(item.image_id));
     resetView();
+    // The previous image's heatmap goes at once; this one's once its image is drawn.
+    $("heatmap").hidden = true;
+    $("heatmap").removeAttribute("src");
     $("big").src = LS.withId(root.dataset.image, item.image_id);
     $("big").alt = item.file_name;
     $("panel").hidden = false;
@@ -146,6 +151,7 @@
     note(draft ? "Your comment on this image, not saved yet, is back: decide to save it." : "");
     problem(null);
     renderItemState(item);
+    renderHeatmap();
     renderList();
     scrollListTo(i);
     $("history").replaceChildren(LS.el("li", { className: "muted none" }, "loading…"));
@@ -165,6 +171,7 @@
     const changed = fresh.seq !== item.seq;
     Object.assign(item, fresh);
     renderItemState(item);
+    renderHeatmap(); // made since the list loaded, perhaps
     if (changed) renderList(); // someone decided meanwhile: the list says so too
     $("history").replaceChildren(...fresh.history.map((h) => LS.el("li", {},
       LS.el("strong", {}, h.decision.replace("_", " ")), ` by ${h.reviewer}, ${h.created_at.slice(0, 19).replace("T", " ")} UTC`,
@@ -326,9 +333,63 @@
     }
   }
 
+  // ---- explanation heatmap -------------------------------------------------------------
+  // A PNG at the network's input size, stretched over the image's drawn box as the network's
+  // input was stretched from the original; zoomed and panned with the image.
+  function renderHeatmap() {
+    const item = current();
+    const overlay = $("heatmap");
+    const wanted = state.heatmap && Boolean(item);
+    $("heatmap-toggle").setAttribute("aria-pressed", String(state.heatmap));
+    $("heatmap-note").hidden = !wanted;
+    if (!wanted || !item.heatmap_url) {
+      overlay.hidden = true;
+      $("heatmap-status").textContent = !wanted ? ""
+        : item.route === "cleared" ? "No heatmap: only images that go to a person get one."
+          : "Heatmap not ready yet: it is made shortly after scoring.";
+      return;
+    }
+    $("heatmap-status").textContent = "";
+    if (overlay.getAttribute("src") !== item.heatmap_url) overlay.src = item.heatmap_url;
+    fitHeatmap();
+    overlay.hidden = !$("big").complete || !$("big").naturalWidth;
+  }
+
+  // The box object-fit: contain draws the image in (the overlay's box, centred like it, so one
+  // transform moves both alike).
+  function fitHeatmap() {
+    const img = $("big");
+    if (!img.naturalWidth) return;
+    const scale = Math.min(img.offsetWidth / img.naturalWidth, img.offsetHeight / img.naturalHeight);
+    const w = img.naturalWidth * scale;
+    const h = img.naturalHeight * scale;
+    Object.assign($("heatmap").style, {
+      width: `${w}px`, height: `${h}px`,
+      left: `${img.offsetLeft + (img.offsetWidth - w) / 2}px`,
+      top: `${img.offsetTop + (img.offsetHeight - h) / 2}px`,
+    });
+  }
+
+  function toggleHeatmap() {
+    state.heatmap = !state.heatmap;
+    sessionStorage.setItem("leukoscreen.review.heatmap", state.heatmap ? "on" : "off");
+    renderHeatmap();
+  }
+
+  $("big").addEventListener("load", () => renderHeatmap());
+  $("heatmap").addEventListener("error", () => {
+    if (!$("heatmap").getAttribute("src")) return;
+    $("heatmap").hidden = true;
+    $("heatmap-status").textContent = "The heatmap could not be loaded.";
+  });
+  new ResizeObserver(() => fitHeatmap()).observe($("stage"));
+  $("heatmap-toggle").addEventListener("click", () => toggleHeatmap());
+
   // ---- zoom and pan ------------------------------------------------------------------
   function applyView() {
-    $("big").style.transform = `translate(${view.x}px, ${view.y}px) scale(${view.zoom})`;
+    const transform = `translate(${view.x}px, ${view.y}px) scale(${view.zoom})`;
+    $("big").style.transform = transform;
+    $("heatmap").style.transform = transform;
   }
   function resetView() { Object.assign(view, { zoom: 1, x: 0, y: 0 }); applyView(); }
   function zoomBy(f) { view.zoom = Math.min(16, Math.max(0.5, view.zoom * f)); applyView(); }
@@ -348,7 +409,8 @@
   // ---- keyboard ----------------------------------------------------------------------
   // Keys that record or take back a decision act once per press: a held key's auto-repeat
   // (KeyboardEvent.repeat) must never decide image after image.
-  const DELIBERATE = new Set(["c", "o", "s", "u", "m"]);
+  // The heatmap toggles once per press too: a held H would make it flicker.
+  const DELIBERATE = new Set(["c", "o", "s", "u", "m", "h"]);
   document.addEventListener("keydown", (e) => {
     const typing = ["TEXTAREA", "INPUT", "SELECT"].includes(e.target.tagName);
     if (typing) {
@@ -367,7 +429,8 @@
     const actions = {
       j: () => move(1), ArrowDown: () => move(1), k: () => move(-1), ArrowUp: () => move(-1),
       c: () => decide("confirmed"), o: () => decide("overturned"), s: () => decide("second_opinion"),
-      u: () => undo(), m: () => $("comment").focus(), "+": () => zoomBy(1.25), "=": () => zoomBy(1.25),
+      u: () => undo(), m: () => $("comment").focus(), h: () => toggleHeatmap(),
+      "+": () => zoomBy(1.25), "=": () => zoomBy(1.25),
       "-": () => zoomBy(0.8), 0: () => resetView(),
     };
     const action = actions[key];
