@@ -287,6 +287,13 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
         assert card["gate_evaluation"]["held_out"]["other_lab"]["n"] > 0
         assert (plots / "reliability.png").stat().st_size > 1000
         assert out.with_suffix(".gate.npz").is_file()
+        from model import heatmap_figure
+
+        figure = plots / "heatmaps.png"
+        cache = ["--cache-dir", str(tmp_path / "cache")]
+        argv = ["--model", str(out), "--data", str(root), "--out", str(figure), *cache]
+        assert heatmap_figure.main(argv) == 0
+        assert figure.stat().st_size > 1000
     else:
         assert card["output"] == "p_leukemia" and "input_size" not in card
     assert 0.0 <= card["threshold"] <= 1.0
