@@ -294,6 +294,9 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
         argv = ["--model", str(out), "--data", str(root), "--out", str(figure), *cache]
         assert heatmap_figure.main(argv) == 0
         assert figure.stat().st_size > 1000
+        from model import tta_check
+
+        assert tta_check.main(["--model", str(out), "--data", str(root), *cache]) == 0
     else:
         assert card["output"] == "p_leukemia" and "input_size" not in card
     assert 0.0 <= card["threshold"] <= 1.0
