@@ -11,7 +11,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from model.card import SUBTYPE_LABELS, CardData, card_path, read_card_data
+from model.card import (
+    DEFAULT_INPUT_SIZE,
+    P_CLASSES,
+    SUBTYPE_LABELS,
+    CardData,
+    card_path,
+    read_card_data,
+)
 
 GOAL = {"sensitivity": 0.99, "specificity": 0.95, "auc": 0.99}
 
@@ -62,16 +69,23 @@ def render(weights: list[Path]) -> str:
         "## Intended use",
         main["intended_use"],
         "Output: `p_leukemia` for one field-of-view image; the image is flagged when "
-        f"`p_leukemia >= threshold` (stored in `{card_path(main_w).name}`).",
+        f"`p_leukemia >= threshold` (stored in `{card_path(main_w).name}`)"
+        + (
+            ", and the most likely B-ALL subtype with each subtype's probability given "
+            "leukemia (a model estimate, shown to the reviewer, not a diagnosis)."
+            if main.get("output") == P_CLASSES
+            else "."
+        ),
         "",
         "## Files",
-        "| file | network | params | threshold | SHA-256 |",
-        "|---|---|---|---|---|",
+        "| file | network | input | params | threshold | SHA-256 |",
+        "|---|---|---|---|---|---|",
     ]
     for w, c in cards:
+        width, height = c.get("input_size", DEFAULT_INPUT_SIZE)
         lines.append(
-            f"| `{w.name}` | {c['architecture']} | {c['params']:,} | {c['threshold']:.4f} | "
-            f"`{c['sha256']}` |"
+            f"| `{w.name}` | {c['architecture']} | {width}x{height} | {c['params']:,} | "
+            f"{c['threshold']:.4f} | `{c['sha256']}` |"
         )
     sizes = d["sizes"]
     lines += [

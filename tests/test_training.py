@@ -297,6 +297,13 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
         from model import tta_check
 
         assert tta_check.main(["--model", str(out), "--data", str(root), *cache]) == 0
+        from model import card_markdown
+
+        markdown = tmp_path / "card.md"
+        assert card_markdown.main([str(out), "--out", str(markdown)]) == 0
+        text = markdown.read_text()
+        assert "## B-ALL subtype (positive images)" in text and "| 224x224 |" in text
+        assert "| Early pre-B | " in text and "## Gate: which images" in text
     else:
         assert card["output"] == "p_leukemia" and "input_size" not in card
     assert 0.0 <= card["threshold"] <= 1.0
