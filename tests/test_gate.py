@@ -205,7 +205,7 @@ def shipped():
 
 
 def _route_all(loaded, blobs: list[bytes]) -> list:
-    prepared = [prepare(b, loaded.gate.hue_band) for b in blobs]
+    prepared = [prepare(b, loaded.gate.hue_band, loaded.card.input_size) for b in blobs]
     scores = loaded.assess(np.stack([p.pixels for p in prepared]))
     return [
         route_image(
@@ -268,7 +268,10 @@ def test_the_workers_graph_computes_the_gates_domain_distance(shipped):
     from model.inference import feature_network
 
     images = np.stack(
-        [prepare(_png(_smear(seed)), shipped.gate.hue_band).pixels for seed in range(5)]
+        [
+            prepare(_png(_smear(seed)), shipped.gate.hue_band, shipped.card.input_size).pixels
+            for seed in range(5)
+        ]
     )
     in_graph = shipped.assess(images).domain_distance
     network = feature_network(fold_batch_norm(keras.saving.load_model(SHIPPED, compile=False)))

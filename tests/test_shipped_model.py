@@ -52,3 +52,8 @@ def test_shipped_card_matches_fresh_evaluation(tmp_path):
     # the network must clearly beat the colour-only shortcut on the same images:
     # at most half the baseline's ranking errors (1 - AUC)
     assert 1 - report["auc"] < 0.5 * (1 - report["colour_baseline"]["auc"])
+    # generation 2: the subtype figures of the card are what the workers' code computes
+    if "subtype_metrics" in card:
+        claimed_subtype = card["subtype_metrics"]["test"]
+        assert report["subtype"]["confusion"] == claimed_subtype["confusion"]
+        assert report["subtype"]["accuracy"] == pytest.approx(claimed_subtype["accuracy"])

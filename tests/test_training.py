@@ -305,7 +305,7 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
         assert "## B-ALL subtype (positive images)" in text and "| 224x224 |" in text
         assert "| Early pre-B | " in text and "## Gate: which images" in text
     else:
-        assert card["output"] == "p_leukemia" and "input_size" not in card
+        assert card["output"] == "p_leukemia" and card["input_size"] == [256, 256]
     assert 0.0 <= card["threshold"] <= 1.0
     # training ends by fitting the gate; the model version covers weights and gate
     assert card["gate"]["limits"] and card["calibration"]["ece_after"]
