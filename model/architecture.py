@@ -34,16 +34,21 @@ def build_lenet_lld_bn(input_shape: tuple[int, int, int] = INPUT_SHAPE) -> keras
     to the next; with 0.9 such swings are rarer and end earlier in training (model card).
     """
     inputs = keras.Input(shape=input_shape, name="image")
-    x = inputs
+    x = _batch_norm_features(inputs)
+    outputs = layers.Dense(1, activation="sigmoid", name="p_leukemia")(x)
+    return keras.Model(inputs, outputs, name="lenet_lld_bn")
+
+
+def _batch_norm_features(x):
+    """The four conv blocks with batch norm, pooled and dropped out: what both batch-norm
+    networks feed their last layer."""
     for filters in (16, 32, 64, 128):
         x = layers.Conv2D(filters, 3, use_bias=False)(x)
         x = layers.BatchNormalization(momentum=0.9)(x)
         x = layers.Activation("relu")(x)
         x = layers.MaxPooling2D(2)(x)
     x = layers.GlobalAveragePooling2D()(x)
-    x = layers.Dropout(0.3)(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="p_leukemia")(x)
-    return keras.Model(inputs, outputs, name="lenet_lld_bn")
+    return layers.Dropout(0.3)(x)
 
 
 NATIVE_INPUT_SHAPE = (224, 224, 3)
@@ -61,14 +66,7 @@ def build_lenet_lld_v2(input_shape: tuple[int, int, int] = NATIVE_INPUT_SHAPE) -
     convolution work and a resize, and no information.
     """
     inputs = keras.Input(shape=input_shape, name="image")
-    x = inputs
-    for filters in (16, 32, 64, 128):
-        x = layers.Conv2D(filters, 3, use_bias=False)(x)
-        x = layers.BatchNormalization(momentum=0.9)(x)
-        x = layers.Activation("relu")(x)
-        x = layers.MaxPooling2D(2)(x)
-    x = layers.GlobalAveragePooling2D()(x)
-    x = layers.Dropout(0.3)(x)
+    x = _batch_norm_features(inputs)
     outputs = layers.Dense(SUBTYPE_CLASSES, activation="softmax", name="classes")(x)
     return keras.Model(inputs, outputs, name="lenet_lld_v2")
 
