@@ -49,6 +49,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-sizes", default="1,8,16,32,64")
     p.add_argument("--thesis-images", type=int, default=200)
     p.add_argument(
+        "--thesis-model",
+        help="also time the thesis' way with this network (e.g. the thesis' own LeNet-LLD, "
+        "model/weights/lenet_lld_thesis.keras); the main figure keeps the benchmarked network",
+    )
+    p.add_argument(
         "--database-url",
         default=os.environ.get(
             "BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -572,6 +577,10 @@ def run(args: argparse.Namespace) -> int:
         )
     if "thesis" not in skip:
         figures["thesis_ips"] = bench_thesis(model_path, inputs[: args.thesis_images])
+        if args.thesis_model:
+            figures["thesis_network_ips"] = bench_thesis(
+                Path(args.thesis_model), inputs[: args.thesis_images]
+            )
     if "e2e" not in skip:
         e2e = bench_end_to_end(args, model_path, inputs)
         figures.update(e2e)
@@ -586,6 +595,10 @@ def run(args: argparse.Namespace) -> int:
         figures["ratio_e2e_to_model"] = figures["end_to_end_ips"] / figures["model_only_ips"]
     if "end_to_end_ips" in figures and "thesis_ips" in figures:
         figures["ratio_e2e_to_thesis"] = figures["end_to_end_ips"] / figures["thesis_ips"]
+    if "end_to_end_ips" in figures and "thesis_network_ips" in figures:
+        figures["ratio_e2e_to_thesis_network"] = (
+            figures["end_to_end_ips"] / figures["thesis_network_ips"]
+        )
     print_table(figures)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2, default=float))
@@ -603,6 +616,7 @@ def print_table(f: dict[str, Any]) -> None:
         ("end_to_end_ips", "end to end (API+Redis+worker+PostgreSQL)"),
         ("intake_ips", "intake (upload accepted)"),
         ("thesis_ips", "thesis' way (HTTP + predict per image)"),
+        ("thesis_network_ips", "thesis' way with --thesis-model"),
         ("preprocess_ips_no_quality", "gate: preprocessing without quality measures"),
         ("preprocess_ips_with_quality", "gate: preprocessing with quality measures"),
         ("model_ips_no_gate", "gate: model, batch 32, without gate features"),
@@ -620,6 +634,7 @@ def print_table(f: dict[str, Any]) -> None:
     for key, label in (
         ("ratio_e2e_to_model", "end to end / model only"),
         ("ratio_e2e_to_thesis", "end to end / thesis"),
+        ("ratio_e2e_to_thesis_network", "end to end / thesis' way with --thesis-model"),
     ):
         if key in f:
             rows.append((label, f"{f[key]:8.2f} x"))
