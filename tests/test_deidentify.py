@@ -112,12 +112,13 @@ def _every_get_answer(app, client, batch_id: str, image_id: int, with_image: boo
             "reviews.qc_sample": ["?n=10"],
         }.get(rule.endpoint, [""])
         # /readyz is 503 without workers, and its answer is checked all the same.
-        # An unsigned specimen has no FHIR report yet (409), and there is no webhook (404):
-        # those refusals are checked all the same.
+        # An unsigned specimen has no FHIR report yet (409), there is no webhook (404) and no
+        # worker made a heatmap here (404): those refusals are checked all the same.
         answers = {
             "health.readyz": (200, 302, 503),
             "fhir.specimen_report": (409,),
             "webhooks.webhook_deliveries": (404,),
+            "batches.get_heatmap": (404,),
         }.get(rule.endpoint, (200, 302))
         for query in queries:
             resp = client.get(path + query)
