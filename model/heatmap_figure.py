@@ -19,6 +19,7 @@ import numpy as np
 
 from model import data as mdata
 from model.card import SUBTYPE_LABELS, SUBTYPES, read_card
+from model.evaluate import select_split
 from model.explain import colorize
 
 
@@ -47,9 +48,8 @@ def run(args: argparse.Namespace) -> int:
 
     card = read_card(args.model)
     loaded = load_model(args.model, batch_size=32)
-    split = mdata.read_split(mdata.split_path(args.model))["splits"]["test"]
     dataset = mdata.load_dataset(args.data, cache_dir=args.cache_dir, size=card.input_size)
-    test = dataset.subset({r["file"] for r in split})
+    test, _ = select_split(dataset, args.model, "test")
     labels = [r.subtype or "benign" for r in test.records]
     pixels = mdata.to_float(test.images)
     p = loaded.score(pixels)

@@ -19,15 +19,15 @@ import numpy as np
 from model import data as mdata
 from model import metrics as mm
 from model.card import read_card
+from model.evaluate import select_split
 
 
 def run(args: argparse.Namespace) -> int:
     from model.inference import load_model
 
     card = read_card(args.model)
-    split = mdata.read_split(mdata.split_path(args.model))["splits"]["val"]
     dataset = mdata.load_dataset(args.data, cache_dir=args.cache_dir, size=card.input_size)
-    val = dataset.subset({r["file"] for r in split})
+    val, _ = select_split(dataset, args.model, "val")
     x, y = mdata.to_float(val.images), val.labels
     model = load_model(args.model, batch_size=32)
     p = {
