@@ -114,7 +114,7 @@ def bench_model(model_path: Path, batch_sizes: list[int], seconds: float = 4.0) 
     for bs in batch_sizes:
         model = load_model(model_path, batch_size=bs)
         width, height = model.card.input_size
-        x = rng.random((bs, height, width, 3), dtype=np.float32)
+        x = rng.integers(0, 256, (bs, height, width, 3), dtype=np.uint8)
         model.score(x)  # trace and warm up
         n, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:

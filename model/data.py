@@ -2,8 +2,9 @@
 
 Consecutive file numbers come from the same slide, so images are grouped into blocks of
 ``block`` consecutive numbers within a class folder and whole groups go to one split.
-Images are decoded once with ``model.preprocess.preprocess`` and kept as uint8 (an exact
-round trip of its float output), optionally cached in an ``.npz`` outside the repository.
+Images are decoded once by ``model.preprocess`` and kept as its uint8 pixels (what the
+network sees before ``model.preprocess.scale``, and what the workers' graph takes),
+optionally cached in an ``.npz`` outside the repository.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from leukoscreen.imagetypes import has_image_suffix
 from model.card import CLASSES
-from model.preprocess import TARGET_SIZE, preprocess
+from model.preprocess import TARGET_SIZE, decode, to_pixels
 
 NEGATIVE_FOLDERS = {"benign", "negative", "normal", "hem", "healthy"}
 POSITIVE_FOLDERS = {"early", "pre", "pro", "positive", "malignant", "all", "leukemia"}
@@ -102,16 +103,6 @@ def list_images(data_dir: Path) -> list[tuple[str, int]]:
     return found
 
 
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    """Exact inverse of preprocess' scaling by 1/255."""
-    return np.rint(x * 255.0).astype(np.uint8)
-
-
-def to_float(images: np.ndarray) -> np.ndarray:
-    """uint8 pixels to the network input, bit-identical to ``preprocess``."""
-    return images.astype(np.float32) * np.float32(1.0 / 255.0)
-
-
 def _cache_key(data_dir: Path, files: list[tuple[str, int]], size: tuple[int, int]) -> str:
     digest = hashlib.sha256(f"{data_dir.resolve()}\0{size}".encode())
     for rel, _ in files:
@@ -125,7 +116,7 @@ def _decode_all(data_dir: Path, files: list[tuple[str, int]], size: tuple[int, i
     for rel, label in files:
         data = (data_dir / rel).read_bytes()
         try:
-            arrays.append(to_uint8(preprocess(data, size)))
+            arrays.append(to_pixels(decode(data, size).image, size))
         except Exception:  # noqa: BLE001 - any undecodable file is skipped and reported
             skipped.append(rel)
             continue

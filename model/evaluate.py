@@ -70,9 +70,7 @@ def select_split(dataset: mdata.Dataset, weights: Path, split: str) -> tuple[mda
 
 def assess(loaded: LoadedModel, images_u8: np.ndarray) -> Scores:
     """p_leukemia and domain distance exactly as the workers compute them."""
-    parts = [
-        loaded.assess(mdata.to_float(images_u8[i : i + 512])) for i in range(0, len(images_u8), 512)
-    ]
+    parts = [loaded.assess(images_u8[i : i + 512]) for i in range(0, len(images_u8), 512)]
     if not parts:
         return Scores(np.zeros((0,)), np.zeros((0,)))
     subtypes = [s.subtype_probs for s in parts]

@@ -47,7 +47,7 @@ import numpy as np
 from PIL import Image
 
 from model.card import P_CLASSES, P_LEUKEMIA, P_NORMAL
-from model.inference import padded_batches
+from model.inference import padded_batches, require_pixels, scaled_in_graph
 
 # matplotlib's viridis at 0, 1/16, ..., 1 (8-bit RGB). Linear interpolation between these
 # stays within 6/255 of the full 256-entry table.
@@ -202,11 +202,11 @@ class GradCam:
         self.batch_size = batch_size
         self.input_shape = tuple(int(d) for d in network.input_shape[1:])
         height, width = self.input_shape[:2]
-        spec = tf.TensorSpec((batch_size, *self.input_shape), tf.float32)
+        spec = tf.TensorSpec((batch_size, *self.input_shape), tf.uint8)
 
         @tf.function(input_signature=[spec], reduce_retracing=True)
-        def maps(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            a = x
+        def maps(pixels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            a = scaled_in_graph(pixels)
             for layer in front:
                 a = layer(a)
             with tf.GradientTape() as tape:
@@ -227,13 +227,12 @@ class GradCam:
         self._maps = maps
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        """(N, H, W) float32 maps in [0, 1] for (N, H, W, 3) images."""
+        """(N, H, W) float32 maps in [0, 1] for (N, H, W, 3) uint8 pixels."""
         return self.explain(images)[0]
 
     def explain(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The maps and each image's leukemia log-odds (uncalibrated), for checking."""
-        images = np.asarray(images, dtype=np.float32)
-        n = len(images)
+        n = len(require_pixels(images))
         height, width = self.input_shape[:2]
         out = np.zeros((n, height, width), dtype=np.float32)
         log_odds = np.zeros((n,), dtype=np.float64)

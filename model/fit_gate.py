@@ -46,7 +46,7 @@ from model.gate import (
     route_image,
     write_statistics,
 )
-from model.preprocess import Prepared, decode, load_rgb, prepare, prepare_decoded
+from model.preprocess import Prepared, decode, load_rgb, prepare, prepare_decoded, scale
 from model.quality import MEASURES, hue_histogram
 from model.train import summarise
 
@@ -86,7 +86,7 @@ class Network:
     def run(self, prepared: list[Prepared]) -> tuple[np.ndarray, np.ndarray]:
         from model.card import to_p_leukemia
 
-        x = np.stack([p.pixels for p in prepared])
+        x = scale(np.stack([p.pixels for p in prepared]))
         raw, features = self.network.predict(x, batch_size=self.batch_size, verbose=0)
         return to_p_leukemia(raw, self.output), np.asarray(features, np.float64)
 

@@ -51,12 +51,11 @@ def run(args: argparse.Namespace) -> int:
     dataset = mdata.load_dataset(args.data, cache_dir=args.cache_dir, size=card.input_size)
     test, _ = select_split(dataset, args.model, "test")
     labels = [r.subtype or "benign" for r in test.records]
-    pixels = mdata.to_float(test.images)
-    p = loaded.score(pixels)
+    p = loaded.score(test.images)
     picks = choose(labels, p, card.threshold, args.per_class)
     if not picks:
         raise SystemExit("no flagged test image to show")
-    maps = loaded.heatmaps(pixels[picks])
+    maps = loaded.heatmaps(test.images[picks])
     fig, axes = plt.subplots(len(picks), 2, figsize=(5.2, 2.6 * len(picks)), squeeze=False)
     for row, (i, heat) in enumerate(zip(picks, maps, strict=True)):
         image = test.images[i]

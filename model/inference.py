@@ -18,6 +18,7 @@ from model.card import (
     to_subtype_probs,
 )
 from model.gate import FEATURE_OFFSET, Gate, model_version, read_gate
+from model.preprocess import INPUT_SCALE
 
 
 def padded_batches(images: np.ndarray, batch_size: int) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -31,6 +32,21 @@ def padded_batches(images: np.ndarray, batch_size: int) -> Iterator[tuple[int, i
             pad = np.zeros((batch_size - real, *part.shape[1:]), part.dtype)
             part = np.concatenate([part, pad])
         yield start, real, part
+
+
+def scaled_in_graph(x: Any) -> Any:
+    """``model.preprocess.scale`` as TensorFlow ops, for a uint8 batch inside a compiled graph."""
+    import tensorflow as tf
+
+    return tf.cast(x, tf.float32) * tf.constant(INPUT_SCALE, tf.float32)
+
+
+def require_pixels(images: np.ndarray) -> np.ndarray:
+    """The scoring and heatmap graphs take uint8 pixels (``model.preprocess.Prepared``); a
+    float array would be an input already scaled, which they would scale again."""
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise TypeError(f"expected uint8 pixels (N, H, W, 3), got {images.dtype} {images.shape}")
+    return images
 
 
 @dataclass(frozen=True)
@@ -55,8 +71,8 @@ class LoadedModel:
     _gradcam: Any = None
 
     def assess(self, images: np.ndarray) -> Scores:
-        """p_leukemia and domain distance for a stack of preprocessed images (N, H, W, 3)."""
-        n = len(images)
+        """p_leukemia and domain distance for a stack of uint8 pixels (N, H, W, 3)."""
+        n = len(require_pixels(images))
         p = np.empty((n,), dtype=np.float64)
         distance = np.full((n,), np.nan, dtype=np.float64)
         subtypes = np.full((n, 3), np.nan) if self.card.has_subtypes else None
@@ -78,7 +94,7 @@ class LoadedModel:
         return self.assess(images).p_leukemia
 
     def heatmaps(self, images: np.ndarray) -> np.ndarray:
-        """Grad-CAM maps (N, H, W) in [0, 1] of the leukemia score for preprocessed images
+        """Grad-CAM maps (N, H, W) in [0, 1] of the leukemia score for uint8 pixels
         (``model.explain``), from the same network that scored them. Traced on first use."""
         if self._gradcam is None:
             from model.explain import GradCam
@@ -127,7 +143,7 @@ def load_model(path: Path, batch_size: int = 32) -> LoadedModel:
     raw_card = read_card_data(path)
     gate = read_gate(path, raw_card)
     with_features = feature_network(network) if gate is not None else None
-    spec = tf.TensorSpec((batch_size, *network.input_shape[1:]), tf.float32)
+    spec = tf.TensorSpec((batch_size, *network.input_shape[1:]), tf.uint8)
     if gate is not None:
         # The domain distance (``Gate.domain_distance``) inside the same graph: done in NumPy,
         # its matrix product woke OpenBLAS's spinning threads, which then slowed the next
@@ -136,7 +152,8 @@ def load_model(path: Path, batch_size: int = 32) -> LoadedModel:
         whitened_means = tf.constant(gate.whitened_means, tf.float32)
 
     @tf.function(input_signature=[spec], reduce_retracing=True)
-    def predict(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
+    def predict(pixels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
+        x = scaled_in_graph(pixels)
         if with_features is None:
             return network(x, training=False), None
         raw, features = with_features(x, training=False)

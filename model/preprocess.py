@@ -1,8 +1,13 @@
 """The one preprocessing path shared by training, evaluation and the workers.
 
-Bytes -> RGB pixels (EXIF orientation honoured, any Pillow mode normalised) -> 256x256
-bilinear resize -> float32 scaled by 1/255, as in the thesis. It uses only Pillow and
-NumPy so that it can run anywhere, TensorFlow or not.
+Bytes -> RGB pixels (EXIF orientation honoured, any Pillow mode normalised) -> bilinear
+resize to the network's input size (256x256 for the thesis' network, 224x224 for the
+shipped one) -> uint8 pixels -> float32 scaled by 1/255, as in the thesis. It uses only
+Pillow and NumPy so that it can run anywhere, TensorFlow or not.
+
+The last step, ``scale``, is the only one a worker does elsewhere: it hands the network
+uint8 pixels and its compiled graph multiplies by the same ``INPUT_SCALE`` (a quarter of
+the bytes to stack and copy, and converting to float in NumPy cost as much as decoding).
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from PIL import Image, ImageOps
 from model.quality import measure
 
 TARGET_SIZE = (256, 256)
+# The thesis' scaling of 8-bit pixels to [0, 1], as a float32 factor so that NumPy here and
+# TensorFlow in the workers' graph (``model.inference``) compute bit-identical inputs.
+INPUT_SCALE = np.float32(1.0 / 255.0)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -65,11 +73,21 @@ def decode(data: bytes, target_size: tuple[int, int] = TARGET_SIZE) -> Decoded:
     return Decoded(img, size, mode)
 
 
-def to_model_input(img: Image.Image, target_size: tuple[int, int] = TARGET_SIZE) -> np.ndarray:
-    """Resize an RGB image and scale it to float32 in [0, 1], shape (H, W, 3)."""
+def to_pixels(img: Image.Image, target_size: tuple[int, int] = TARGET_SIZE) -> np.ndarray:
+    """Resize an RGB image to the network's input size: uint8, shape (H, W, 3)."""
     if img.size != target_size:
         img = img.resize(target_size, Image.Resampling.BILINEAR)
-    return np.asarray(img, dtype=np.float32) * np.float32(1.0 / 255.0)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def scale(pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels to the network's input: float32 in [0, 1]."""
+    return pixels.astype(np.float32) * INPUT_SCALE
+
+
+def to_model_input(img: Image.Image, target_size: tuple[int, int] = TARGET_SIZE) -> np.ndarray:
+    """Resize an RGB image and scale it to float32 in [0, 1], shape (H, W, 3)."""
+    return scale(to_pixels(img, target_size))
 
 
 def preprocess(data: bytes, target_size: tuple[int, int] = TARGET_SIZE) -> np.ndarray:
@@ -79,7 +97,7 @@ def preprocess(data: bytes, target_size: tuple[int, int] = TARGET_SIZE) -> np.nd
 
 @dataclass(frozen=True)
 class Prepared:
-    pixels: np.ndarray  # the network's input, float32 (H, W, 3)
+    pixels: np.ndarray  # what the network sees before ``scale``: uint8 (H, W, 3)
     quality: dict[str, float]  # ``model.quality`` measures
     original_mode: str
 
@@ -90,7 +108,8 @@ def prepare(
     target_size: tuple[int, int] = TARGET_SIZE,
     with_quality: bool = True,
 ) -> Prepared:
-    """``preprocess`` plus the quality measures, from one decode (what the worker runs).
+    """``preprocess`` but for ``scale``, plus the quality measures, from one decode (what the
+    worker runs; ``model.inference.LoadedModel`` scales the pixels inside its graph).
 
     ``with_quality=False`` skips the measures, for a network without a gate (whose images all
     go to a person anyway).
@@ -107,7 +126,7 @@ def prepare_decoded(
     """``prepare`` for an image already decoded (fitting the gate needs the decoded training
     images once for the stain hue band, then for everything else)."""
     return Prepared(
-        to_model_input(decoded.image, target_size),
+        to_pixels(decoded.image, target_size),
         measure(decoded.image, decoded.original_size, hue_band) if with_quality else {},
         decoded.original_mode,
     )

@@ -30,7 +30,7 @@ from model.card import (
     write_card,
 )
 from model.evaluate import assess
-from model.inference import load_model
+from model.inference import load_model, scaled_in_graph
 
 DATA_SOURCE = (
     "Acute Lymphoblastic Leukemia (ALL) image dataset, bone-marrow laboratory of Taleqani "
@@ -197,8 +197,7 @@ def make_dataset(
     if shuffle:
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    scale = tf.constant(1.0 / 255.0, tf.float32)
-    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32) * scale, y), num_parallel_calls=2)
+    ds = ds.map(lambda x, y: (scaled_in_graph(x), y), num_parallel_calls=2)
     if augment:
 
         def augment_batch(x, y):

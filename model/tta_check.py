@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     card = read_card(args.model)
     dataset = mdata.load_dataset(args.data, cache_dir=args.cache_dir, size=card.input_size)
     val, _ = select_split(dataset, args.model, "val")
-    x, y = mdata.to_float(val.images), val.labels
+    x, y = val.images, val.labels
     model = load_model(args.model, batch_size=32)
     p = {
         "identity": model.score(x),

@@ -45,13 +45,14 @@ def _detector(head: str):  # type: ignore[no-untyped-def]
 
 
 def _patch(red: tuple[int, int], green: tuple[int, int] | None = None) -> np.ndarray:
-    """A dark image with an 8x8 red patch at ``red`` (row, col) and maybe a green one."""
-    image = np.full((SIZE, SIZE, 3), 0.05, dtype=np.float32)
+    """A dark image (uint8 pixels, as the worker has them) with an 8x8 red patch at ``red``
+    (row, col) and maybe a green one."""
+    image = np.full((SIZE, SIZE, 3), 13, dtype=np.uint8)
     r, c = red
-    image[r : r + 8, c : c + 8, 0] = 1.0
+    image[r : r + 8, c : c + 8, 0] = 255
     if green is not None:
         r, c = green
-        image[r : r + 8, c : c + 8, 1] = 1.0
+        image[r : r + 8, c : c + 8, 1] = 255
     return image
 
 
@@ -82,11 +83,12 @@ def test_the_map_highlights_the_evidence_and_follows_it_when_it_moves(head):
 def test_the_target_is_the_leukemia_log_odds_of_the_networks_own_output(head):
     from model.card import to_p_leukemia
     from model.explain import GradCam
+    from model.preprocess import scale
 
     network = _detector(head)
     images = np.stack([_patch((2, 2)), _patch((20, 20), green=(2, 2)), _patch((10, 12))])
     _, log_odds = GradCam(network, head, batch_size=2).explain(images)  # padded: 2 + 1
-    p = to_p_leukemia(network.predict(images, verbose=0), head)
+    p = to_p_leukemia(network.predict(scale(images), verbose=0), head)
     assert np.all(np.isfinite(log_odds))
     np.testing.assert_allclose(log_odds, np.log(p) - np.log1p(-p), rtol=1e-3, atol=1e-3)
 
@@ -94,7 +96,7 @@ def test_the_target_is_the_leukemia_log_odds_of_the_networks_own_output(head):
 def test_an_image_without_evidence_gets_an_empty_map_not_noise():
     from model.explain import GradCam
 
-    nothing = np.zeros((1, SIZE, SIZE, 3), dtype=np.float32)
+    nothing = np.zeros((1, SIZE, SIZE, 3), dtype=np.uint8)
     maps = GradCam(_detector(P_LEUKEMIA), P_LEUKEMIA, batch_size=1)(nothing)
     assert np.all(maps == 0.0)
 

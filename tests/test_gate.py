@@ -82,11 +82,12 @@ def test_quality_measures_tell_dark_bright_empty_and_sharp_images_apart():
 
 
 def test_prepare_returns_the_same_pixels_as_preprocess_plus_the_measures():
-    from model.preprocess import preprocess
+    from model.preprocess import preprocess, scale
 
     blob = _png(_smear())
     prepared = prepare(blob, (180, 215))
-    np.testing.assert_array_equal(prepared.pixels, preprocess(blob))
+    assert prepared.pixels.dtype == np.uint8
+    np.testing.assert_array_equal(scale(prepared.pixels), preprocess(blob))
     assert prepared.original_mode == "RGB" and prepared.quality["min_side"] == 224
 
 
@@ -266,6 +267,7 @@ def test_the_workers_graph_computes_the_gates_domain_distance(shipped):
 
     from model.folding import fold_batch_norm
     from model.inference import feature_network
+    from model.preprocess import scale
 
     images = np.stack(
         [
@@ -275,7 +277,7 @@ def test_the_workers_graph_computes_the_gates_domain_distance(shipped):
     )
     in_graph = shipped.assess(images).domain_distance
     network = feature_network(fold_batch_norm(keras.saving.load_model(SHIPPED, compile=False)))
-    _, features = network.predict(images, verbose=0)
+    _, features = network.predict(scale(images), verbose=0)
     np.testing.assert_allclose(in_graph, shipped.gate.domain_distance(features), rtol=1e-3)
 
 

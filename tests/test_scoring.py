@@ -209,12 +209,33 @@ def loaded_model(model_path):
 def test_compiled_batched_scoring_matches_keras_predict(loaded_model, model_path, make_jpeg):
     import keras
 
-    from model.preprocess import preprocess
+    from model.preprocess import prepare, preprocess
 
-    images = np.stack([preprocess(make_jpeg(i)) for i in range(6)])  # 6 = one full + one padded
-    reference = keras.saving.load_model(model_path).predict(images, verbose=0).reshape(-1)
-    np.testing.assert_allclose(loaded_model.score(images), reference, atol=1e-5)
+    # 6 = one full batch and one padded; the worker hands the graph uint8 pixels and Keras
+    # gets the float input the thesis' page computes from the same files.
+    pixels = np.stack([prepare(make_jpeg(i), None).pixels for i in range(6)])
+    floats = np.stack([preprocess(make_jpeg(i)) for i in range(6)])
+    reference = keras.saving.load_model(model_path).predict(floats, verbose=0).reshape(-1)
+    np.testing.assert_allclose(loaded_model.score(pixels), reference, atol=1e-5)
     assert loaded_model.sha256 and len(loaded_model.sha256) == 64
+
+
+def test_the_graph_scales_pixels_exactly_as_preprocess_does():
+    import tensorflow as tf
+
+    from model.inference import scaled_in_graph
+    from model.preprocess import scale
+
+    every_value = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    in_graph = tf.function(scaled_in_graph)(tf.constant(every_value)).numpy()
+    assert in_graph.dtype == np.float32
+    assert np.array_equal(in_graph, scale(every_value))
+
+
+def test_scoring_refuses_images_already_scaled(loaded_model):
+    floats = np.zeros((2, *loaded_model.network.input_shape[1:]), np.float32)
+    with pytest.raises(TypeError, match="uint8"):
+        loaded_model.assess(floats)
 
 
 def test_p_normal_networks_are_converted_in_one_place():

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from model import data as mdata
-from model.preprocess import preprocess
+from model.preprocess import decode, preprocess, scale, to_pixels
 
 
 def jpeg_bytes(seed: int, tint: tuple[int, int, int]) -> bytes:
@@ -57,10 +57,11 @@ def test_folder_labels():
         mdata.folder_label("Unknown")
 
 
-def test_uint8_cache_is_exactly_preprocess():
+def test_uint8_pixels_scale_to_exactly_what_preprocess_returns():
     data = jpeg_bytes(0, (120, 80, 200))
-    x = preprocess(data)
-    assert np.array_equal(mdata.to_float(mdata.to_uint8(x)), x)
+    pixels = to_pixels(decode(data).image)
+    assert pixels.dtype == np.uint8
+    assert np.array_equal(scale(pixels), preprocess(data))
 
 
 def test_load_dataset_dedupes_and_skips_broken(tmp_path):
@@ -78,7 +79,7 @@ def test_load_dataset_dedupes_and_skips_broken(tmp_path):
         assert ds.labels.sum() == 5
         i = [r.file for r in ds.records].index("Benign/WBC-Benign-001.jpg")
         x = preprocess((root / "Benign/WBC-Benign-001.jpg").read_bytes())
-        assert np.array_equal(mdata.to_float(ds.images[i]), x)
+        assert np.array_equal(scale(ds.images[i]), x)
 
 
 def fake_records(n_groups: int = 30, per_group: int = 7) -> list[mdata.Record]:
