@@ -16,6 +16,7 @@ from pathlib import Path
 from db.models import Role
 from leukoscreen import logs
 from leukoscreen.config import load_settings
+from model.card import ARCHITECTURE_NAMES
 
 
 def _db(args: argparse.Namespace) -> int:
@@ -511,9 +512,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("model-init", help="write an untrained network (plumbing tests only)")
     p.add_argument("--out", required=True)
-    p.add_argument(
-        "--arch", default="lenet_lld", choices=["lenet_lld", "lenet_lld_bn", "lenet_lld_v2"]
-    )
+    p.add_argument("--arch", default="lenet_lld", choices=ARCHITECTURE_NAMES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument(

@@ -39,14 +39,17 @@ def build_lenet_lld_bn(input_shape: tuple[int, int, int] = INPUT_SHAPE) -> keras
     return keras.Model(inputs, outputs, name="lenet_lld_bn")
 
 
-def _batch_norm_features(x):
-    """The four conv blocks with batch norm, pooled and dropped out: what both batch-norm
-    networks feed their last layer."""
+def _batch_norm_features(x, strided_stem: bool = False):
+    """The four conv blocks with batch norm, pooled and dropped out: what the batch-norm
+    networks feed their last layer. A strided stem convolves the first block at stride 2
+    instead of pooling it: the same shapes from then on, a quarter of its work."""
     for filters in (16, 32, 64, 128):
-        x = layers.Conv2D(filters, 3, use_bias=False)(x)
+        stride = 2 if strided_stem and filters == 16 else 1
+        x = layers.Conv2D(filters, 3, strides=stride, use_bias=False)(x)
         x = layers.BatchNormalization(momentum=0.9)(x)
         x = layers.Activation("relu")(x)
-        x = layers.MaxPooling2D(2)(x)
+        if stride == 1:
+            x = layers.MaxPooling2D(2)(x)
     x = layers.GlobalAveragePooling2D()(x)
     return layers.Dropout(0.3)(x)
 
@@ -71,8 +74,19 @@ def build_lenet_lld_v2(input_shape: tuple[int, int, int] = NATIVE_INPUT_SHAPE) -
     return keras.Model(inputs, outputs, name="lenet_lld_v2")
 
 
+def build_lenet_lld_v2s(input_shape: tuple[int, int, int] = NATIVE_INPUT_SHAPE) -> keras.Model:
+    """``lenet_lld_v2`` with a strided stem: the first 3x3 convolution at stride 2 replaces
+    the first block's full-resolution convolution and pooling, which took a quarter of the
+    network's time on a CPU (``docs/performance.md``)."""
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = _batch_norm_features(inputs, strided_stem=True)
+    outputs = layers.Dense(SUBTYPE_CLASSES, activation="softmax", name="classes")(x)
+    return keras.Model(inputs, outputs, name="lenet_lld_v2s")
+
+
 ARCHITECTURES = {
     "lenet_lld": build_lenet_lld,
     "lenet_lld_bn": build_lenet_lld_bn,
     "lenet_lld_v2": build_lenet_lld_v2,
+    "lenet_lld_v2s": build_lenet_lld_v2s,
 }

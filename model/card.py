@@ -27,6 +27,9 @@ CLASSES = ("benign", "early_pre_b", "pre_b", "pro_b")
 SUBTYPES = CLASSES[1:]
 SUBTYPE_LABELS = {"early_pre_b": "Early pre-B", "pre_b": "Pre-B", "pro_b": "Pro-B"}
 DEFAULT_INPUT_SIZE = (256, 256)  # the thesis network's, for cards written before gen 2
+# The networks ``model.architecture`` builds, named here for command lines that must not
+# import Keras to offer them.
+ARCHITECTURE_NAMES = ("lenet_lld", "lenet_lld_bn", "lenet_lld_v2", "lenet_lld_v2s")
 
 
 class CardData(TypedDict):
@@ -125,13 +128,21 @@ def read_card(weights: Path) -> ModelCard:
     )
 
 
+def p_leukemia_column(raw: Any, output: str) -> Any:
+    """The single place where a network's output, (N, outputs), becomes the probability of
+    leukemia, (N,). Slicing and arithmetic only, so it serves NumPy arrays and TensorFlow
+    tensors alike (``model.explain`` differentiates through it)."""
+    if output == P_CLASSES:  # benign is the first class
+        return 1.0 - raw[:, 0]
+    return 1.0 - raw[:, 0] if output == P_NORMAL else raw[:, 0]
+
+
 def to_p_leukemia(raw: np.ndarray, output: str) -> np.ndarray:
-    """The single place where a network's output becomes the probability of leukemia."""
+    """p_leukemia as float64 from a network's output in any shape Keras returns it."""
     raw = np.asarray(raw, dtype=np.float64)
-    if output == P_CLASSES:
-        return 1.0 - raw.reshape(len(raw), len(CLASSES))[:, 0]
-    raw = raw.reshape(-1)
-    return 1.0 - raw if output == P_NORMAL else raw
+    width = len(CLASSES) if output == P_CLASSES else 1
+    result: np.ndarray = p_leukemia_column(raw.reshape(len(raw), width), output)
+    return result
 
 
 def to_subtype_probs(raw: np.ndarray, output: str) -> np.ndarray | None:

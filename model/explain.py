@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from model.card import P_CLASSES, P_LEUKEMIA, P_NORMAL
+from model.card import P_CLASSES, P_LEUKEMIA, P_NORMAL, p_leukemia_column
 from model.inference import padded_batches, require_pixels, scaled_in_graph
 
 # matplotlib's viridis at 0, 1/16, ..., 1 (8-bit RGB). Linear interpolation between these
@@ -120,17 +120,6 @@ def overlay_png(heat: np.ndarray, max_alpha: float = MAX_ALPHA) -> bytes:
     return out.getvalue()
 
 
-def _built_as_chain(network: Any) -> bool:
-    """``model.folding.is_chain`` for the network's own graph: only each layer's first call
-    counts, since the domain gate's ``feature_network`` calls the same layers again."""
-    for previous, layer in zip(network.layers, network.layers[1:], strict=False):
-        nodes = layer._inbound_nodes
-        inputs = nodes[0].input_tensors if nodes else []
-        if len(inputs) != 1 or inputs[0] is not previous.output:
-            return False
-    return True
-
-
 def _is_pooling(layer: Any) -> bool:
     from keras import layers
 
@@ -173,11 +162,7 @@ def leukemia_log_odds(head: Any, features: Any, output: str) -> Any:
         if activation == "softmax" and output == P_CLASSES:
             return tf.reduce_logsumexp(logits[:, 1:], axis=1) - logits[:, 0]
     # Any other head: from its probabilities, kept away from 0 and 1.
-    raw = head(features)
-    if output == P_CLASSES:
-        p = 1.0 - raw[:, 0]
-    else:
-        p = raw[:, 0] if output == P_LEUKEMIA else 1.0 - raw[:, 0]
+    p = p_leukemia_column(head(features), output)
     eps = 1e-7
     p = tf.clip_by_value(p, eps, 1.0 - eps)
     return tf.math.log(p) - tf.math.log1p(-p)
@@ -194,7 +179,9 @@ class GradCam:
     def __init__(self, network: Any, output: str, batch_size: int = 32) -> None:
         import tensorflow as tf
 
-        if not _built_as_chain(network):
+        from model.folding import is_chain
+
+        if not is_chain(network):
             raise ValueError(f"{network.name}: Grad-CAM replays a chain of layers only")
         chain = network.layers
         k = target_layer(network)

@@ -24,11 +24,19 @@ def _bn_scale_shift(bn: layers.BatchNormalization) -> tuple[np.ndarray, np.ndarr
 
 
 def is_chain(network: keras.Model) -> bool:
-    """True when every layer feeds exactly the next one (the shape folding handles)."""
-    for previous, layer in zip(network.layers, network.layers[1:], strict=False):
-        if len(layer._inbound_nodes) != 1:
-            return False
-        inputs = layer._inbound_nodes[0].input_tensors
+    """True when every layer feeds exactly the next one and the last is the output (the
+    shape folding, the gate's feature replay and Grad-CAM handle).
+
+    Judged on each layer's first call, the one that built the network: replaying the
+    layers in another model (``model.inference.feature_network``) calls them again, which
+    must not make the same network look like something else.
+    """
+    chain = network.layers
+    if len(network.outputs) != 1 or network.outputs[0] is not chain[-1].output:
+        return False
+    for previous, layer in zip(chain, chain[1:], strict=False):
+        nodes = layer._inbound_nodes
+        inputs = nodes[0].input_tensors if nodes else []
         if len(inputs) != 1 or inputs[0] is not previous.output:
             return False
     return True

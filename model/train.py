@@ -21,6 +21,7 @@ import numpy as np
 from model import data as mdata
 from model import metrics as mm
 from model.card import (
+    ARCHITECTURE_NAMES,
     CLASSES,
     P_CLASSES,
     P_LEUKEMIA,
@@ -52,9 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--arch",
         default="lenet_lld_v2",
-        choices=["lenet_lld", "lenet_lld_bn", "lenet_lld_v2"],
+        choices=ARCHITECTURE_NAMES,
         help="lenet_lld: the thesis network at 256x256; lenet_lld_v2: native 224x224 with "
-        "the subtype head (shipped)",
+        "the subtype head (shipped); lenet_lld_v2s: lenet_lld_v2 with a strided stem",
     )
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--patience", type=int, default=8, help="early-stopping patience")

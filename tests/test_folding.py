@@ -58,3 +58,63 @@ def test_folding_removes_every_batch_norm_layer_and_keeps_the_original_intact():
 def test_networks_without_batch_norm_are_returned_unchanged():
     network = build_lenet_lld()
     assert fold_batch_norm(network) is network
+
+
+def test_a_strided_stem_folds_and_scores_like_the_original():
+    from model.architecture import build_lenet_lld_v2s
+
+    keras.utils.set_random_seed(0)
+    network = build_lenet_lld_v2s()
+    rng = np.random.default_rng(2)
+    for layer in network.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 2.0, n).astype(np.float32),
+                    rng.normal(0.0, 0.5, n).astype(np.float32),
+                    rng.normal(0.0, 0.3, n).astype(np.float32),
+                    rng.uniform(0.01, 0.5, n).astype(np.float32),
+                ]
+            )
+    folded = fold_batch_norm(network)
+    assert folded.layers[1].strides == (2, 2)
+    images = rng.random((4, 224, 224, 3), dtype=np.float32)
+    np.testing.assert_allclose(
+        folded(images, training=False).numpy(), network(images, training=False).numpy(), atol=1e-5
+    )
+
+
+def test_every_architecture_is_offered_by_name_without_keras():
+    from model.architecture import ARCHITECTURES
+    from model.card import ARCHITECTURE_NAMES
+
+    assert tuple(ARCHITECTURES) == ARCHITECTURE_NAMES
+
+
+def test_a_chain_stays_a_chain_after_the_gate_replays_its_layers():
+    from model.folding import is_chain
+    from model.inference import feature_network
+
+    network = fold_batch_norm(bn_network_with_trained_statistics())
+    assert is_chain(network)
+    assert feature_network(network) is not None  # calls every layer a second time
+    assert is_chain(network)
+
+
+def test_branches_and_reused_layers_are_not_chains_and_are_not_folded():
+    from keras import layers
+
+    from model.folding import is_chain
+
+    inputs = keras.Input((8, 8, 3))
+    a = layers.Conv2D(3, 3, padding="same", use_bias=False)(inputs)
+    b = layers.BatchNormalization()(a)
+    branched = keras.Model(inputs, layers.Add()([b, inputs]))
+    assert not is_chain(branched)
+    assert fold_batch_norm(branched) is branched
+
+    twice = layers.Conv2D(3, 3, padding="same")
+    relu = layers.Activation("relu")
+    reused = keras.Model(inputs, twice(relu(twice(inputs))))
+    assert not is_chain(reused)
