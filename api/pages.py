@@ -80,7 +80,8 @@ def batches():
 def batch(batch_id: str):
     with context.sessions()() as session:
         found = tenancy.batch_or_404(session, scope(), batch_id)
-    return render_template("batch.html", batch=found)
+    # The subtype's words, for the list's column of images that go to a person.
+    return render_template("batch.html", batch=found, subtype_words=page_words())
 
 
 @bp.get("/upload")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,6 +66,16 @@ def _add_duplicate_and_rejection(database_url: str, batch_id: str, twin_id: int)
         )
 
 
+def _give_subtype(
+    database_url: str, image_ids: list[int], subtype: str, probs: dict[str, float]
+) -> None:
+    from db.models import Result
+
+    with session_factory(engine_for(database_url)).begin() as s:
+        for result in s.scalars(select(Result).where(Result.image_id.in_(image_ids))):
+            result.subtype, result.subtype_probs = subtype, probs
+
+
 def test_the_batch_page_lists_its_files_flagged_first_in_pages(pages, browser):  # noqa: F811
     from playwright.sync_api import expect
 
@@ -80,6 +91,10 @@ def test_the_batch_page_lists_its_files_flagged_first_in_pages(pages, browser): 
         blobs=[smear_like_jpeg(300 + i) for i in range(n)],
     )
     _add_duplicate_and_rejection(database_url, batch_id, ids[52])
+    # A generation-2 network's subtype estimates: shown for a flagged image, never for a
+    # cleared one, though both carry them.
+    probs = {"early_pre_b": 0.07, "pre_b": 0.91, "pro_b": 0.02}
+    _give_subtype(database_url, [ids[50], ids[0]], "pre_b", probs)
     seed_scored(database_url, [0.2], name="one from /single")
 
     problems: list[str] = []
@@ -94,7 +109,14 @@ def test_the_batch_page_lists_its_files_flagged_first_in_pages(pages, browser): 
     assert names[:6] == [f"cell_{i:03d}.jpg" for i in range(50, 55)] + ["again.jpg"]
     expect(rows.nth(0).locator("td").nth(2)).to_have_text("Flagged")
     expect(rows.nth(5).locator("td").nth(2)).to_contain_text("duplicate of cell_052.jpg")
-    expect(rows.nth(0).locator("td").nth(4)).to_have_text("not reviewed yet")
+    subtype = rows.nth(0).locator("td").nth(4).locator(".subtype")
+    expect(subtype).to_contain_text("Pre-B 0.910")
+    expect(subtype.locator(".nowrap")).to_have_attribute("title", re.compile("not a diagnosis"))
+    expect(rows.nth(1).locator("td").nth(4)).to_have_text("")  # flagged, no subtype head
+    cleared = rows.filter(has=page.locator("td.filename", has_text="cell_000.jpg"))
+    expect(cleared.locator("td").nth(2)).to_have_text("Cleared")
+    expect(cleared.locator("td").nth(4)).to_have_text("")
+    expect(rows.nth(0).locator("td").nth(5)).to_have_text("not reviewed yet")
     expect(rows.nth(0).locator("img.thumb")).to_have_js_property("complete", True)
     assert rows.nth(0).locator("img.thumb").evaluate("img => img.naturalWidth") > 0
     expect(page.locator("#images-shown")).to_have_text("50 shown")

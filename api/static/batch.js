@@ -29,6 +29,8 @@
   const list = document.getElementById("images");
   const listBody = list.querySelector("tbody");
   const more = document.getElementById("images-more");
+  // The subtype's words from the server (db.subtypes.page_words), for LS.subtypeBrief.
+  const subtypeWords = JSON.parse(list.dataset.subtypes || "{}");
   let next = null;
 
   function resultWords(i) {
@@ -62,7 +64,8 @@
     return LS.el("tr", { className: `state-${i.state}` }, LS.el("td", {}, thumb),
       LS.el("td", { className: "filename" }, i.file_name),
       LS.el("td", { className: `route-${i.route || "none"}` }, resultWords(i)),
-      LS.el("td", {}, LS.p(i.p_leukemia)), LS.el("td", {}, decisionWords(i)), LS.el("td", {}, reviewLink(i)));
+      LS.el("td", {}, LS.p(i.p_leukemia)), LS.el("td", {}, LS.subtypeBrief(i, subtypeWords)),
+      LS.el("td", {}, decisionWords(i)), LS.el("td", {}, reviewLink(i)));
   }
 
   async function loadImages(reset) {

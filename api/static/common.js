@@ -68,20 +68,48 @@ const LS = {
   // the <dd> ``value`` after its <dt> ``label``; both hidden for a cleared image and for a
   // network without the subtype head (subtype null).
   showSubtype(label, value, item, words) {
-    const names = new Map(words.labels || []);
-    const probs = item.subtype_probs || {};
-    const toPerson = item.route ? item.route !== "cleared" : Boolean(item.flagged);
-    const shown = toPerson && names.has(item.subtype) && words.labels.every(([key]) => key in probs);
+    const shown = LS.hasSubtype(item, words);
     label.hidden = value.hidden = !shown;
     if (!shown) { value.replaceChildren(); return; }
-    const caveat = item.route === "manual_review" ? `${words.caveat}; ${words.cannot_judge}` : words.caveat;
-    // "Pre-B 0.910" never breaks at its hyphen, nor between name and number.
-    const named = (key) => LS.el("span", { className: "nowrap" }, `${names.get(key)} ${LS.p(probs[key])}`);
+    const caveat = LS.subtypeCaveat(item, words);
+    const named = (key) => LS.subtypeNamed(item, words, key);
     value.replaceChildren(
       LS.el("div", {}, `${words.headline} `, named(item.subtype)),
       LS.el("div", { className: "muted" },
         ...words.labels.flatMap(([key], i) => (i ? [" · ", named(key)] : [named(key)]))),
       LS.el("div", { className: "muted" }, `${caveat.charAt(0).toUpperCase()}${caveat.slice(1)}.`));
+  },
+
+  // Whether an image has a subtype estimate to show: it goes to a person (a cleared one shows
+  // none) and its network has the subtype head.
+  hasSubtype(item, words) {
+    const names = new Map(words.labels || []);
+    const probs = item.subtype_probs || {};
+    const toPerson = item.route ? item.route !== "cleared" : Boolean(item.flagged);
+    return toPerson && names.has(item.subtype) && words.labels.every(([key]) => key in probs);
+  },
+
+  subtypeCaveat(item, words) {
+    return item.route === "manual_review" ? `${words.caveat}; ${words.cannot_judge}` : words.caveat;
+  },
+
+  // "Pre-B 0.910": never broken at its hyphen, nor between name and number.
+  subtypeNamed(item, words, key) {
+    const names = new Map(words.labels || []);
+    return LS.el("span", { className: "nowrap" }, `${names.get(key)} ${LS.p(item.subtype_probs[key])}`);
+  },
+
+  // The estimate in a list's cell: the most likely subtype, the caveat on hover and for
+  // screen readers; "" where ``hasSubtype`` is false.
+  subtypeBrief(item, words) {
+    if (!LS.hasSubtype(item, words)) return "";
+    const caveat = LS.subtypeCaveat(item, words);
+    const brief = LS.subtypeNamed(item, words, item.subtype);
+    brief.title = caveat;
+    const cell = LS.el("span", { className: "subtype" },
+      brief, LS.el("span", { className: "visually-hidden" }, ` (${caveat})`));
+    cell.dataset.subtype = item.subtype;
+    return cell;
   },
 
   // A score and its threshold to 3 decimals, or as many more as keep them apart: 0.4675
