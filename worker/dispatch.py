@@ -31,27 +31,29 @@ def chunked(ids: Sequence[int], size: int) -> list[list[int]]:
     return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
 
 
-def _send_chunks(
-    celery: Celery, task: str, ids: Sequence[int], chunk_size: int, queue: str, what: str
-) -> list[int]:
-    """Send ``task`` for ``ids`` in chunks; returns the ids sent (all but those after a broker
-    error, which the reconciler picks up later)."""
-    sent: list[int] = []
+def _publish(celery: Celery, task: str, payloads: Sequence[Any], queue: str, what: str) -> int:
+    """Send one ``task`` per payload; returns how many were sent: all, or those before a
+    broker error (the rest are the reconciler's, which finds their rows still waiting)."""
+    sent = 0
     try:
-        for chunk in chunked(ids, chunk_size):
+        for payload in payloads:
             celery.send_task(
                 task,
-                args=[chunk],
+                args=[payload],
                 queue=queue,
                 retry=True,
                 retry_policy=PUBLISH_RETRY,
                 # The request and batch this work came from, for the worker's log lines.
                 headers=logs.task_headers(),
             )
-            sent.extend(chunk)
+            sent += 1
     except Exception as exc:  # kombu raises many transport-specific types
         log.warning(
-            "broker unavailable, %d %s left for the reconciler: %s", len(ids) - len(sent), what, exc
+            "broker unavailable, %d of %d %s tasks left for the reconciler: %s",
+            len(payloads) - sent,
+            len(payloads),
+            what,
+            exc,
         )
     return sent
 
@@ -64,7 +66,9 @@ def enqueue_images(
     queue: str,
 ) -> int:
     """Send score tasks in chunks; returns how many images were enqueued (0: broker down)."""
-    sent = _send_chunks(celery, SCORE_TASK, image_ids, chunk_size, queue, "images")
+    chunks = chunked(image_ids, chunk_size)
+    published = _publish(celery, SCORE_TASK, chunks, queue, "scoring")
+    sent = [image_id for chunk in chunks[:published] for image_id in chunk]
     if sent:
         mark_enqueued(sessions, sent)
         metrics.ENQUEUED.labels(queue).inc(len(sent))
@@ -74,29 +78,14 @@ def enqueue_images(
 def enqueue_heatmaps(celery: Celery, image_ids: Sequence[int], chunk_size: int) -> int:
     """Ask for the heatmaps of these scored images (``worker.explain``), in chunks; returns how
     many ids were sent. A broker outage is not an error: the reconciler asks again later."""
-    return len(_send_chunks(celery, EXPLAIN_TASK, image_ids, chunk_size, EXPLAIN_QUEUE, "heatmaps"))
+    chunks = chunked(image_ids, chunk_size)
+    published = _publish(celery, EXPLAIN_TASK, chunks, EXPLAIN_QUEUE, "heatmap")
+    return sum(len(chunk) for chunk in chunks[:published])
 
 
 def enqueue_deliveries(celery: Celery, delivery_ids: Sequence[str]) -> int:
     """Send one delivery task per id; returns how many were sent (the rest: reconciler's)."""
-    sent = 0
-    try:
-        for delivery_id in delivery_ids:
-            celery.send_task(
-                WEBHOOK_TASK,
-                args=[delivery_id],
-                queue=WEBHOOK_QUEUE,
-                retry=True,
-                retry_policy=PUBLISH_RETRY,
-            )
-            sent += 1
-    except Exception as exc:  # kombu raises many transport-specific types
-        log.warning(
-            "broker unavailable, %d webhook deliveries left for the reconciler: %s",
-            len(delivery_ids) - sent,
-            exc,
-        )
-    return sent
+    return _publish(celery, WEBHOOK_TASK, list(delivery_ids), WEBHOOK_QUEUE, "webhook delivery")
 
 
 def watch_outbox(sessions: sessionmaker[Session], celery: Celery) -> None:
