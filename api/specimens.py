@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, flash, jsonify, redirect, render_template, request, url_for
+from sqlalchemy.orm import Session
 
 from api import context
 from api.auth import actor, require_role, scope
@@ -53,6 +54,19 @@ def get_json(specimen_id: str):
     return jsonify(specimen.as_dict())
 
 
+def _sign_and_notify(
+    session: Session, specimen_id: str, interpretation: str, comment: str, amends: int | None
+) -> int:
+    """Record the signed-in reviewer's sign-off and, in the same transaction, its
+    ``specimen.signed`` webhook deliveries: no report is signed without them. Returns the
+    sign-off's id."""
+    row = sign(
+        session, _specimen_arg(specimen_id), interpretation, actor(), comment, amends, scope()
+    )
+    emit_specimen_signed(session, specimen_id, scope())
+    return row.id
+
+
 @bp.post("/specimens/<specimen_id>/signoffs")
 @require_role(REVIEWER)
 def sign_json(specimen_id: str):
@@ -67,11 +81,7 @@ def sign_json(specimen_id: str):
     if amends is not None and (not isinstance(amends, int) or isinstance(amends, bool)):
         raise ApiError(400, "amends_id must be the id of the sign-off being amended")
     with context.sessions().begin() as session:
-        row = sign(
-            session, _specimen_arg(specimen_id), interpretation, actor(), comment, amends, scope()
-        )
-        signoff_id = row.id
-        emit_specimen_signed(session, specimen_id, scope())
+        signoff_id = _sign_and_notify(session, specimen_id, interpretation, comment, amends)
     with context.sessions()() as session:
         specimen = load_specimen(session, specimen_id, scope())
     return jsonify(signoff_id=signoff_id, specimen=specimen.as_dict()), 201
@@ -109,17 +119,10 @@ def specimen_page(specimen_id: str):
 @require_role(REVIEWER)
 def specimen_sign(specimen_id: str):
     amends = request.form.get("amends_id", type=int) or None
-    with context.sessions().begin() as session:
-        sign(
-            session,
-            _specimen_arg(specimen_id),
-            request.form.get("interpretation", ""),
-            actor(),
-            request.form.get("comment", ""),
-            amends,
-            scope(),
-        )
-        emit_specimen_signed(session, specimen_id, scope())
     interpretation = request.form.get("interpretation", "")
+    with context.sessions().begin() as session:
+        _sign_and_notify(
+            session, specimen_id, interpretation, request.form.get("comment", ""), amends
+        )
     flash(f"Specimen {specimen_id} signed: {INTERPRETATION_TEXT[Interpretation(interpretation)]}.")
     return redirect(url_for("specimen_pages.specimen_page", specimen_id=specimen_id))
