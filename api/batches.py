@@ -7,7 +7,7 @@ import json
 import logging
 import mimetypes
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from defusedcsv import csv as defused_csv
@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import context, idempotency
-from api.auth import actor, scope
+from api.auth import actor, require_role, scope
 from api.errors import ApiError
 from api.intake import FileOutcome, Intake
 from api.params import MAX_SMALL_ID, int_arg
@@ -30,11 +30,11 @@ from api.specimen_ids import (
     parse_manifest,
 )
 from api.thumbnails import thumbnail_jpeg
-from api.workers import current_stall
+from api.workers import current_stall, may_explain
 from db import drift, lifecycle
 from db.audit import record_event
 from db.errors import Gone, NotFound
-from db.models import Batch, Image, ImageState, Result
+from db.models import Batch, Image, ImageState, ModelVersion, Result, Role
 from db.progress import (
     RESULT_COLUMNS,
     batch_images,
@@ -43,13 +43,13 @@ from db.progress import (
     iter_batch_results,
     parse_list_cursor,
 )
-from db.reviews import decision_counts, latest_result_condition
+from db.reviews import decision_counts, heatmap_url, latest_result_condition
 from db.tenancy import batch_or_404, image_or_404, scoped
 from leukoscreen import logs, metrics
 from leukoscreen.imagetypes import MIME_TYPES
 from leukoscreen.storage import ContentStore
 from worker.celery_app import PRIORITY_QUEUE
-from worker.dispatch import enqueue_images
+from worker.dispatch import enqueue_heatmaps, enqueue_images
 
 bp = Blueprint("batches", __name__, url_prefix="/api/v1")
 log = logging.getLogger(__name__)
@@ -527,6 +527,50 @@ def get_heatmap(image_id: int):
     response.cache_control.max_age = 86400
     response.set_etag(key)
     return _private(response)
+
+
+# However often a reviewer presses H on an image without a heatmap, one task per minute.
+HEATMAP_ASK_AGAIN_AFTER = timedelta(seconds=60)
+
+
+@bp.post("/images/<int:image_id>/heatmap")
+@require_role(Role.REVIEWER.value)
+def ask_for_heatmap(image_id: int):
+    """Ask a worker for the heatmap of an image that goes to a person and has none: scored
+    before heatmaps existed, or longer ago than the reconciler looks back, or its task was
+    lost. 200 with its address when it has one; 202 when asked for (``workers_ready``
+    false: no live worker runs the model that scored it, so none can make it yet); 409 for
+    an image the model cleared."""
+    now = datetime.now(UTC)
+    with context.sessions().begin() as session:
+        image = image_or_404(session, scope(), image_id)
+        if image.purged_at is not None:
+            raise Gone(f"image purged: image {image_id}'s pixels were removed by retention")
+        scored = image.duplicate_of_id or image.id  # a duplicate is explained as its twin
+        result = session.scalar(
+            select(Result).where(Result.image_id == scored, latest_result_condition())
+        )
+        if result is None:
+            raise NotFound(f"image {image_id} has no result yet: it is explained once scored")
+        if result.heatmap_key is not None:
+            return jsonify(state="ready", heatmap_url=heatmap_url(image_id, result.heatmap_key))
+        if not result.flagged:
+            raise ApiError(
+                409, "only images that go to a person get a heatmap: the model cleared this one"
+            )
+        version = session.get(ModelVersion, result.model_version_id)
+        assert version is not None  # a foreign key
+        send = lifecycle.ask_for_heatmap(session, result.id, now, HEATMAP_ASK_AGAIN_AFTER)
+        ready = may_explain(session, now, version.sha256)
+    if send:
+        enqueue_heatmaps(context.celery(), [scored], 1)
+    body: dict[str, Any] = {"state": "requested", "workers_ready": ready}
+    if not ready:
+        body["message"] = (
+            f"no running worker has the model that scored this image ({version.name}, "
+            f"{version.sha256[:12]}): its heatmap is made once one does"
+        )
+    return jsonify(body), 202
 
 
 @bp.get("/images/<int:image_id>")

@@ -1147,7 +1147,42 @@ def spec() -> dict[str, Any]:
                         },
                         **_errors(404, 410, 503),
                     },
-                }
+                },
+                "post": {
+                    "summary": "ask a worker for a missing heatmap (reviewers)",
+                    "description": "For an image that goes to a person and has no heatmap "
+                    "(scored before heatmaps existed, longer ago than the reconciler looks "
+                    "back, or its task was lost). Asking again within a minute sends no new "
+                    "task, so a page may ask every few seconds until the answer is 200. "
+                    "workers_ready is false when no live worker runs the model version that "
+                    "scored the image (only such a worker makes its heatmap). 409: the model "
+                    "cleared the image.",
+                    "parameters": [_id("image_id")],
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "state": {"type": "string", "enum": ["ready"]},
+                                    "heatmap_url": {"type": "string"},
+                                },
+                            },
+                            "it has one: its address",
+                        ),
+                        "202": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "state": {"type": "string", "enum": ["requested"]},
+                                    "workers_ready": {"type": "boolean"},
+                                    "message": {"type": "string"},
+                                },
+                            },
+                            "asked for",
+                        ),
+                        **_errors(403, 404, 409, 410, 503),
+                    },
+                },
             },
         },
     }

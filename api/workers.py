@@ -16,7 +16,7 @@ from api import context
 from api.auth import require_global_admin
 from db.models import ImageState
 from db.workers import WorkerView, list_workers, oldest_age_s, queue_presence, stall_message
-from worker.celery_app import PRIORITY_QUEUE, RECONCILE_QUEUE
+from worker.celery_app import EXPLAIN_QUEUE, PRIORITY_QUEUE, RECONCILE_QUEUE
 
 bp = Blueprint("workers", __name__, url_prefix="/api/v1")
 
@@ -43,6 +43,16 @@ def current_stall(session: Session, now: datetime) -> str | None:
         waited = oldest_age_s(session, ImageState.QUEUED, now)
         g.stall = stall_message(presence, queues, now, context.settings().stall_after_s, waited)
     return g.stall
+
+
+def may_explain(session: Session, now: datetime, model_version: str) -> bool:
+    """Whether a live worker process that makes heatmaps runs this model version, or may (a
+    process loads its model on its first task, and says which only then). A heatmap shows
+    what the network that scored the image looked at, so only such a worker makes it."""
+    return any(
+        not w.stale and EXPLAIN_QUEUE in w.queues and w.model_version in (None, model_version)
+        for w in known_workers(session, now)
+    )
 
 
 def presence_json(workers: list[WorkerView], now: datetime) -> dict[str, Any]:

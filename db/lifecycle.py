@@ -29,6 +29,7 @@ made by ``worker.explain``); the result's ``heatmap_key`` is its only state:
 
     null         → the overlay's storage key   ``set_heatmaps`` (once: never replaced)
     null         → null, asked for again       ``request_stale_heatmaps`` (the reconciler)
+    null         → null, asked for by a person  ``ask_for_heatmap`` (the review page, any age)
     any          → null                        ``mark_purged`` (retention removed the pixels)
 
 Every function that takes a ``sessionmaker`` runs its change in one transaction of its own:
@@ -40,7 +41,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, exists, insert, inspect, or_, select, update
@@ -252,6 +253,29 @@ def set_heatmaps(sessions: sessionmaker[Session], keys: Mapping[int, str]) -> li
             if found is not None:
                 done.append(found)
     return done
+
+
+def ask_for_heatmap(
+    session: Session, result_id: int, now: datetime, again_after: timedelta
+) -> bool:
+    """A reviewer wants this result's heatmap: record when, and say whether to send its task
+    now. False when it has one already or was asked for (by anyone, or the reconciler)
+    within ``again_after``: a reviewer pressing H over and over sends one task. In the
+    caller's transaction; one UPDATE, so two reviewers at once send one task between them."""
+    asked = session.execute(
+        update(Result)
+        .where(
+            Result.id == result_id,
+            Result.heatmap_key.is_(None),
+            or_(
+                Result.heatmap_requested_at.is_(None),
+                Result.heatmap_requested_at < now - again_after,
+            ),
+        )
+        .values(heatmap_requested_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(asked.rowcount)  # type: ignore[attr-defined]
 
 
 def request_stale_heatmaps(

@@ -74,6 +74,8 @@ MATRIX: dict[tuple[str, str], tuple[int | str, int, int, int, int]] = {
     ("GET", "/api/v1/images/<int:image_id>"): (401, 200, 200, 200, 200),
     ("GET", "/api/v1/images/<int:image_id>/thumbnail"): (401, 200, 200, 200, 200),
     ("GET", "/api/v1/images/<int:image_id>/heatmap"): (401, 200, 200, 200, 200),
+    # asking a worker for a missing heatmap: reviewers (this one has it already: 200)
+    ("POST", "/api/v1/images/<int:image_id>/heatmap"): (401, 403, 200, 200, 200),
     ("GET", "/api/v1/specimens"): (401, 200, 200, 200, 200),
     ("GET", "/api/v1/specimens/<specimen_id>"): (401, 200, 200, 200, 200),
     # reports for other systems: whoever may export results may download them
@@ -148,6 +150,7 @@ CROSS: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/images/<int:image_id>"): HIDDEN,
     ("GET", "/api/v1/images/<int:image_id>/thumbnail"): HIDDEN,
     ("GET", "/api/v1/images/<int:image_id>/heatmap"): HIDDEN,
+    ("POST", "/api/v1/images/<int:image_id>/heatmap"): HIDDEN,
     ("GET", "/api/v1/batches/<batch_id>/images"): HIDDEN,
     ("GET", "/api/v1/specimens"): ABSENT,
     ("GET", "/api/v1/specimens/<specimen_id>"): HIDDEN,

@@ -412,3 +412,62 @@ def test_retention_removes_an_images_heatmap_with_its_original(db_settings):
         keys = dict(s.execute(select(Result.image_id, Result.heatmap_key)).all())
     assert keys[old] is None and keys[twin_old] is None
     assert keys[kept] == kept_key and keys[twin_new] == shared
+
+
+# ---- asked for by a reviewer ---------------------------------------------------------------
+
+
+def _explain_messages(settings) -> list[str]:  # type: ignore[no-untyped-def]
+    return [
+        text for p in settings.broker_dir.glob("*.msg") if EXPLAIN_TASK in (text := p.read_text())
+    ]
+
+
+def test_a_reviewer_gets_the_missing_heatmap_of_an_image_of_any_age(app, db_settings):
+    from db.workers import Beat, record_beat
+    from tests.conftest import token_client
+
+    world = _world(db_settings)
+    now = datetime.now(UTC)
+    with world.sessions.begin() as s:  # type: ignore[attr-defined]
+        s.execute(update(Result).values(scored_at=now - HEATMAP_WINDOW - timedelta(days=30)))
+    # Older than the reconciler looks back: it never asks for these.
+    assert reconcile(make_celery(db_settings), world.sessions, db_settings).heatmaps_enqueued == 0  # type: ignore[arg-type]
+    reviewer = token_client(app, db_settings.database_url, "rita", "reviewer")
+    uploader = token_client(app, db_settings.database_url, "uma", "uploader")
+    flagged = f"/api/v1/images/{world.ids['flagged']}/heatmap"
+
+    # No worker runs: asked for all the same, and the answer says why nothing comes yet.
+    answer = reviewer.post(flagged)
+    assert answer.status_code == 202, answer.json
+    assert answer.json["state"] == "requested" and answer.json["workers_ready"] is False
+    assert "(m, aaaaaaaaaaaa)" in answer.json["message"]
+    assert len(_explain_messages(db_settings)) == 1
+    # Pressing H again at once sends no second task.
+    assert reviewer.post(flagged).status_code == 202
+    assert len(_explain_messages(db_settings)) == 1
+
+    # A live worker with this model that makes heatmaps: ready to make it.
+    record_beat(
+        world.sessions,  # type: ignore[arg-type]
+        Beat("w1", "host", 1, [EXPLAIN_QUEUE, "cpu"], 1, "m", MINE, now, None, 0),
+    )
+    manual = reviewer.post(f"/api/v1/images/{world.ids['manual']}/heatmap")
+    assert manual.status_code == 202 and manual.json["workers_ready"] is True
+    assert "message" not in manual.json
+    # A worker with another model cannot make the other model's.
+    other = reviewer.post(f"/api/v1/images/{world.ids['other_model']}/heatmap")
+    assert other.status_code == 202 and other.json["workers_ready"] is False
+
+    # The task the worker takes makes it; asking again now answers with its address.
+    explain_chunk(
+        world.sessions, world.store, FakeExplainer(), world.version_id, [world.ids["flagged"]]
+    )
+    ready = reviewer.post(flagged)
+    assert ready.status_code == 200 and ready.json["state"] == "ready"
+    assert reviewer.get(ready.json["heatmap_url"]).mimetype == "image/png"
+
+    # Cleared images get none; purged pixels have none to give; uploaders may not ask.
+    assert reviewer.post(f"/api/v1/images/{world.ids['cleared']}/heatmap").status_code == 409
+    assert reviewer.post(f"/api/v1/images/{world.ids['purged']}/heatmap").status_code == 410
+    assert uploader.post(flagged).status_code == 403

@@ -672,17 +672,23 @@ def test_h_and_the_button_toggle_the_heatmap_over_the_image_with_its_note(site, 
     expect(toggle).to_have_attribute("aria-pressed", "false")
     expect(overlay).to_be_hidden()
 
-    # The next image has none yet: it says so, and the wish stays on.
+    # The next image has none: the page asks a worker for it and says what it heard; the
+    # wish stays on.
     toggle.click()
     page.locator("#stage").focus()
     page.keyboard.press("j")
     expect(page.locator("#item-name")).to_have_text("heat_01.jpg")
     expect(toggle).to_have_attribute("aria-pressed", "true")
     expect(page.locator("#heatmap-status")).to_have_text(
-        "Heatmap not ready yet: it is made shortly after scoring."
+        "Heatmap asked for, but no running worker has the model that scored this image "
+        "(lenet_lld-test, eeeeeeeeeeee): its heatmap is made once one does."
     )
     expect(overlay).to_be_hidden()
     expect(note).to_be_visible()
+    # A worker makes it: the page, asking every few seconds, shows it.
+    give_heatmap(site.database_url, site.storage, waiting)
+    expect(overlay).to_be_visible(timeout=15_000)
+    expect(page.locator("#heatmap-status")).to_have_text("")
     # Back: the first image's heatmap again.
     page.keyboard.press("k")
     expect(overlay).to_be_visible()

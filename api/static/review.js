@@ -344,15 +344,50 @@
     $("heatmap-note").hidden = !wanted;
     if (!wanted || !item.heatmap_url) {
       overlay.hidden = true;
+      const toPerson = wanted && item.route !== "cleared";
       $("heatmap-status").textContent = !wanted ? ""
-        : item.route === "cleared" ? "No heatmap: only images that go to a person get one."
-          : "Heatmap not ready yet: it is made shortly after scoring.";
+        : !toPerson ? "No heatmap: only images that go to a person get one."
+          : heatmapAsks.get(item.image_id) || ASKING;
+      if (toPerson) askForHeatmap(item);
       return;
     }
     $("heatmap-status").textContent = "";
     if (overlay.getAttribute("src") !== item.heatmap_url) overlay.src = item.heatmap_url;
     fitHeatmap();
     overlay.hidden = !$("big").complete || !$("big").naturalWidth;
+  }
+
+  // An image to a person without a heatmap (scored before heatmaps existed, or long ago, or
+  // its task was lost): ask a worker for it, then ask again every few seconds, which costs
+  // the server nothing new within a minute, until it is there or the image is left.
+  const ASKING = "Heatmap not made yet: asking a worker for it…";
+  const heatmapAsks = new Map(); // image id -> what to say while waiting
+  async function askForHeatmap(item) {
+    if (heatmapAsks.has(item.image_id)) return;
+    heatmapAsks.set(item.image_id, ASKING);
+    const url = LS.withId(root.dataset.heatmapAsk, item.image_id);
+    const shown = () => current() === item && state.heatmap;
+    for (let tries = 0; tries < 100 && shown(); tries++) {
+      let answer;
+      try {
+        answer = await LS.postJSON(url, {});
+      } catch (e) {
+        heatmapAsks.set(item.image_id, `No heatmap: ${e.message}`);
+        if (shown()) renderHeatmap();
+        return;
+      }
+      if (answer.heatmap_url) {
+        item.heatmap_url = answer.heatmap_url;
+        heatmapAsks.delete(item.image_id);
+        if (shown()) renderHeatmap();
+        return;
+      }
+      heatmapAsks.set(item.image_id, answer.workers_ready
+        ? "Heatmap asked for: a worker is making it…" : `Heatmap asked for, but ${answer.message}.`);
+      if (shown()) renderHeatmap();
+      await new Promise((resolve) => setTimeout(resolve, 3000));
+    }
+    heatmapAsks.delete(item.image_id); // left (or gave up): asked again when shown again
   }
 
   // The box object-fit: contain draws the image in (the overlay's box, centred like it, so one
