@@ -226,13 +226,13 @@ def parse(module, argv: list[str]) -> argparse.Namespace:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["lenet_lld", "lenet_lld_bn", "lenet_lld_v2"])
+@pytest.mark.parametrize("arch", ["lenet_lld", "lenet_lld_bn", "lenet_lld_v2", "lenet_lld_v2s"])
 def test_train_and_evaluate_smoke(tmp_path, arch):
     from model import evaluate, train
     from model.card import file_sha256, read_card
     from model.gate import model_version, read_gate
 
-    with_subtypes = arch == "lenet_lld_v2"
+    with_subtypes = arch.startswith("lenet_lld_v2")
     root = make_folder(tmp_path / "data", per_class=16, subtypes=with_subtypes)
     out = tmp_path / "weights" / f"{arch}.keras"
     plots = tmp_path / "plots"
