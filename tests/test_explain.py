@@ -175,3 +175,21 @@ def test_bench_prints_what_a_heatmap_costs_beside_scoring(model_path, capsys):
     print_table({"machine": machine(), **figures})
     out = capsys.readouterr().out
     assert "heatmap: Grad-CAM, batch of 2" in out and "heatmap / scoring" in out
+
+
+def test_heat_on_stain_tells_maps_on_the_cells_from_maps_on_the_background():
+    from model.heatmap_focus import heat_on_stain, stained_mask
+
+    pixels = np.full((40, 40, 3), 235, dtype=np.uint8)  # pale background
+    pixels[10:20, 10:20] = (150, 60, 160)  # a stained cell, a sixteenth of the image
+    mask = stained_mask(pixels)
+    assert mask.sum() == 100 and mask[15, 15] and not mask[0, 0]
+
+    on_cell = np.zeros((40, 40), np.float32)
+    on_cell[10:20, 10:20] = 1.0
+    assert heat_on_stain(on_cell, mask) == pytest.approx((1.0, 16.0))
+    uniform = np.ones((40, 40), np.float32)
+    assert heat_on_stain(uniform, mask) == pytest.approx((1 / 16, 1.0))
+    off_cell = 1.0 - on_cell
+    assert heat_on_stain(off_cell, mask) == pytest.approx((0.0, 0.0))
+    assert all(np.isnan(heat_on_stain(np.zeros((40, 40)), mask)))
