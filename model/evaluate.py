@@ -48,6 +48,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plots", action="store_true")
 
 
+def add_split_script_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--data`` and ``--cache-dir``, as every script that looks at one split of
+    a model's data takes them (``heatmap_figure``, ``heatmap_focus``, ``tta_check``)."""
+    parser.add_argument("--model", type=Path, default=Path("model/weights/lenet_lld.keras"))
+    parser.add_argument("--data", type=Path, required=True, help="folder of class folders")
+    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/leukoscreen-cache"))
+
+
+def load_split(args: argparse.Namespace, split: str) -> tuple[mdata.Dataset, str]:
+    """The model's ``split`` of ``args.data`` at the model's input size (see
+    ``add_split_script_arguments``), and the split's name."""
+    size = read_card(args.model).input_size
+    dataset = mdata.load_dataset(args.data, cache_dir=args.cache_dir, size=size)
+    return select_split(dataset, args.model, split)
+
+
 def select_split(dataset: mdata.Dataset, weights: Path, split: str) -> tuple[mdata.Dataset, str]:
     """The images to evaluate and the name of what they are."""
     path = mdata.split_path(weights)

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model import data as mdata
 from model.card import SUBTYPE_LABELS, SUBTYPES, read_card
-from model.evaluate import select_split
+from model.evaluate import add_split_script_arguments, load_split
 from model.explain import colorize
 
 
@@ -48,8 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     card = read_card(args.model)
     loaded = load_model(args.model, batch_size=32)
-    dataset = mdata.load_dataset(args.data, cache_dir=args.cache_dir, size=card.input_size)
-    test, _ = select_split(dataset, args.model, "test")
+    test, _ = load_split(args, "test")
     labels = [r.subtype or "benign" for r in test.records]
     p = loaded.score(test.images)
     picks = choose(labels, p, card.threshold, args.per_class)
@@ -80,11 +78,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.heatmap_figure", description=__doc__)
-    parser.add_argument("--model", type=Path, default=Path("model/weights/lenet_lld.keras"))
-    parser.add_argument("--data", type=Path, required=True)
+    add_split_script_arguments(parser)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--per-class", type=int, default=2)
-    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/leukoscreen-cache"))
     return run(parser.parse_args(argv))
 
 

@@ -15,14 +15,12 @@ figures reported once.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from model import data as mdata
 from model.card import SUBTYPES, read_card
-from model.evaluate import select_split
+from model.evaluate import add_split_script_arguments, load_split
 from model.quality import STAINED_SATURATION
 
 
@@ -47,8 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     card = read_card(args.model)
     loaded = load_model(args.model, batch_size=32)
-    dataset = mdata.load_dataset(args.data, cache_dir=args.cache_dir, size=card.input_size)
-    part, name = select_split(dataset, args.model, args.split)
+    part, name = load_split(args, args.split)
     labels = np.array([r.subtype or "benign" for r in part.records])
     to_person = np.flatnonzero(loaded.score(part.images) >= card.threshold)
     print(f"{args.model.name}, {name} split: images the model flags, by truth")
@@ -74,10 +71,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.heatmap_focus", description=__doc__)
-    parser.add_argument("--model", type=Path, default=Path("model/weights/lenet_lld.keras"))
-    parser.add_argument("--data", type=Path, required=True)
+    add_split_script_arguments(parser)
     parser.add_argument("--split", default="val", choices=["train", "val", "test"])
-    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/leukoscreen-cache"))
     return run(parser.parse_args(argv))
 
 

@@ -12,22 +12,17 @@ only: the test split is not used to decide. A view costs one more network pass p
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 
-from model import data as mdata
 from model import metrics as mm
-from model.card import read_card
-from model.evaluate import select_split
+from model.evaluate import add_split_script_arguments, load_split
 
 
 def run(args: argparse.Namespace) -> int:
     from model.inference import load_model
 
-    card = read_card(args.model)
-    dataset = mdata.load_dataset(args.data, cache_dir=args.cache_dir, size=card.input_size)
-    val, _ = select_split(dataset, args.model, "val")
+    val, _ = load_split(args, "val")
     x, y = val.images, val.labels
     model = load_model(args.model, batch_size=32)
     p = {
@@ -54,10 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m model.tta_check", description=__doc__)
-    parser.add_argument("--model", type=Path, default=Path("model/weights/lenet_lld.keras"))
-    parser.add_argument("--data", type=Path, required=True)
+    add_split_script_arguments(parser)
     parser.add_argument("--target-sensitivity", type=float, default=0.99)
-    parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/leukoscreen-cache"))
     return run(parser.parse_args(argv))
 
 

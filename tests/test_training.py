@@ -298,6 +298,9 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
         from model import tta_check
 
         assert tta_check.main(["--model", str(out), "--data", str(root), *cache]) == 0
+        from model import heatmap_focus
+
+        assert heatmap_focus.main(["--model", str(out), "--data", str(root), *cache]) == 0
         from model import card_markdown
 
         markdown = tmp_path / "card.md"
