@@ -280,6 +280,9 @@ def test_the_review_page_shows_the_image_first_and_j_keeps_it_in_view(site, page
     page.set_viewport_size({"width": width, "height": 900})
     page.goto(f"{site.base}/review?batch={batch_id}")
     expect(page.locator("#big")).to_have_js_property("complete", True)
+    # The decision panel is drawn with the item, which may come after the image on a busy
+    # machine: measure once it is there.
+    expect(page.locator("#btn-confirm")).to_be_visible()
     stage = page.locator("#stage").bounding_box()
     queue = page.locator("#queue").bounding_box()
     confirm = page.locator("#btn-confirm").bounding_box()
