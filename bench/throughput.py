@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import requests
 
+import model as _tensorflow_settings  # noqa: F401  (set before any keras import below)
+from bench.cpu import CpuMeter, named, tree
 from bench.processes import ProcessGroup, free_port, project_env, wait_healthy
 from leukoscreen.imagetypes import has_image_suffix
 
@@ -63,6 +65,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--broker-url", default=os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/13")
     )
     p.add_argument("--worker-concurrency", type=int, default=1)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the benchmarked API and worker, e.g. LEUKOSCREEN_BATCH_SIZE=64 "
+        "(repeatable; the stack otherwise runs on the defaults)",
+    )
     p.add_argument("--uploaders", type=int, default=2, help="concurrent upload clients")
     p.add_argument("--part-files", type=int, default=250)
     p.add_argument(
@@ -360,6 +370,7 @@ class Stack:
     base: str
     database_url: str
     headers: dict[str, str]
+    api: subprocess.Popen
     worker: subprocess.Popen
     workdir: Path
 
@@ -385,6 +396,7 @@ def running_stack(args: argparse.Namespace, model_path: Path, **settings: str) -
         BROKER_URL=args.broker_url,
         LEUKOSCREEN_VAR_DIR=str(workdir),
         LEUKOSCREEN_MODEL_PATH=str(model_path),
+        **dict(item.split("=", 1) for item in args.set),
         **settings,
     )
     migrate.upgrade(database_url)
@@ -393,11 +405,11 @@ def running_stack(args: argparse.Namespace, model_path: Path, **settings: str) -
     base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {_bench_token(database_url)}"}
     try:
-        procs.start("api", "--port", str(port), "--workers", "2", name="api")
+        api = procs.start("api", "--port", str(port), "--workers", "2", name="api")
         worker = procs.start("worker", "--concurrency", str(args.worker_concurrency), name="worker")
         if not wait_healthy(base, timeout=120):
             raise RuntimeError(f"API did not start; logs in {workdir}")
-        yield Stack(base, database_url, headers, worker, workdir)
+        yield Stack(base, database_url, headers, api, worker, workdir)
     finally:
         procs.stop_all()
         engine_for(database_url).dispose()
@@ -422,13 +434,25 @@ def bench_end_to_end(
         parts = [inputs[i : i + args.part_files] for i in range(0, len(inputs), args.part_files)]
         per_client = [parts[i :: args.uploaders] for i in range(args.uploaders)]
         batch_ids: list[str] = []
+        client_cpu: list[float] = []
         lock = threading.Lock()
 
         def client(my_parts: list[list[tuple[str, bytes]]]) -> None:
+            cpu = time.thread_time()
             ids = _upload(stack.base, my_parts, stack.headers)
             with lock:
                 batch_ids.extend(ids)
+                client_cpu.append(time.thread_time() - cpu)
 
+        meter = CpuMeter(
+            {
+                "api": tree(stack.api.pid),
+                "worker": tree(stack.worker.pid),
+                "postgresql": named("postgres"),
+                "redis": named("redis-server"),
+            }
+        )
+        meter.start()
         start = time.perf_counter()
         threads = [threading.Thread(target=client, args=(p,)) for p in per_client if p]
         for t in threads:
@@ -438,6 +462,7 @@ def bench_end_to_end(
         upload_s = time.perf_counter() - start
         _wait_done(stack.database_url, batch_ids, stack.worker, stack.workdir)
         elapsed = time.perf_counter() - start
+        cpu = {**meter.stop(), "upload_clients": sum(client_cpu)}
         rss_end = _rss_mb(stack.worker.pid)
         lat = sorted(_latencies(stack.database_url, batch_ids))
         return {
@@ -447,6 +472,8 @@ def bench_end_to_end(
             "intake_ips": len(inputs) / upload_s,
             "latency_p50_s": statistics.median(lat),
             "latency_p95_s": _p95(lat),
+            # Milliseconds of CPU per image, each part of the stack on the same cores.
+            "cpu_ms_per_image": {k: round(1000 * v / len(inputs), 3) for k, v in cpu.items()},
             "rss_mb": {
                 "after_start": round(rss_start, 1),
                 "after_run": round(rss_end, 1),
@@ -560,6 +587,7 @@ def run(args: argparse.Namespace) -> int:
             "chunk_size": settings.chunk_size,
             "batch_size": settings.batch_size,
             "worker_concurrency": args.worker_concurrency,
+            "overrides": args.set,
             "uploaders": args.uploaders,
             "model": str(model_path),
             "inputs": args.folder or "generated 224x224 JPEG",
@@ -663,6 +691,8 @@ def print_table(f: dict[str, Any]) -> None:
                     f"({lane['singles']} images)",
                 )
             )
+    for part, ms in f.get("cpu_ms_per_image", {}).items():
+        rows.append((f"end to end: CPU of {part.replace('_', ' ')}", f"{ms:8.2f} ms/img"))
     if "rss_mb" in f:
         r = f["rss_mb"]
         rows.append(

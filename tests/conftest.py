@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
+import model  # noqa: F401  (TensorFlow's settings, before a test module imports keras)
 from bench.images import synthetic_smear_jpeg as smear_like_jpeg
 from leukoscreen.config import Settings, load_settings
 

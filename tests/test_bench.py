@@ -40,6 +40,8 @@ def test_bench_reports_every_figure_in_its_json(model_path, tmp_path, redis_url)
             "2",
             "--broker-url",
             redis_url,
+            "--set",
+            "LEUKOSCREEN_CHUNK_SIZE=16",
             "--json",
             str(out),
         ],
@@ -72,6 +74,12 @@ def test_bench_reports_every_figure_in_its_json(model_path, tmp_path, redis_url)
     assert figures["images"] == 40
     assert set(figures["model_only_by_batch"]) == {"1", "8"}
     assert figures["rss_mb"]["after_start"] > 0
+    assert figures["settings"]["overrides"] == ["LEUKOSCREEN_CHUNK_SIZE=16"]
+    cpu = figures["cpu_ms_per_image"]
+    assert set(cpu) == {"api", "worker", "postgresql", "redis", "upload_clients"}
+    # The API parsed every upload and the worker scored every image: both spent CPU.
+    assert cpu["api"] > 0 and cpu["worker"] > 0
+    assert "CPU of worker" in done.stdout
     assert "gate: end-to-end cost" in done.stdout
     assert "heatmap / scoring" in done.stdout
     assert "end to end" in done.stdout and figures["machine"]["cores"] >= 1
