@@ -219,8 +219,9 @@ def plot_confusion(cm: dict, path: Path) -> None:
 def write_plots(out: Path, weights: Path, y, p, baseline_p, report: dict) -> list[str]:
     written = []
     history = history_path(weights)
-    if history.is_file():
-        plot_history(json.loads(history.read_text()), out / "history.png")
+    # Weights only averaged from given ones (``--epochs 0``) have no main fit to plot.
+    if history.is_file() and "loss" in (fitted := json.loads(history.read_text())):
+        plot_history(fitted, out / "history.png")
         written.append("history.png")
     plot_f1(y, p, report["threshold"], out / "f1_threshold.png")
     plot_confusion(report["confusion"], out / "confusion.png")

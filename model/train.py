@@ -97,6 +97,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sigma of the optical-density stain jitter (0 = off; Tellez et al. use 0.05)",
     )
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/leukoscreen-cache"))
+    parser.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from these weights (same --arch) instead of random ones; with --epochs 0 "
+        "only --average-epochs train",
+    )
+    parser.add_argument(
+        "--average-epochs",
+        type=int,
+        default=0,
+        help="after the main fit, this many more epochs at the constant --average-lr, whose "
+        "end-of-epoch weights are averaged (stochastic weight averaging); 0 = off",
+    )
+    parser.add_argument("--average-lr", type=float, default=1e-4)
 
 
 # ---- input pipeline --------------------------------------------------------------------
@@ -339,6 +354,73 @@ def fit(model, train_ds, val_ds, weights, args):
     return hist, int(stopper.best_epoch) + 1
 
 
+def average_weights(model, train_ds, weights, images: np.ndarray, args) -> dict:
+    """Stochastic weight averaging (Izmailov et al. 2018): train ``--average-epochs`` more
+    epochs at a constant learning rate and keep the mean of their end-of-epoch weights.
+
+    The mean lies in a wider, flatter part of the loss surface than any one epoch's weights,
+    which is what an ensemble of those epochs would buy, at one network's cost per image.
+    Batch-norm statistics belong to the weights they were measured with, so they are measured
+    again for the averaged weights on the training images (``recompute_batch_norm``).
+    """
+    average = weight_average()
+    model.optimizer.learning_rate.assign(args.average_lr)
+    history = model.fit(
+        train_ds,
+        epochs=args.average_epochs,
+        class_weight=weights,
+        callbacks=[average, epoch_log()],
+        verbose=2,
+    )
+    model.set_weights(average.mean())
+    recompute_batch_norm(model, images, args.batch_size)
+    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+
+def weight_average():
+    """Keras callback: the running sum of the model's weights at each epoch's end; ``mean()``
+    gives their average (in float64, so that many epochs add up without rounding)."""
+    import keras
+
+    class WeightAverage(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.total: list[np.ndarray] = []
+            self.epochs = 0
+
+        def on_epoch_end(self, epoch, logs=None):
+            weights_now = self.model.get_weights()
+            if not self.total:
+                self.total = [w.astype(np.float64) for w in weights_now]
+            else:
+                for acc, w in zip(self.total, weights_now, strict=True):
+                    acc += w
+            self.epochs += 1
+
+        def mean(self) -> list[np.ndarray]:
+            return [(acc / self.epochs).astype(np.float32) for acc in self.total]
+
+    return WeightAverage()
+
+
+def recompute_batch_norm(model, images: np.ndarray, batch_size: int) -> None:
+    """Each batch-norm layer's moving mean and variance set to the average over ``images`` (in
+    batches, unaugmented) of the batch statistics the current weights produce."""
+    import keras
+
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.moving_mean.assign(np.zeros(layer.moving_mean.shape, np.float32))
+        layer.moving_variance.assign(np.ones(layer.moving_variance.shape, np.float32))
+    for step, start in enumerate(range(0, len(images), batch_size)):
+        for layer in norms:
+            layer.momentum = step / (step + 1)  # a running mean over the batches seen so far
+        model(scaled_in_graph(images[start : start + batch_size]), training=True)
+    for layer, momentum in zip(norms, momenta, strict=True):
+        layer.momentum = momentum
+
+
 def export_weights(model, arch: str, path: Path) -> None:
     """Save weights without optimizer state (~26 MB for LeNet-LLD instead of ~78 MB).
 
@@ -426,8 +508,12 @@ def run(args: argparse.Namespace) -> int:
         shuffle=False,
     )
     weights = class_weights(targets["train"], len(CLASSES) if with_subtypes else 2)
+    if args.init is not None:
+        model.set_weights(keras.saving.load_model(args.init, compile=False).get_weights())
     t_fit = time.monotonic()
-    hist, best_epoch = fit(model, train_ds, val_ds, weights, args)
+    hist, best_epoch = fit(model, train_ds, val_ds, weights, args) if args.epochs else ({}, 0)
+    if args.average_epochs:
+        hist["averaging"] = average_weights(model, train_ds, weights, parts["train"].images, args)
     fit_seconds = time.monotonic() - t_fit
     export_weights(model, args.arch, out)
     history_path(out).write_text(json.dumps({"best_epoch": best_epoch, **hist}, indent=1) + "\n")
@@ -483,6 +569,11 @@ def run(args: argparse.Namespace) -> int:
                 "best weights restored",
                 "class_weight": {str(k): v for k, v in weights.items()},
                 "augmentation": augmentation_text(args),
+                "initialised_from": str(args.init) if args.init else "random",
+                "weight_averaging": f"mean of the weights after each of {args.average_epochs} "
+                f"epochs at Adam lr={args.average_lr}, batch norm measured again"
+                if args.average_epochs
+                else "none",
             },
             "intended_use": INTENDED_USE,
         }

@@ -243,6 +243,17 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
         for i in range(4):
             (other / f"BloodImage_{i:05d}.jpg").write_bytes(jpeg_bytes(90_000 + i, (190, 90, 90)))
         extra = ["--stain-jitter", "0.05", "--other-lab", str(other), "--plots", str(plots)]
+    epochs = "1"
+    init = tmp_path / "init.keras"
+    if arch == "lenet_lld_v2":
+        extra += ["--average-epochs", "2", "--average-lr", "1e-4"]
+    if arch == "lenet_lld_v2s":
+        # Weight averaging alone, from given weights: no main fit at all.
+        from model.architecture import ARCHITECTURES
+
+        ARCHITECTURES[arch]().save(init)
+        extra += ["--init", str(init), "--average-epochs", "1"]
+        epochs = "0"
     args = parse(
         train,
         [
@@ -253,7 +264,7 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
             "--arch",
             arch,
             "--epochs",
-            "1",
+            epochs,
             "--batch-size",
             "8",
             "--block",
@@ -319,7 +330,17 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
     assert card["validation"]["sensitivity"] >= 0.99  # the operating-point rule on val
     assert "auc" in card["colour_baseline"]["test"]
     history = json.loads(out.with_suffix(".history.json").read_text())
-    assert len(history["loss"]) == 1 and len(history["val_loss"]) == 1
+    training = card["training"]
+    if arch == "lenet_lld_v2s":
+        assert "loss" not in history and training["initialised_from"] == str(init)
+        assert training["weight_averaging"].startswith("mean of the weights after each of 1 ")
+        assert len(history["averaging"]["loss"]) == 1
+    else:
+        assert len(history["loss"]) == 1 and len(history["val_loss"]) == 1
+        assert training["initialised_from"] == "random"
+    if arch == "lenet_lld_v2":
+        assert training["weight_averaging"].startswith("mean of the weights after each of 2 ")
+        assert len(history["averaging"]["loss"]) == 2
     split = mdata.read_split(out.with_suffix(".split.json"))
     assert split["seed"] == 11  # the split follows --split-seed, not the training seed
     records = mdata.load_dataset(root, block=2).records
@@ -377,8 +398,10 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
     assert report["threshold"] == card["threshold"]
     assert report["auc"] == pytest.approx(card["metrics"]["auc"], abs=1e-6)
     assert sum(report["confusion"].values()) == report["n"]
-    for png in ("history.png", "f1_threshold.png", "roc.png", "confusion.png"):
+    for png in ("f1_threshold.png", "roc.png", "confusion.png"):
         assert (report_dir / png).stat().st_size > 1000
+    # lenet_lld_v2s only averaged given weights here: no main fit, so no history to plot.
+    assert (report_dir / "history.png").is_file() == (arch != "lenet_lld_v2s")
 
     # An unseen folder (no image of the split file in it) is evaluated whole.
     unseen = make_folder(tmp_path / "unseen", per_class=3, seed=50_000)
@@ -400,3 +423,53 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
     assert evaluate.run(args) == 0
     report = json.loads((tmp_path / "r2" / "report.json").read_text())
     assert report["n"] == 6 and report["data"]["split"] == "all"
+
+
+def test_weight_average_is_the_mean_of_each_epochs_weights():
+    from model.train import weight_average
+
+    class Weights:
+        def __init__(self) -> None:
+            self.now: list[np.ndarray] = []
+
+        def get_weights(self) -> list[np.ndarray]:
+            return self.now
+
+    model = Weights()
+    average = weight_average()
+    average.set_model(model)
+    for epoch, value in enumerate((1.0, 2.0, 6.0)):
+        model.now = [np.full((2, 2), value, np.float32), np.array([value * 10], np.float32)]
+        average.on_epoch_end(epoch)
+    mean = average.mean()
+    assert np.allclose(mean[0], 3.0) and np.allclose(mean[1], [30.0])
+    assert mean[0].dtype == np.float32
+
+
+def test_recompute_batch_norm_measures_the_statistics_of_the_current_weights():
+    import keras
+
+    from model.inference import scaled_in_graph
+    from model.train import recompute_batch_norm
+
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((8, 8, 3))
+    conv = keras.layers.Conv2D(4, 3, use_bias=False)(inputs)
+    normed = keras.layers.BatchNormalization(momentum=0.9)(conv)
+    outputs = keras.layers.Dense(1)(keras.layers.GlobalAveragePooling2D()(normed))
+    model = keras.Model(inputs, outputs)
+    norm = model.layers[2]
+    # Statistics left from other weights: recomputing must not be pulled towards them.
+    norm.moving_mean.assign(np.full(4, 50.0, np.float32))
+    norm.moving_variance.assign(np.full(4, 9.0, np.float32))
+    images = np.random.default_rng(0).integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
+
+    recompute_batch_norm(model, images, batch_size=8)
+
+    features = keras.Model(inputs, conv)
+    batches = [np.asarray(features(scaled_in_graph(images[i : i + 8]))) for i in range(0, 20, 8)]
+    expected_mean = np.mean([b.mean(axis=(0, 1, 2)) for b in batches], axis=0)
+    expected_var = np.mean([b.var(axis=(0, 1, 2)) for b in batches], axis=0)
+    assert np.allclose(np.asarray(norm.moving_mean), expected_mean, atol=1e-5)
+    assert np.allclose(np.asarray(norm.moving_variance), expected_var, rtol=1e-4, atol=1e-6)
+    assert norm.momentum == 0.9  # the layer's own momentum is back for any later training
