@@ -5,7 +5,7 @@
 
 For every image of the split that the model flags, the share of its Grad-CAM
 heat (``model.explain``, the workers' maps) that falls on stained pixels (HSV saturation
-above ``model.quality.STAINED_SATURATION``: the cells; the rest is pale background), and that
+above about 0.2, ``model.quality.is_stained``: the cells; the rest is pale background), and that
 share divided by the stained pixels' share of the image (1: heat spread as if blind to the
 cells; above 1: drawn to them). A network that reads background colour, the data's known
 shortcut, puts its heat off the cells. Validation by default: the test split stays for the
@@ -21,13 +21,12 @@ from PIL import Image
 
 from model.card import SUBTYPES, read_card
 from model.evaluate import add_split_script_arguments, load_split
-from model.quality import STAINED_SATURATION
+from model.quality import is_stained
 
 
 def stained_mask(pixels: np.ndarray) -> np.ndarray:
     """(H, W) True where a uint8 RGB image (H, W, 3) is stained."""
-    hsv = np.asarray(Image.fromarray(pixels).convert("HSV"))
-    return hsv[..., 1] > STAINED_SATURATION
+    return is_stained(np.asarray(Image.fromarray(pixels).convert("HSV")))
 
 
 def heat_on_stain(heat: np.ndarray, mask: np.ndarray) -> tuple[float, float]:

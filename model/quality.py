@@ -45,11 +45,16 @@ MEASURES = (
 _LEVELS = np.arange(256, dtype=np.float64)
 
 
+def is_stained(hsv: np.ndarray) -> np.ndarray:
+    """Per pixel of an 8-bit HSV array (..., 3): whether it is stained (a cell, not the
+    pale background). The one definition the gate's measures and the heatmap checks share."""
+    return hsv[..., 1] > STAINED_SATURATION
+
+
 def hue_histogram(img: Image.Image) -> np.ndarray:
     """Counts of stained pixels per 8-bit hue (what the hue band is fitted on)."""
     hsv = np.asarray(img.reduce(4).convert("HSV"))  # the same 64x64 copy as ``measure``
-    stained = hsv[..., 1] > STAINED_SATURATION
-    return np.bincount(hsv[..., 0][stained], minlength=HUE_BINS)
+    return np.bincount(hsv[..., 0][is_stained(hsv)], minlength=HUE_BINS)
 
 
 def in_band(hue: np.ndarray, hue_band: tuple[int, int]) -> np.ndarray:
@@ -79,7 +84,7 @@ def measure(
     lap_mean = float(lap @ _LEVELS)
     median = int(np.searchsorted(np.cumsum(hist), total / 2))
     hsv = np.asarray(small.convert("HSV"))
-    stained = hsv[..., 1] > STAINED_SATURATION
+    stained = is_stained(hsv)
     small_grey = np.asarray(grey, dtype=np.int16)
     objects = stained | (np.abs(small_grey - median) > OBJECT_CONTRAST)
     width, height = original_size
