@@ -550,16 +550,21 @@ def machine() -> dict[str, Any]:
     import sqlalchemy
     import tensorflow as tf
 
-    cpu = "unknown"
+    cpu, flags = "unknown", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == "unknown":
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except FileNotFoundError:
         pass
     return {
         "cpu": cpu,
+        # The network's speed depends on these more than on the model name: TensorFlow's
+        # oneDNN kernels use AVX-512 where present (docs/performance.md).
+        "vector_extensions": sorted(f for f in flags if f.startswith(("avx", "amx"))),
+        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "TensorFlow's default"),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
@@ -635,7 +640,12 @@ def run(args: argparse.Namespace) -> int:
 
 def print_table(f: dict[str, Any]) -> None:
     m = f["machine"]
-    print(f"\nLeukoScreen throughput  ({m['cpu']}, {m['cores']} cores, TF {m['tensorflow']})")
+    wide = any(flag.startswith("avx512") for flag in m.get("vector_extensions", []))
+    avx512 = "AVX-512" if wide else "no AVX-512"
+    print(
+        f"\nLeukoScreen throughput  ({m['cpu']}, {m['cores']} cores, {avx512}, "
+        f"TF {m['tensorflow']}, oneDNN {m.get('onednn', '?')})"
+    )
     rows = []
     for bs, ips in f.get("model_only_by_batch", {}).items():
         rows.append((f"model only, batch {bs}", f"{ips:8.1f} img/s"))

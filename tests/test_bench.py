@@ -83,3 +83,6 @@ def test_bench_reports_every_figure_in_its_json(model_path, tmp_path, redis_url)
     assert "gate: end-to-end cost" in done.stdout
     assert "heatmap / scoring" in done.stdout
     assert "end to end" in done.stdout and figures["machine"]["cores"] >= 1
+    # Figures from different hosts compare only with the CPU's vector units and kernels named.
+    assert isinstance(figures["machine"]["vector_extensions"], list)
+    assert figures["machine"]["onednn"] == "1" and "oneDNN 1" in done.stdout
