@@ -83,10 +83,15 @@ const LS = {
   // Whether an image has a subtype estimate to show: it goes to a person (a cleared one shows
   // none) and its network has the subtype head.
   hasSubtype(item, words) {
-    const names = new Map(words.labels || []);
     const probs = item.subtype_probs || {};
     const toPerson = item.route ? item.route !== "cleared" : Boolean(item.flagged);
-    return toPerson && names.has(item.subtype) && words.labels.every(([key]) => key in probs);
+    return toPerson && LS.subtypeName(words, item.subtype) !== undefined
+      && words.labels.every(([key]) => key in probs);
+  },
+
+  // A subtype key's display name ("pre_b" -> "Pre-B"), or undefined for a key not listed.
+  subtypeName(words, key) {
+    return (words.labels || []).find(([known]) => known === key)?.[1];
   },
 
   subtypeCaveat(item, words) {
@@ -95,8 +100,8 @@ const LS = {
 
   // "Pre-B 0.910": never broken at its hyphen, nor between name and number.
   subtypeNamed(item, words, key) {
-    const names = new Map(words.labels || []);
-    return LS.el("span", { className: "nowrap" }, `${names.get(key)} ${LS.p(item.subtype_probs[key])}`);
+    return LS.el("span", { className: "nowrap" },
+      `${LS.subtypeName(words, key)} ${LS.p(item.subtype_probs[key])}`);
   },
 
   // The estimate in a list's cell: the most likely subtype, the caveat on hover and for
