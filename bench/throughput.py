@@ -550,7 +550,8 @@ def machine() -> dict[str, Any]:
     import sqlalchemy
     import tensorflow as tf
 
-    cpu, flags = "unknown", set()
+    cpu = "unknown"
+    flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name") and cpu == "unknown":
