@@ -20,6 +20,7 @@ Figures are printed (and written as JSON with --json); nothing here asserts a sp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import requests
 
 import model as _tensorflow_settings  # noqa: F401  (set before any keras import below)
@@ -268,23 +270,11 @@ def bench_thesis(model_path: Path, inputs: list[tuple[str, bytes]]) -> float:
 
 def _rss_mb(pid: int) -> float:
     """Resident memory of a process and all its descendants."""
-    total_kb = 0
-    pids = [pid]
-    seen: set[int] = set()
-    while pids:
-        p = pids.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kb += int(line.split()[1])
-            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-            pids.extend(int(c) for c in children)
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return total_kb / 1024
+    total = 0
+    for proc in tree(pid)():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += proc.memory_info().rss
+    return total / 2**20
 
 
 def _pending(database_url: str, batch_ids: list[str]) -> int:

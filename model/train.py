@@ -350,8 +350,12 @@ def fit(model, train_ds, val_ds, weights, args):
         callbacks=callbacks,
         verbose=2,
     )
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    return hist, int(stopper.best_epoch) + 1
+    return _floats(history), int(stopper.best_epoch) + 1
+
+
+def _floats(history) -> dict[str, list[float]]:
+    """A Keras ``History``'s per-epoch logs as plain floats, for the history JSON."""
+    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
 def average_weights(model, train_ds, weights, images: np.ndarray, args) -> dict:
@@ -374,7 +378,7 @@ def average_weights(model, train_ds, weights, images: np.ndarray, args) -> dict:
     )
     model.set_weights(average.mean())
     recompute_batch_norm(model, images, args.batch_size)
-    return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    return _floats(history)
 
 
 def weight_average():
