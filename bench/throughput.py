@@ -44,6 +44,7 @@ import model as _tensorflow_settings  # noqa: F401  (set before any keras import
 from bench.cpu import CpuMeter, named, tree
 from bench.processes import ProcessGroup, free_port, project_env, wait_healthy
 from leukoscreen.imagetypes import has_image_suffix
+from model.precision import FLOAT32, cpu_flags
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -118,13 +119,15 @@ def load_inputs(folder: str | None, n: int) -> list[tuple[str, bytes]]:
 # ---------------------------------------------------------------- parts
 
 
-def bench_model(model_path: Path, batch_sizes: list[int], seconds: float = 4.0) -> dict[int, float]:
+def bench_model(
+    model_path: Path, batch_sizes: list[int], precision: str = FLOAT32, seconds: float = 4.0
+) -> dict[int, float]:
     from model.inference import load_model
 
     figures: dict[int, float] = {}
     rng = np.random.default_rng(0)
     for bs in batch_sizes:
-        model = load_model(model_path, batch_size=bs)
+        model = load_model(model_path, batch_size=bs, precision=precision)
         width, height = model.card.input_size
         x = rng.integers(0, 256, (bs, height, width, 3), dtype=np.uint8)
         model.score(x)  # trace and warm up
@@ -165,7 +168,11 @@ def _ms_per_image(run: Any, images: int, seconds: float) -> float:
 
 
 def bench_explain(
-    model_path: Path, blobs: list[bytes], batch_size: int = 32, seconds: float = 3.0
+    model_path: Path,
+    blobs: list[bytes],
+    precision: str = FLOAT32,
+    batch_size: int = 32,
+    seconds: float = 3.0,
 ) -> dict[str, float]:
     """A heatmap's cost per image in ms (Grad-CAM on a batch, then the PNG), and scoring the
     same batch, as the explain task and the scoring task run them."""
@@ -173,7 +180,7 @@ def bench_explain(
     from model.inference import load_model
     from model.preprocess import prepare
 
-    model = load_model(model_path, batch_size=batch_size)
+    model = load_model(model_path, batch_size=batch_size, precision=precision)
     x = np.stack(
         [
             prepare(blobs[i % len(blobs)], None, model.card.input_size, with_quality=False).pixels
@@ -226,8 +233,9 @@ def bench_gate(
         blobs = [d for _, d in inputs[:200]]
         out["preprocess_ips_no_quality"] = bench_preprocess(blobs, size)
         out["preprocess_ips_with_quality"] = bench_preprocess(blobs, size, hue_band=gate.hue_band)
-        out["model_ips_no_gate"] = bench_model(plain, [32])[32]
-        out["model_ips_with_gate"] = bench_model(model_path, [32])[32]
+        precision = figures["settings"]["precision"]
+        out["model_ips_no_gate"] = bench_model(plain, [32], precision)[32]
+        out["model_ips_with_gate"] = bench_model(model_path, [32], precision)[32]
         if "e2e" not in set(filter(None, args.skip.split(","))) and "end_to_end_ips" in figures:
             plain_e2e = bench_end_to_end(args, plain, inputs)
             out["end_to_end_ips_no_gate"] = plain_e2e["end_to_end_ips"]
@@ -541,15 +549,12 @@ def machine() -> dict[str, Any]:
     import tensorflow as tf
 
     cpu = "unknown"
-    flags: set[str] = set()
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu == "unknown":
+            if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except FileNotFoundError:
-        pass
+                break
+    flags = cpu_flags()
     return {
         "cpu": cpu,
         # The network's speed depends on these more than on the model name: TensorFlow's
@@ -567,6 +572,17 @@ def machine() -> dict[str, Any]:
     }
 
 
+def worker_precision(overrides: list[str]) -> str:
+    """The precision the benchmark's worker resolves: its environment holds only ``--set``'s
+    LeukoScreen settings (``bench.processes.project_env``), so "auto" unless set there."""
+    import tensorflow as tf
+
+    from model.precision import resolve
+
+    setting = dict(item.split("=", 1) for item in overrides).get("LEUKOSCREEN_PRECISION", "auto")
+    return resolve(setting.strip().lower(), bool(tf.config.list_physical_devices("GPU")))
+
+
 def run(args: argparse.Namespace) -> int:
     from leukoscreen.config import load_settings
 
@@ -576,6 +592,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"no model weights at {model_path} (give --model)")
     skip = set(filter(None, args.skip.split(",")))
     inputs = load_inputs(args.folder, args.images)
+    precision = worker_precision(args.set)
     figures: dict[str, Any] = {
         "machine": machine(),
         "settings": {
@@ -583,6 +600,8 @@ def run(args: argparse.Namespace) -> int:
             "chunk_size": settings.chunk_size,
             "batch_size": settings.batch_size,
             "worker_concurrency": args.worker_concurrency,
+            # The benchmarked worker's (``model.precision``), and the model-only figures'.
+            "precision": precision,
             "overrides": args.set,
             "uploaders": args.uploaders,
             "model": str(model_path),
@@ -590,7 +609,7 @@ def run(args: argparse.Namespace) -> int:
         },
     }
     if "model" not in skip:
-        per_bs = bench_model(model_path, [int(b) for b in args.batch_sizes.split(",")])
+        per_bs = bench_model(model_path, [int(b) for b in args.batch_sizes.split(",")], precision)
         figures["model_only_by_batch"] = {str(k): round(v, 1) for k, v in per_bs.items()}
         figures["model_only_ips"] = max(per_bs.values())
     if "preprocess" not in skip:
@@ -614,7 +633,7 @@ def run(args: argparse.Namespace) -> int:
         figures["priority_lane"] = bench_priority_lane(args, model_path, lane=True)
         figures["priority_lane_off"] = bench_priority_lane(args, model_path, lane=False)
     if "explain" not in skip:
-        figures.update(bench_explain(model_path, [d for _, d in inputs[:200]]))
+        figures.update(bench_explain(model_path, [d for _, d in inputs[:200]], precision))
     if "end_to_end_ips" in figures and "model_only_ips" in figures:
         figures["ratio_e2e_to_model"] = figures["end_to_end_ips"] / figures["model_only_ips"]
     if "end_to_end_ips" in figures and "thesis_ips" in figures:
@@ -635,7 +654,8 @@ def print_table(f: dict[str, Any]) -> None:
     avx512 = "AVX-512" if wide else "no AVX-512"
     print(
         f"\nLeukoScreen throughput  ({m['cpu']}, {m['cores']} cores, {avx512}, "
-        f"TF {m['tensorflow']}, oneDNN {m.get('onednn', '?')})"
+        f"TF {m['tensorflow']}, oneDNN {m.get('onednn', '?')}, "
+        f"network in {f['settings'].get('precision', FLOAT32)})"
     )
     rows = []
     for bs, ips in f.get("model_only_by_batch", {}).items():

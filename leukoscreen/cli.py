@@ -145,6 +145,16 @@ def _worker(args: argparse.Namespace) -> int:
         "--without-mingle",
     ]
     concurrency = args.concurrency
+    from model.precision import PRECISIONS
+
+    if settings.precision not in PRECISIONS:
+        # Said now, not as every chunk's failure once a pool process loads the model.
+        print(
+            f"LEUKOSCREEN_PRECISION must be one of {', '.join(PRECISIONS)}, "
+            f"not {settings.precision!r}",
+            file=sys.stderr,
+        )
+        return 2
     if args.queue == "gpu":
         gpus = settings.gpu_count or _count_gpus()
         if gpus == 0:

@@ -118,6 +118,9 @@ class Settings:
     storage_url: str = ""
     s3_endpoint_url: str = ""
     s3_region: str = ""
+    # The arithmetic of a worker's convolutions (``model.precision``): "auto" is bfloat16 on a
+    # CPU with native bfloat16 (AVX-512 BF16, AMX), float32 elsewhere; or either, forced.
+    precision: str = "auto"
 
     @property
     def uses_filesystem_broker(self) -> bool:
@@ -289,4 +292,5 @@ def load_settings() -> Settings:
         webhook_timeout_s=_env_int("LEUKOSCREEN_WEBHOOK_TIMEOUT_S", 10),
         webhook_max_attempts=_env_int("LEUKOSCREEN_WEBHOOK_MAX_ATTEMPTS", 8),
         retain_images_days=_env_int("LEUKOSCREEN_RETAIN_IMAGES_DAYS", 0),
+        precision=_env_str("LEUKOSCREEN_PRECISION", "auto").strip().lower(),
     )

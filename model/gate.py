@@ -247,16 +247,23 @@ def permissive_gate(feature_dim: int) -> Gate:
     )
 
 
-def model_version(weights_sha256: str, card: CardData | None, gate: Gate | None) -> str:
-    """One id for everything that decides a result: weights, threshold, output, gate."""
+def model_version(
+    weights_sha256: str, card: CardData | None, gate: Gate | None, precision: str = "float32"
+) -> str:
+    """One id for everything that decides a result: weights, threshold, output, gate, and the
+    arithmetic the network ran in where it is not float32 (``model.precision``)."""
     if gate is None or card is None:
-        return weights_sha256
+        if precision == "float32":
+            return weights_sha256
+        return hashlib.sha256(f"{weights_sha256}:{precision}".encode()).hexdigest()
     digest = hashlib.sha256(weights_sha256.encode())
     decided = {
         "threshold": card.get("threshold"),
         "output": card.get("output"),
         "gate": gate.describe(),
     }
+    if precision != "float32":
+        decided["precision"] = precision
     digest.update(json.dumps(decided, sort_keys=True).encode())
     return digest.hexdigest()
 

@@ -18,6 +18,7 @@ from model.card import (
     to_subtype_probs,
 )
 from model.gate import FEATURE_OFFSET, Gate, model_version, read_gate
+from model.precision import FLOAT32, in_precision
 from model.preprocess import INPUT_SCALE
 
 
@@ -65,8 +66,9 @@ class LoadedModel:
     card: ModelCard
     gate: Gate | None
     batch_size: int
+    precision: str
     _predict: Any
-    # The (folded) network ``_predict`` runs: Grad-CAM replays it (``heatmaps``).
+    # The folded float32 network: Grad-CAM replays it (``heatmaps``), off the bulk path.
     network: Any = None
     _gradcam: Any = None
 
@@ -129,7 +131,9 @@ def feature_network(network: Any) -> Any:
     return keras.Model(inputs, [network.layers[-1](x), features], name=network.name + "_gate")
 
 
-def load_model(path: Path, batch_size: int = 32) -> LoadedModel:
+def load_model(path: Path, batch_size: int = 32, precision: str = FLOAT32) -> LoadedModel:
+    """The weights at ``path`` ready to score batches of ``batch_size``, their convolutions in
+    ``precision`` (``model.precision``; a worker resolves its setting first)."""
     import keras
     import tensorflow as tf
 
@@ -140,9 +144,10 @@ def load_model(path: Path, batch_size: int = 32) -> LoadedModel:
     from model.folding import fold_batch_norm
 
     network = fold_batch_norm(keras.saving.load_model(path, compile=False))
+    scoring = in_precision(network, precision)
     raw_card = read_card_data(path)
     gate = read_gate(path, raw_card)
-    with_features = feature_network(network) if gate is not None else None
+    with_features = feature_network(scoring) if gate is not None else None
     spec = tf.TensorSpec((batch_size, *network.input_shape[1:]), tf.uint8)
     if gate is not None:
         # The domain distance (``Gate.domain_distance``) inside the same graph: done in NumPy,
@@ -155,7 +160,7 @@ def load_model(path: Path, batch_size: int = 32) -> LoadedModel:
     def predict(pixels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
         x = scaled_in_graph(pixels)
         if with_features is None:
-            return network(x, training=False), None
+            return scoring(x, training=False), None
         raw, features = with_features(x, training=False)
         logs = tf.math.log(tf.maximum(features, 0.0) + FEATURE_OFFSET)
         z = tf.matmul(logs, whitening)
@@ -165,11 +170,12 @@ def load_model(path: Path, batch_size: int = 32) -> LoadedModel:
     weights_sha256 = file_sha256(path)
     return LoadedModel(
         path=path,
-        sha256=model_version(weights_sha256, raw_card, gate),
+        sha256=model_version(weights_sha256, raw_card, gate, precision),
         weights_sha256=weights_sha256,
         card=read_card(path),
         gate=gate,
         batch_size=batch_size,
+        precision=precision,
         _predict=predict,
         network=network,
     )

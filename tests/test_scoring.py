@@ -26,6 +26,7 @@ class FakeScorer:
     sha256: str = "f" * 64
     card: ModelCard = field(default_factory=lambda: ModelCard(name="fake", threshold=0.45))
     gate: Gate | None = field(default_factory=lambda: permissive_gate(4))
+    precision: str = "float32"
     calls: list[int] = field(default_factory=list)
 
     def assess(self, images: np.ndarray) -> Scores:

@@ -18,6 +18,7 @@ from db.session import engine_for, session_factory
 from leukoscreen.config import Settings, load_settings, resolve_secret_key
 from leukoscreen.storage import Store, open_store
 from model.inference import LoadedModel, load_model
+from model.precision import resolve as resolve_precision
 from worker.celery_app import app
 from worker.dispatch import watch_outbox
 from worker.scoring import register_model_version
@@ -48,13 +49,15 @@ class WorkerRuntime:
 
     @cached_property
     def model(self) -> LoadedModel:
-        configure_tensorflow(self.settings.tf_threads)
-        loaded = load_model(self.settings.model_path, self.settings.batch_size)
+        on_gpu = configure_tensorflow(self.settings.tf_threads)
+        precision = resolve_precision(self.settings.precision, on_gpu)
+        loaded = load_model(self.settings.model_path, self.settings.batch_size, precision)
         log.info(
-            "loaded model %s (%s) threshold %.4f",
+            "loaded model %s (%s) threshold %.4f, %s",
             loaded.card.name,
             loaded.sha256[:12],
             loaded.card.threshold,
+            precision,
         )
         return loaded
 
@@ -68,7 +71,8 @@ class WorkerRuntime:
         return ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
 
 
-def configure_tensorflow(threads: int = 0) -> None:
+def configure_tensorflow(threads: int = 0) -> bool:
+    """Threads and GPU memory growth; whether this process sees a GPU."""
     import tensorflow as tf
 
     if threads > 0:
@@ -79,11 +83,13 @@ def configure_tensorflow(threads: int = 0) -> None:
 
     # A GPU worker shares its card with nobody else but should still not grab all memory up
     # front: growth keeps room for the CUDA context of a restarted child.
-    for gpu in tf.config.list_physical_devices("GPU"):
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
         try:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError as exc:  # already initialised in this process
             log.warning("could not enable memory growth: %s", exc)
+    return bool(gpus)
 
 
 _settings: Settings | None = None

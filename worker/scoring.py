@@ -30,6 +30,7 @@ from leukoscreen.storage import StorageUnavailable, Store
 from model.card import SUBTYPES, ModelCard
 from model.gate import Gate, Route, route_image
 from model.inference import Scores
+from model.precision import FLOAT32
 from model.preprocess import Prepared, prepare
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class Scorer(Protocol):
     sha256: str
     card: ModelCard
     gate: Gate | None
+    precision: str  # ``model.precision``: the arithmetic the network runs in
 
     def assess(self, images: np.ndarray) -> Scores: ...
 
@@ -60,7 +62,11 @@ def register_model_version(sessions: sessionmaker[Session], model: Scorer) -> in
             return found
         version = ModelVersion(
             sha256=model.sha256,
-            name=model.card.name,
+            # Shown beside every result: a reviewer or operator sees when the network ran
+            # in reduced precision, not only a different hash.
+            name=model.card.name
+            if model.precision == FLOAT32
+            else f"{model.card.name} ({model.precision})",
             threshold=model.card.threshold,
             metrics=model.card.metrics,
             gate=model.gate.describe() if model.gate is not None else None,

@@ -1,0 +1,85 @@
+"""The arithmetic a worker's network runs in: float32, or bfloat16 where the CPU has it.
+
+On a CPU with AVX-512 BF16 (or AMX) oneDNN's bfloat16 convolutions are about 1.5x faster
+than float32 (docs/performance.md), and the convolutions are most of a worker's time.
+bfloat16 keeps float32's range with 8 bits of mantissa, so only the convolution blocks after
+the first run in it: oneDNN accumulates their sums in float32, and everything from the global
+pooling on (the classifier head, the gate's features, the probabilities) is float32 again. The
+first block stays float32 because it was measured to matter: in bfloat16 it moved p_leukemia
+by up to 0.10 on the validation split (0.016 without it) and domain distances by up to 80%.
+
+What bfloat16 changes in every route is measured by ``python -m model.precision_check`` (the
+model card notes give its figures); a result scored this way carries a model version of its
+own (``model.gate.model_version``). Training, evaluation and Grad-CAM stay float32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+FLOAT32 = "float32"
+BFLOAT16 = "bfloat16"
+PRECISIONS = ("auto", FLOAT32, BFLOAT16)
+
+# CPU flags (Linux /proc/cpuinfo names) under which oneDNN runs bfloat16 convolutions natively;
+# elsewhere it would emulate them, slower than float32.
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The first CPU's feature flags, or an empty set where the system does not say."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def resolve(setting: str, on_gpu: bool, flags: set[str] | None = None) -> str:
+    """The precision a worker uses for ``LEUKOSCREEN_PRECISION``: ``auto`` is bfloat16 on a
+    CPU worker whose CPU has native bfloat16 and float32 anywhere else (a GPU worker's
+    precision was not measured, so it keeps float32 unless asked)."""
+    if setting not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {setting!r}")
+    if setting != "auto":
+        return setting
+    if on_gpu:
+        return FLOAT32
+    return BFLOAT16 if BF16_FLAGS & (cpu_flags() if flags is None else flags) else FLOAT32
+
+
+def in_precision(network: Any, precision: str) -> Any:
+    """A copy of a chain ``network`` whose convolution blocks compute in ``precision``.
+
+    Layers from the second convolution up to the first global pooling or flattening get
+    Keras' ``mixed_bfloat16`` policy (float32 weights, cast as they are used); the first
+    convolution block, that layer and the rest stay float32 and cast their input back.
+    ``float32`` or a network that is not a simple chain comes back as is.
+    """
+    import keras
+    from keras import layers
+
+    from model.folding import is_chain
+
+    if precision == FLOAT32 or not is_chain(network):
+        return network
+    if precision != BFLOAT16:
+        raise ValueError(f"unknown precision {precision!r}")
+    head = (layers.GlobalAveragePooling2D, layers.GlobalMaxPooling2D, layers.Flatten)
+    chain = network.layers
+    x = inputs = keras.Input(shape=network.input_shape[1:], name=chain[0].name)
+    policy, convolutions = FLOAT32, 0
+    for layer in chain[1:]:
+        if isinstance(layer, layers.Conv2D):
+            convolutions += 1
+            if convolutions == 2:
+                policy = "mixed_bfloat16"
+        if isinstance(layer, head):
+            policy = FLOAT32
+        copy = layer.__class__.from_config({**layer.get_config(), "dtype": policy})
+        x = copy(x)
+        copy.set_weights(layer.get_weights())
+    return keras.Model(inputs, x, name=network.name)

@@ -1,0 +1,128 @@
+"""What bfloat16 convolutions change in a model's results: every route, side by side.
+
+    python -m model.precision_check --data ../shared/data/taleqani-all \\
+        --other-lab ../shared/data/bccd-other-lab
+
+Scores the model's validation and test splits, the other laboratory's smears and damaged
+copies of test images (``model.corruptions``) as a worker does (quality measures, the network,
+calibration, the domain gate, the route) once in float32 and once in bfloat16
+(``model.precision``), and prints for each set how many routes differ and which way, the
+largest change in p_leukemia and in the domain distance, and, for the labelled splits, ROC AUC,
+sensitivity and specificity at the model's own threshold in each precision. Run it on a CPU
+with native bfloat16; elsewhere oneDNN emulates it (same numbers, slowly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from model import data as mdata
+from model import metrics as mm
+from model.corruptions import KINDS
+from model.gate import route_image
+from model.precision import BFLOAT16, FLOAT32
+from model.preprocess import Prepared, load_rgb, prepare
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def compare(models: dict, prepared: list[Prepared], labels: np.ndarray | None) -> dict:
+    """Both precisions' routes and scores for one set of prepared images."""
+    pixels = np.stack([p.pixels for p in prepared])
+    out: dict = {}
+    for precision, model in models.items():
+        scores = model.assess(pixels)
+        routes = [
+            route_image(
+                model.gate, model.card.threshold, float(p), pr.quality, float(d), pr.original_mode
+            ).route.value
+            for pr, p, d in zip(prepared, scores.p_leukemia, scores.domain_distance, strict=True)
+        ]
+        out[precision] = (scores, routes)
+    (s32, r32), (s16, r16) = out[FLOAT32], out[BFLOAT16]
+    dp = np.abs(s32.p_leukemia - s16.p_leukemia)
+    rel = np.abs(s32.domain_distance - s16.domain_distance) / np.abs(s32.domain_distance)
+    result = {
+        "n": len(prepared),
+        "routes_changed": Counter(f"{a}->{b}" for a, b in zip(r32, r16, strict=True) if a != b),
+        "max_dp": float(dp.max()),
+        "p99_dp": float(np.quantile(dp, 0.99)),
+        "max_rel_distance": float(np.nanmax(rel)) if np.isfinite(rel).any() else float("nan"),
+        "routes": {FLOAT32: Counter(r32), BFLOAT16: Counter(r16)},
+    }
+    if s32.subtype_probs is not None and s16.subtype_probs is not None:
+        result["subtype_changed"] = int(
+            np.sum(s32.subtype_probs.argmax(axis=1) != s16.subtype_probs.argmax(axis=1))
+        )
+    if labels is not None:
+        threshold = models[FLOAT32].card.threshold
+        result["metrics"] = {
+            name: mm.binary_metrics(labels, s.p_leukemia, threshold) for name, (s, _) in out.items()
+        }
+    return result
+
+
+def report(name: str, r: dict) -> None:
+    changed = dict(r["routes_changed"]) or "none"
+    print(
+        f"{name:26s} n={r['n']:4d}  routes changed: {changed}  max |dp| {r['max_dp']:.4f} "
+        f"(p99 {r['p99_dp']:.4f})  max rel. distance change {r['max_rel_distance']:.4f}"
+        + (f"  subtype changed: {r['subtype_changed']}" if "subtype_changed" in r else "")
+    )
+    for precision, m in r.get("metrics", {}).items():
+        print(
+            f"{'':26s} {precision:9s} AUC {m['auc']:.4f}  sensitivity {m['sensitivity']:.4f}  "
+            f"specificity {m['specificity']:.4f}"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    from model.inference import load_model
+
+    models = {p: load_model(args.model, 32, p) for p in (FLOAT32, BFLOAT16)}
+    gate, size = models[FLOAT32].gate, models[FLOAT32].card.input_size
+    band = gate.hue_band if gate is not None else None
+    split = mdata.read_split(mdata.split_path(args.model))["splits"]
+    rng = np.random.default_rng(args.seed)
+    print(f"{args.model.name}: threshold {models[FLOAT32].card.threshold:.4f}")
+    for part in ("val", "test"):
+        blobs = [(args.data / r["file"]).read_bytes() for r in split[part]]
+        labels = np.array([r["label"] for r in split[part]])
+        report(part, compare(models, [prepare(b, band, size) for b in blobs], labels))
+        if part != "test":
+            continue
+        order = rng.permutation(len(blobs))[: args.per_kind]
+        base = [load_rgb(blobs[i]) for i in order]
+        for kind, make in KINDS.items():
+            made = [m for m in (make(im, rng) for im in base) if m is not None]
+            prepared = [prepare(_png(m), band, size) for m in made]
+            report(f"test, {kind}", compare(models, prepared, None))
+    if args.other_lab:
+        files = sorted(f for f in args.other_lab.iterdir() if f.is_file())
+        prepared = [prepare(f.read_bytes(), band, size) for f in files]
+        report("other laboratory", compare(models, prepared, None))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m model.precision_check", description=__doc__)
+    parser.add_argument("--model", type=Path, default=Path("model/weights/lenet_lld.keras"))
+    parser.add_argument("--data", type=Path, required=True, help="folder of class folders")
+    parser.add_argument("--other-lab", type=Path, default=None, help="smears of another lab")
+    parser.add_argument("--per-kind", type=int, default=100, help="damaged copies per kind")
+    parser.add_argument("--seed", type=int, default=0)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
