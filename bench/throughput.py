@@ -120,7 +120,7 @@ def load_inputs(folder: str | None, n: int) -> list[tuple[str, bytes]]:
 
 
 def bench_model(
-    model_path: Path, batch_sizes: list[int], precision: str = FLOAT32, seconds: float = 4.0
+    model_path: Path, batch_sizes: list[int], seconds: float = 4.0, precision: str = FLOAT32
 ) -> dict[int, float]:
     from model.inference import load_model
 
@@ -170,9 +170,9 @@ def _ms_per_image(run: Any, images: int, seconds: float) -> float:
 def bench_explain(
     model_path: Path,
     blobs: list[bytes],
-    precision: str = FLOAT32,
     batch_size: int = 32,
     seconds: float = 3.0,
+    precision: str = FLOAT32,
 ) -> dict[str, float]:
     """A heatmap's cost per image in ms (Grad-CAM on a batch, then the PNG), and scoring the
     same batch, as the explain task and the scoring task run them."""
@@ -234,8 +234,8 @@ def bench_gate(
         out["preprocess_ips_no_quality"] = bench_preprocess(blobs, size)
         out["preprocess_ips_with_quality"] = bench_preprocess(blobs, size, hue_band=gate.hue_band)
         precision = figures["settings"]["precision"]
-        out["model_ips_no_gate"] = bench_model(plain, [32], precision)[32]
-        out["model_ips_with_gate"] = bench_model(model_path, [32], precision)[32]
+        out["model_ips_no_gate"] = bench_model(plain, [32], precision=precision)[32]
+        out["model_ips_with_gate"] = bench_model(model_path, [32], precision=precision)[32]
         if "e2e" not in set(filter(None, args.skip.split(","))) and "end_to_end_ips" in figures:
             plain_e2e = bench_end_to_end(args, plain, inputs)
             out["end_to_end_ips_no_gate"] = plain_e2e["end_to_end_ips"]
@@ -609,7 +609,9 @@ def run(args: argparse.Namespace) -> int:
         },
     }
     if "model" not in skip:
-        per_bs = bench_model(model_path, [int(b) for b in args.batch_sizes.split(",")], precision)
+        per_bs = bench_model(
+            model_path, [int(b) for b in args.batch_sizes.split(",")], precision=precision
+        )
         figures["model_only_by_batch"] = {str(k): round(v, 1) for k, v in per_bs.items()}
         figures["model_only_ips"] = max(per_bs.values())
     if "preprocess" not in skip:
@@ -633,7 +635,7 @@ def run(args: argparse.Namespace) -> int:
         figures["priority_lane"] = bench_priority_lane(args, model_path, lane=True)
         figures["priority_lane_off"] = bench_priority_lane(args, model_path, lane=False)
     if "explain" not in skip:
-        figures.update(bench_explain(model_path, [d for _, d in inputs[:200]], precision))
+        figures.update(bench_explain(model_path, [d for _, d in inputs[:200]], precision=precision))
     if "end_to_end_ips" in figures and "model_only_ips" in figures:
         figures["ratio_e2e_to_model"] = figures["end_to_end_ips"] / figures["model_only_ips"]
     if "end_to_end_ips" in figures and "thesis_ips" in figures:
@@ -655,7 +657,7 @@ def print_table(f: dict[str, Any]) -> None:
     print(
         f"\nLeukoScreen throughput  ({m['cpu']}, {m['cores']} cores, {avx512}, "
         f"TF {m['tensorflow']}, oneDNN {m.get('onednn', '?')}, "
-        f"network in {f['settings'].get('precision', FLOAT32)})"
+        f"network in {f.get('settings', {}).get('precision', FLOAT32)})"
     )
     rows = []
     for bs, ips in f.get("model_only_by_batch", {}).items():

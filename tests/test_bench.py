@@ -86,3 +86,8 @@ def test_bench_reports_every_figure_in_its_json(model_path, tmp_path, redis_url)
     # Figures from different hosts compare only with the CPU's vector units and kernels named.
     assert isinstance(figures["machine"]["vector_extensions"], list)
     assert figures["machine"]["onednn"] == "1" and "oneDNN 1" in done.stdout
+    # ... and the arithmetic the benchmarked worker resolved, which the model-only rows used.
+    from model.precision import resolve
+
+    expected = resolve("auto", on_gpu=False)
+    assert figures["settings"]["precision"] == expected and f"network in {expected}" in done.stdout
