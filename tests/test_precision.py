@@ -32,6 +32,13 @@ def test_auto_precision_is_bfloat16_only_on_a_cpu_with_native_bfloat16(
     assert resolve(setting, on_gpu, flags) == expected
 
 
+def test_auto_keeps_float32_when_an_operator_turned_onednn_off(monkeypatch):
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert resolve("auto", False, {"avx512_bf16"}) == FLOAT32
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+    assert resolve("auto", False, {"avx512_bf16"}) == BFLOAT16
+
+
 def test_an_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve("half", False, set())
