@@ -580,7 +580,9 @@ def worker_precision(overrides: list[str]) -> str:
     from model.precision import resolve
 
     setting = dict(item.split("=", 1) for item in overrides).get("LEUKOSCREEN_PRECISION", "auto")
-    return resolve(setting.strip().lower(), bool(tf.config.list_physical_devices("GPU")))
+    onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") != "0"  # inherited by the worker
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    return resolve(setting.strip().lower(), gpu, onednn=onednn)
 
 
 def run(args: argparse.Namespace) -> int:

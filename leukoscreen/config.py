@@ -121,6 +121,9 @@ class Settings:
     # The arithmetic of a worker's convolutions (``model.precision``): "auto" is bfloat16 on a
     # CPU with native bfloat16 (AVX-512 BF16, AMX), float32 elsewhere; or either, forced.
     precision: str = "auto"
+    # TensorFlow's oneDNN kernels (TF_ENABLE_ONEDNN_OPTS, which the ``model`` package sets to
+    # 1 unless the operator set it): bfloat16 is only chosen with them.
+    onednn: bool = True
 
     @property
     def uses_filesystem_broker(self) -> bool:
@@ -293,4 +296,5 @@ def load_settings() -> Settings:
         webhook_max_attempts=_env_int("LEUKOSCREEN_WEBHOOK_MAX_ATTEMPTS", 8),
         retain_images_days=_env_int("LEUKOSCREEN_RETAIN_IMAGES_DAYS", 0),
         precision=_env_str("LEUKOSCREEN_PRECISION", "auto").strip().lower(),
+        onednn=_env_str("TF_ENABLE_ONEDNN_OPTS", "1").strip() != "0",
     )

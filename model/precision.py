@@ -15,7 +15,6 @@ own (``model.gate.model_version``). Training, evaluation and Grad-CAM stay float
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
     return set()
 
 
-def resolve(setting: str, on_gpu: bool, flags: set[str] | None = None) -> str:
+def resolve(setting: str, on_gpu: bool, flags: set[str] | None = None, onednn: bool = True) -> str:
     """The precision a worker uses for ``LEUKOSCREEN_PRECISION``: ``auto`` is bfloat16 on a
     CPU worker whose CPU has native bfloat16 and oneDNN on, float32 anywhere else (a GPU
     worker's precision was not measured, so it keeps float32 unless asked)."""
@@ -49,7 +48,7 @@ def resolve(setting: str, on_gpu: bool, flags: set[str] | None = None) -> str:
         return setting
     # Without oneDNN (an operator's TF_ENABLE_ONEDNN_OPTS=0) TensorFlow's own bfloat16
     # convolutions are not the fast kernels measured.
-    if on_gpu or os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0":
+    if on_gpu or not onednn:
         return FLOAT32
     return BFLOAT16 if BF16_FLAGS & (cpu_flags() if flags is None else flags) else FLOAT32
 

@@ -33,10 +33,15 @@ def test_auto_precision_is_bfloat16_only_on_a_cpu_with_native_bfloat16(
 
 
 def test_auto_keeps_float32_when_an_operator_turned_onednn_off(monkeypatch):
+    from leukoscreen.config import load_settings
+
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
-    assert resolve("auto", False, {"avx512_bf16"}) == FLOAT32
+    assert not load_settings().onednn
+    assert resolve("auto", False, {"avx512_bf16"}, onednn=False) == FLOAT32
+    assert resolve("bfloat16", False, {"avx512_bf16"}, onednn=False) == BFLOAT16  # forced
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
-    assert resolve("auto", False, {"avx512_bf16"}) == BFLOAT16
+    assert load_settings().onednn
+    assert resolve("auto", False, {"avx512_bf16"}, onednn=True) == BFLOAT16
 
 
 def test_an_unknown_precision_is_refused():

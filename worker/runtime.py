@@ -50,7 +50,7 @@ class WorkerRuntime:
     @cached_property
     def model(self) -> LoadedModel:
         on_gpu = configure_tensorflow(self.settings.tf_threads)
-        precision = resolve_precision(self.settings.precision, on_gpu)
+        precision = resolve_precision(self.settings.precision, on_gpu, onednn=self.settings.onednn)
         loaded = load_model(self.settings.model_path, self.settings.batch_size, precision)
         log.info(
             "loaded model %s (%s) threshold %.4f, %s",
