@@ -53,6 +53,12 @@ def resolve(setting: str, on_gpu: bool, flags: set[str] | None = None, onednn: b
     return BFLOAT16 if BF16_FLAGS & (cpu_flags() if flags is None else flags) else FLOAT32
 
 
+def version_name(name: str, precision: str) -> str:
+    """A model version's name as pages, exports and the worker list show it: the card's name,
+    with the precision where it is not float32, so that a reviewer or an operator sees it."""
+    return name if precision == FLOAT32 else f"{name} ({precision})"
+
+
 def in_precision(network: Any, precision: str) -> Any:
     """A copy of a chain ``network`` whose convolution blocks compute in ``precision``.
 

@@ -126,3 +126,18 @@ def test_bfloat16_routes_match_float32_on_validation_smears():
     assert not result["routes_changed"]
     assert 0 < result["max_dp"] < 0.03  # it did run in bfloat16, and stayed close
     assert result["max_rel_distance"] < 0.1
+
+
+def test_the_worker_list_names_the_model_as_its_results_do(monkeypatch):
+    """Heartbeats carry the same name as the model version row: an operator sees which
+    workers run bfloat16."""
+    from types import SimpleNamespace
+
+    import worker.tasks
+    from model.card import ModelCard
+
+    loaded = SimpleNamespace(card=ModelCard("lenet_lld_v2", 0.6), sha256="c" * 64)
+    for precision, name in ((BFLOAT16, "lenet_lld_v2 (bfloat16)"), (FLOAT32, "lenet_lld_v2")):
+        rt = SimpleNamespace(model=SimpleNamespace(**vars(loaded), precision=precision))
+        monkeypatch.setattr(worker.tasks, "runtime", lambda rt=rt: rt)
+        assert worker.tasks._loaded_model() == (name, "c" * 64)

@@ -30,7 +30,7 @@ from leukoscreen.storage import StorageUnavailable, Store
 from model.card import SUBTYPES, ModelCard
 from model.gate import Gate, Route, route_image
 from model.inference import Scores
-from model.precision import FLOAT32
+from model.precision import version_name
 from model.preprocess import Prepared, prepare
 
 log = logging.getLogger(__name__)
@@ -62,11 +62,7 @@ def register_model_version(sessions: sessionmaker[Session], model: Scorer) -> in
             return found
         version = ModelVersion(
             sha256=model.sha256,
-            # Shown beside every result: a reviewer or operator sees when the network ran
-            # in reduced precision, not only a different hash.
-            name=model.card.name
-            if model.precision == FLOAT32
-            else f"{model.card.name} ({model.precision})",
+            name=version_name(model.card.name, model.precision),
             threshold=model.card.threshold,
             metrics=model.card.metrics,
             gate=model.gate.describe() if model.gate is not None else None,

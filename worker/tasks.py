@@ -21,6 +21,7 @@ from db.models import DeliveryState
 from db.retention import purge_old_images
 from leukoscreen import logs, metrics
 from leukoscreen.storage import StorageUnavailable
+from model.precision import version_name
 from worker import heartbeat
 from worker.celery_app import (
     EXPLAIN_QUEUE,
@@ -75,7 +76,7 @@ def _loaded_model() -> tuple[str, str] | None:
     rt = runtime()
     if "model" not in rt.__dict__:
         return None
-    return rt.model.card.name, rt.model.sha256
+    return version_name(rt.model.card.name, rt.model.precision), rt.model.sha256
 
 
 @worker_process_init.connect
