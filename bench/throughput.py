@@ -572,17 +572,19 @@ def machine() -> dict[str, Any]:
     }
 
 
-def worker_precision(overrides: list[str]) -> str:
+def worker_precision(overrides: list[str], model_path: Path) -> str:
     """The precision the benchmark's worker resolves: its environment holds only ``--set``'s
     LeukoScreen settings (``bench.processes.project_env``), so "auto" unless set there."""
     import tensorflow as tf
 
-    from model.precision import resolve
+    from model.card import read_card_data
+    from model.precision import checked, resolve
 
     setting = dict(item.split("=", 1) for item in overrides).get("LEUKOSCREEN_PRECISION", "auto")
     onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") != "0"  # inherited by the worker
     gpu = bool(tf.config.list_physical_devices("GPU"))
-    return resolve(setting.strip().lower(), gpu, onednn=onednn)
+    card_checked = checked(read_card_data(model_path))
+    return resolve(setting.strip().lower(), gpu, onednn=onednn, card_checked=card_checked)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -594,7 +596,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"no model weights at {model_path} (give --model)")
     skip = set(filter(None, args.skip.split(",")))
     inputs = load_inputs(args.folder, args.images)
-    precision = worker_precision(args.set)
+    precision = worker_precision(args.set, model_path)
     figures: dict[str, Any] = {
         "machine": machine(),
         "settings": {

@@ -60,6 +60,9 @@ class CardData(TypedDict):
     gate: NotRequired[dict[str, Any]]  # ``Gate.describe()``: read by ``model.gate.read_gate``
     calibration: NotRequired[dict[str, Any]]
     gate_evaluation: NotRequired[dict[str, Any]]
+    # What bfloat16 convolutions change (``model.precision_check.record``): per set of images
+    # the routes that changed; ``auto`` uses bfloat16 only where none changed to cleared.
+    precision_check: NotRequired[dict[str, Any]]
     warning: NotRequired[str]
     gate_warning: NotRequired[str]
 

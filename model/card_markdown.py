@@ -139,6 +139,7 @@ def render(weights: list[Path]) -> str:
     ]
     lines += subtype_section(main)
     lines += gate_section(main)
+    lines += precision_section(main)
     lines += [
         "## Training",
     ]
@@ -280,6 +281,32 @@ def gate_section(card: CardData) -> list[str]:
         "",
     ]
     return lines
+
+
+def precision_section(card: CardData) -> list[str]:
+    """What bfloat16 workers change (``model.precision_check.record``), set by set."""
+    check = card.get("precision_check", {}).get("bfloat16")
+    if not check:
+        return []
+    lines = [
+        "## bfloat16 workers",
+        "",
+        "On a CPU with native bfloat16, workers run the convolutions after the first in "
+        "bfloat16 (`LEUKOSCREEN_PRECISION=auto`) only because this check found no route "
+        "changed to *cleared*; their results carry a model version of their own. Each set "
+        "scored and routed in float32 and in bfloat16: "
+        f"**{check['changed_to_cleared']} routes changed to cleared** in all.",
+        "",
+        "| set | images | routes changed | largest change of p_leukemia | largest relative "
+        "change of the domain distance |",
+        "|---|---|---|---|---|",
+    ]
+    for name, s in check["sets"].items():
+        changed = ", ".join(f"{k}: {v}" for k, v in s["routes_changed"].items()) or "none"
+        lines.append(
+            f"| {name} | {s['n']} | {changed} | {s['max_dp']:.4f} | {s['max_rel_distance']:.1%} |"
+        )
+    return [*lines, ""]
 
 
 def _opt(x: float | None) -> str:

@@ -31,6 +31,7 @@ from PIL import Image
 
 from model import data as mdata
 from model import metrics as mm
+from model import precision_check
 from model.card import card_path, file_sha256, read_card_data, write_card
 from model.corruptions import KINDS
 from model.gate import (
@@ -226,10 +227,14 @@ def run(args: argparse.Namespace) -> int:
                     )
                 )
             sets[part]["other_lab_square_224"] = (squares, None)
+    # Kept for the bfloat16 check below: the held-out damaged images, never used to tune.
+    held_out: dict[str, tuple[list[Prepared], np.ndarray | None]] = {}
     for part, kinds in sets.items():
         evaluation[part] = {}
         for kind, (kind_blobs, kind_labels) in kinds.items():
             prep = _prepare_all(kind_blobs, band, net.input_size)
+            if part == "held_out":
+                held_out[f"held out, {kind}"] = (prep, None)
             praw, pfeat = net.run(prep)
             decisions = _decide_all(
                 gate, threshold, prep, gate.calibrate(praw), gate.domain_distance(pfeat)
@@ -278,6 +283,18 @@ def run(args: argparse.Namespace) -> int:
     card["gate_evaluation"] = evaluation
     card["sha256"] = model_version(file_sha256(weights), card, gate)
     write_card(weights, card)
+    # 5. What bfloat16 workers would change (``model.precision``), on the card they read.
+    card["precision_check"] = precision_check.record(
+        weights,
+        {
+            "val": (prepared["val"], labels["val"]),
+            "test": (prepared["test"], labels["test"]),
+            **held_out,
+        },
+    )
+    write_card(weights, card)
+    bf16 = card["precision_check"]["bfloat16"]
+    print(f"bfloat16 check: {bf16['changed_to_cleared']} routes changed to cleared", flush=True)
     t = evaluation["test"]
     print(
         f"threshold {threshold:.4f}; domain threshold {domain_threshold:.2f}; test: "

@@ -8,13 +8,17 @@ pooling on (the classifier head, the gate's features, the probabilities) is floa
 first block stays float32 because it was measured to matter: in bfloat16 it moved p_leukemia
 by up to 0.10 on the validation split (0.016 without it) and domain distances by up to 80%.
 
-What bfloat16 changes in every route is measured by ``python -m model.precision_check`` (the
-model card notes give its figures); a result scored this way carries a model version of its
-own (``model.gate.model_version``). Training, evaluation and Grad-CAM stay float32.
+What bfloat16 changes in every route is measured by ``model.precision_check``, which the
+training command runs and records in the card (``python -m model.precision_check --write`` for
+a card fitted before): ``auto`` uses bfloat16 only for a model whose card shows that check
+with no route changed to cleared (``checked``). A result scored this way carries a model
+version of its own (``model.gate.model_version``). Training, evaluation and Grad-CAM stay
+float32.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +42,30 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
     return set()
 
 
-def resolve(setting: str, on_gpu: bool, flags: set[str] | None = None, onednn: bool = True) -> str:
+def checked(card: Mapping[str, Any] | None) -> bool:
+    """Whether a model's card records a bfloat16 check (``model.precision_check.record``, run
+    by the training command) in which no image's route changed to cleared."""
+    check = (card or {}).get("precision_check", {}).get(BFLOAT16)
+    return bool(check) and check.get("changed_to_cleared") == 0
+
+
+def resolve(
+    setting: str,
+    on_gpu: bool,
+    flags: set[str] | None = None,
+    onednn: bool = True,
+    card_checked: bool = True,
+) -> str:
     """The precision a worker uses for ``LEUKOSCREEN_PRECISION``: ``auto`` is bfloat16 on a
-    CPU worker whose CPU has native bfloat16 and oneDNN on, float32 anywhere else (a GPU
-    worker's precision was not measured, so it keeps float32 unless asked)."""
+    CPU worker whose CPU has native bfloat16 and oneDNN on, for a model whose card shows it
+    checked (``checked``); float32 anywhere else (a GPU worker's precision was not measured,
+    so it keeps float32 unless asked)."""
     if setting not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {setting!r}")
     if setting != "auto":
         return setting
+    if not card_checked:
+        return FLOAT32
     # Without oneDNN (an operator's TF_ENABLE_ONEDNN_OPTS=0) TensorFlow's own bfloat16
     # convolutions are not the fast kernels measured.
     if on_gpu or not onednn:

@@ -24,6 +24,7 @@ from PIL import Image
 
 from model import data as mdata
 from model import metrics as mm
+from model.card import read_card_data, write_card
 from model.corruptions import KINDS
 from model.gate import route_image
 from model.precision import BFLOAT16, FLOAT32
@@ -72,6 +73,36 @@ def compare(models: dict, prepared: list[Prepared], labels: np.ndarray | None) -
     return result
 
 
+def summary(r: dict) -> dict:
+    """One set's comparison as the card keeps it."""
+    return {
+        "n": r["n"],
+        "routes_changed": dict(r["routes_changed"]),
+        "max_dp": r["max_dp"],
+        "max_rel_distance": r["max_rel_distance"],
+    }
+
+
+def record(weights: Path, sets: dict[str, tuple[list[Prepared], np.ndarray | None]]) -> dict:
+    """The card's ``precision_check``: every set compared, and how many routes changed to
+    cleared in all (``model.precision.checked`` lets ``auto`` use bfloat16 only at 0)."""
+    from model.inference import load_model
+
+    models = {p: load_model(weights, 32, p) for p in (FLOAT32, BFLOAT16)}
+    compared = {
+        name: summary(compare(models, prepared, labels))
+        for name, (prepared, labels) in sets.items()
+        if prepared
+    }
+    to_cleared = sum(
+        count
+        for s in compared.values()
+        for change, count in s["routes_changed"].items()
+        if change.endswith("->cleared")
+    )
+    return {BFLOAT16: {"sets": compared, "changed_to_cleared": to_cleared}}
+
+
 def report(name: str, r: dict) -> None:
     changed = dict(r["routes_changed"]) or "none"
     print(
@@ -95,22 +126,30 @@ def run(args: argparse.Namespace) -> int:
     split = mdata.read_split(mdata.split_path(args.model))["splits"]
     rng = np.random.default_rng(args.seed)
     print(f"{args.model.name}: threshold {models[FLOAT32].card.threshold:.4f}")
+    sets: dict[str, tuple[list[Prepared], np.ndarray | None]] = {}
     for part in ("val", "test"):
         blobs = [(args.data / r["file"]).read_bytes() for r in split[part]]
         labels = np.array([r["label"] for r in split[part]])
-        report(part, compare(models, [prepare(b, band, size) for b in blobs], labels))
+        sets[part] = ([prepare(b, band, size) for b in blobs], labels)
         if part != "test":
             continue
         order = rng.permutation(len(blobs))[: args.per_kind]
         base = [load_rgb(blobs[i]) for i in order]
         for kind, make in KINDS.items():
             made = [m for m in (make(im, rng) for im in base) if m is not None]
-            prepared = [prepare(_png(m), band, size) for m in made]
-            report(f"test, {kind}", compare(models, prepared, None))
+            sets[f"test, {kind}"] = ([prepare(_png(m), band, size) for m in made], None)
     if args.other_lab:
         files = sorted(f for f in args.other_lab.iterdir() if f.is_file())
-        prepared = [prepare(f.read_bytes(), band, size) for f in files]
-        report("other laboratory", compare(models, prepared, None))
+        sets["other laboratory"] = ([prepare(f.read_bytes(), band, size) for f in files], None)
+    for name, (prepared, known) in sets.items():
+        report(name, compare(models, prepared, known))
+    if args.write:
+        card = read_card_data(args.model)
+        if card is None:
+            raise SystemExit(f"{args.model} has no card to write to")
+        card["precision_check"] = record(args.model, sets)
+        write_card(args.model, card)
+        print(f"written to the card of {args.model.name}")
     return 0
 
 
@@ -121,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--other-lab", type=Path, default=None, help="smears of another lab")
     parser.add_argument("--per-kind", type=int, default=100, help="damaged copies per kind")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--write", action="store_true", help="record the comparison in the model's card"
+    )
     return run(parser.parse_args(argv))
 
 

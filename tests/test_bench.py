@@ -87,7 +87,8 @@ def test_bench_reports_every_figure_in_its_json(model_path, tmp_path, redis_url)
     assert isinstance(figures["machine"]["vector_extensions"], list)
     assert figures["machine"]["onednn"] == "1" and "oneDNN 1" in done.stdout
     # ... and the arithmetic the benchmarked worker resolved, which the model-only rows used.
-    from model.precision import resolve
+    from model.card import read_card_data
+    from model.precision import checked, resolve
 
-    expected = resolve("auto", on_gpu=False)
+    expected = resolve("auto", False, card_checked=checked(read_card_data(model_path)))
     assert figures["settings"]["precision"] == expected and f"network in {expected}" in done.stdout

@@ -44,6 +44,17 @@ def test_auto_keeps_float32_when_an_operator_turned_onednn_off(monkeypatch):
     assert resolve("auto", False, {"avx512_bf16"}, onednn=True) == BFLOAT16
 
 
+def test_auto_uses_bfloat16_only_for_a_model_whose_card_shows_it_checked():
+    from model.precision import checked
+
+    check = {"sets": {"val": {"n": 3, "routes_changed": {}}}, "changed_to_cleared": 0}
+    assert checked({"precision_check": {"bfloat16": check}})
+    assert not checked({"precision_check": {"bfloat16": {**check, "changed_to_cleared": 1}}})
+    assert not checked({"name": "retrained elsewhere"}) and not checked(None)
+    assert resolve("auto", False, {"avx512_bf16"}, card_checked=False) == FLOAT32
+    assert resolve("bfloat16", False, {"avx512_bf16"}, card_checked=False) == BFLOAT16  # forced
+
+
 def test_an_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve("half", False, set())
@@ -124,6 +135,12 @@ def test_bfloat16_routes_match_float32_on_validation_smears():
     prepared = [prepare((DATA / r["file"]).read_bytes(), band, size) for r in rows]
     result = compare(models, prepared, np.array([r["label"] for r in rows]))
     assert not result["routes_changed"]
+    # ... and the shipped card records the full check that lets ``auto`` use bfloat16.
+    from model.card import read_card_data
+    from model.precision import checked
+
+    card = read_card_data(WEIGHTS)
+    assert checked(card) and {"val", "test"} <= set(card["precision_check"]["bfloat16"]["sets"])
     assert 0 < result["max_dp"] < 0.03  # it did run in bfloat16, and stayed close
     assert result["max_rel_distance"] < 0.1
 

@@ -319,6 +319,7 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
         text = markdown.read_text()
         assert "## B-ALL subtype (positive images)" in text and "| 224x224 |" in text
         assert "| Early pre-B | " in text and "## Gate: which images" in text
+        assert "## bfloat16 workers" in text and "| held out, pure_noise |" in text
     else:
         assert card["output"] == "p_leukemia" and card["input_size"] == [256, 256]
     assert 0.0 <= card["threshold"] <= 1.0
@@ -326,6 +327,11 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
     assert card["gate"]["limits"] and card["calibration"]["ece_after"]
     assert card["sha256"] == model_version(file_sha256(out), card, read_gate(out, card))
     assert card["gate_evaluation"]["held_out"]["pure_noise"]["n"] > 0
+    # ... and checks what bfloat16 workers would change, on the same images
+    bf16 = card["precision_check"]["bfloat16"]
+    assert {"val", "test", "held out, pure_noise"} <= set(bf16["sets"])
+    assert bf16["sets"]["val"]["n"] == card["gate_evaluation"]["val"]["n"]
+    assert isinstance(bf16["changed_to_cleared"], int)
     assert read_card(out).threshold == card["threshold"]
     assert card["validation"]["sensitivity"] >= 0.99  # the operating-point rule on val
     assert "auc" in card["colour_baseline"]["test"]

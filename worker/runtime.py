@@ -17,7 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.session import engine_for, session_factory
 from leukoscreen.config import Settings, load_settings, resolve_secret_key
 from leukoscreen.storage import Store, open_store
+from model.card import read_card_data
 from model.inference import LoadedModel, load_model
+from model.precision import checked
 from model.precision import resolve as resolve_precision
 from worker.celery_app import app
 from worker.dispatch import watch_outbox
@@ -50,8 +52,14 @@ class WorkerRuntime:
     @cached_property
     def model(self) -> LoadedModel:
         on_gpu = configure_tensorflow(self.settings.tf_threads)
-        precision = resolve_precision(self.settings.precision, on_gpu, onednn=self.settings.onednn)
-        loaded = load_model(self.settings.model_path, self.settings.batch_size, precision)
+        path = self.settings.model_path
+        precision = resolve_precision(
+            self.settings.precision,
+            on_gpu,
+            onednn=self.settings.onednn,
+            card_checked=checked(read_card_data(path)) if path.is_file() else False,
+        )
+        loaded = load_model(path, self.settings.batch_size, precision)
         log.info(
             "loaded model %s (%s) threshold %.4f, %s",
             loaded.card.name,
