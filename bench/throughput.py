@@ -572,19 +572,17 @@ def machine() -> dict[str, Any]:
     }
 
 
-def worker_precision(overrides: list[str], model_path: Path) -> str:
+def worker_precision(overrides: list[str], model_path: Path, onednn: bool) -> str:
     """The precision the benchmark's worker resolves: its environment holds only ``--set``'s
-    LeukoScreen settings (``bench.processes.project_env``), so "auto" unless set there."""
+    LeukoScreen settings (``bench.processes.project_env``), so "auto" unless set there; it
+    inherits TF_ENABLE_ONEDNN_OPTS (``onednn``) from this process."""
     import tensorflow as tf
 
-    from model.card import read_card_data
-    from model.precision import checked, resolve
+    from model.precision import for_model
 
     setting = dict(item.split("=", 1) for item in overrides).get("LEUKOSCREEN_PRECISION", "auto")
-    onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") != "0"  # inherited by the worker
     gpu = bool(tf.config.list_physical_devices("GPU"))
-    card_checked = checked(read_card_data(model_path))
-    return resolve(setting.strip().lower(), gpu, onednn=onednn, card_checked=card_checked)
+    return for_model(setting.strip().lower(), model_path, gpu, onednn)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -596,7 +594,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"no model weights at {model_path} (give --model)")
     skip = set(filter(None, args.skip.split(",")))
     inputs = load_inputs(args.folder, args.images)
-    precision = worker_precision(args.set, model_path)
+    precision = worker_precision(args.set, model_path, settings.onednn)
     figures: dict[str, Any] = {
         "machine": machine(),
         "settings": {

@@ -145,15 +145,13 @@ def _worker(args: argparse.Namespace) -> int:
         "--without-mingle",
     ]
     concurrency = args.concurrency
-    from model.precision import PRECISIONS
+    from model.precision import validate
 
-    if settings.precision not in PRECISIONS:
+    try:
+        validate(settings.precision, "LEUKOSCREEN_PRECISION")
+    except ValueError as exc:
         # Said now, not as every chunk's failure once a pool process loads the model.
-        print(
-            f"LEUKOSCREEN_PRECISION must be one of {', '.join(PRECISIONS)}, "
-            f"not {settings.precision!r}",
-            file=sys.stderr,
-        )
+        print(exc, file=sys.stderr)
         return 2
     if args.queue == "gpu":
         gpus = settings.gpu_count or _count_gpus()

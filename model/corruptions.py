@@ -134,3 +134,11 @@ KINDS: dict[str, Maker] = {
     "colour_gradient": _gradient,
     "photograph": _photograph,
 }
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    """A made-up image as the PNG file a worker would receive (lossless: only the damage
+    that was made is in it)."""
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()

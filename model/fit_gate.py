@@ -22,7 +22,6 @@ recomputed on calibrated scores) and ``X.gate.npz``; with ``--plots DIR``, relia
 from __future__ import annotations
 
 import argparse
-import io
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from model import data as mdata
 from model import metrics as mm
 from model import precision_check
 from model.card import card_path, file_sha256, read_card_data, write_card
-from model.corruptions import KINDS
+from model.corruptions import KINDS, png_bytes
 from model.gate import (
     Gate,
     Route,
@@ -90,12 +89,6 @@ class Network:
         x = scale(np.stack([p.pixels for p in prepared]))
         raw, features = self.network.predict(x, batch_size=self.batch_size, verbose=0)
         return to_p_leukemia(raw, self.output), np.asarray(features, np.float64)
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
 
 
 def _prepare_all(
@@ -206,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
             for im, y in zip(base, base_labels, strict=True):
                 made = make(im, rng)
                 if made is not None:  # e.g. no cell to cut out of this field
-                    made_blobs.append(_png(made))
+                    made_blobs.append(png_bytes(made))
                     made_labels.append(y)
             sets[part][kind] = (made_blobs, np.array(made_labels))
         if args.other_lab:
@@ -220,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
                 side = min(im.size)
                 left, top = (im.width - side) // 2, (im.height - side) // 2
                 squares.append(
-                    _png(
+                    png_bytes(
                         im.crop((left, top, left + side, top + side)).resize(
                             (224, 224), Image.Resampling.LANCZOS
                         )

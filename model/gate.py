@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from model.card import CardData
+from model.precision import FLOAT32
 from model.quality import MEASURES
 
 
@@ -248,12 +249,12 @@ def permissive_gate(feature_dim: int) -> Gate:
 
 
 def model_version(
-    weights_sha256: str, card: CardData | None, gate: Gate | None, precision: str = "float32"
+    weights_sha256: str, card: CardData | None, gate: Gate | None, precision: str = FLOAT32
 ) -> str:
     """One id for everything that decides a result: weights, threshold, output, gate, and the
     arithmetic the network ran in where it is not float32 (``model.precision``)."""
     if gate is None or card is None:
-        if precision == "float32":
+        if precision == FLOAT32:
             return weights_sha256
         return hashlib.sha256(f"{weights_sha256}:{precision}".encode()).hexdigest()
     digest = hashlib.sha256(weights_sha256.encode())
@@ -262,7 +263,7 @@ def model_version(
         "output": card.get("output"),
         "gate": gate.describe(),
     }
-    if precision != "float32":
+    if precision != FLOAT32:
         decided["precision"] = precision
     digest.update(json.dumps(decided, sort_keys=True).encode())
     return digest.hexdigest()

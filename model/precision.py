@@ -42,6 +42,20 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
     return set()
 
 
+def validate(setting: str, name: str = "precision") -> None:
+    """Refuse a precision that is none of ``PRECISIONS`` (ValueError naming it ``name``)."""
+    if setting not in PRECISIONS:
+        raise ValueError(f"{name} must be one of {', '.join(PRECISIONS)}, not {setting!r}")
+
+
+def for_model(setting: str, weights: Path, on_gpu: bool, onednn: bool) -> str:
+    """``resolve`` for the weights at ``weights``, their card read for ``checked``: what a
+    worker loading them uses (and what the benchmark reports for its worker)."""
+    from model.card import read_card_data
+
+    return resolve(setting, on_gpu, onednn=onednn, card_checked=checked(read_card_data(weights)))
+
+
 def checked(card: Mapping[str, Any] | None) -> bool:
     """Whether a model's card records a bfloat16 check (``model.precision_check.record``, run
     by the training command) in which no image's route changed to cleared."""
@@ -60,8 +74,7 @@ def resolve(
     CPU worker whose CPU has native bfloat16 and oneDNN on, for a model whose card shows it
     checked (``checked``); float32 anywhere else (a GPU worker's precision was not measured,
     so it keeps float32 unless asked)."""
-    if setting not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {setting!r}")
+    validate(setting)
     if setting != "auto":
         return setting
     if not card_checked:

@@ -15,26 +15,18 @@ with native bfloat16; elsewhere oneDNN emulates it (same numbers, slowly).
 from __future__ import annotations
 
 import argparse
-import io
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from model import data as mdata
 from model import metrics as mm
 from model.card import read_card_data, write_card
-from model.corruptions import KINDS
+from model.corruptions import KINDS, png_bytes
 from model.gate import route_image
 from model.precision import BFLOAT16, FLOAT32
 from model.preprocess import Prepared, load_rgb, prepare
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
 
 
 def compare(models: dict, prepared: list[Prepared], labels: np.ndarray | None) -> dict:
@@ -59,7 +51,6 @@ def compare(models: dict, prepared: list[Prepared], labels: np.ndarray | None) -
         "max_dp": float(dp.max()),
         "p99_dp": float(np.quantile(dp, 0.99)),
         "max_rel_distance": float(np.nanmax(rel)) if np.isfinite(rel).any() else float("nan"),
-        "routes": {FLOAT32: Counter(r32), BFLOAT16: Counter(r16)},
     }
     if s32.subtype_probs is not None and s16.subtype_probs is not None:
         result["subtype_changed"] = int(
@@ -83,17 +74,11 @@ def summary(r: dict) -> dict:
     }
 
 
-def record(weights: Path, sets: dict[str, tuple[list[Prepared], np.ndarray | None]]) -> dict:
-    """The card's ``precision_check``: every set compared, and how many routes changed to
-    cleared in all (``model.precision.checked`` lets ``auto`` use bfloat16 only at 0)."""
-    from model.inference import load_model
-
-    models = {p: load_model(weights, 32, p) for p in (FLOAT32, BFLOAT16)}
-    compared = {
-        name: summary(compare(models, prepared, labels))
-        for name, (prepared, labels) in sets.items()
-        if prepared
-    }
+def card_entry(results: dict[str, dict]) -> dict:
+    """The card's ``precision_check`` from each set's ``compare``: the sets, and how many
+    routes changed to cleared in all (``model.precision.checked`` lets ``auto`` use bfloat16
+    only at 0)."""
+    compared = {name: summary(r) for name, r in results.items()}
     to_cleared = sum(
         count
         for s in compared.values()
@@ -101,6 +86,28 @@ def record(weights: Path, sets: dict[str, tuple[list[Prepared], np.ndarray | Non
         if change.endswith("->cleared")
     )
     return {BFLOAT16: {"sets": compared, "changed_to_cleared": to_cleared}}
+
+
+def record(weights: Path, sets: dict[str, tuple[list[Prepared], np.ndarray | None]]) -> dict:
+    """``card_entry`` for the weights at ``weights`` on every non-empty set."""
+    results = compare_all(load_both(weights), sets)
+    return card_entry(results)
+
+
+def load_both(weights: Path) -> dict:
+    from model.inference import load_model
+
+    return {p: load_model(weights, 32, p) for p in (FLOAT32, BFLOAT16)}
+
+
+def compare_all(
+    models: dict, sets: dict[str, tuple[list[Prepared], np.ndarray | None]]
+) -> dict[str, dict]:
+    return {
+        name: compare(models, prepared, labels)
+        for name, (prepared, labels) in sets.items()
+        if prepared
+    }
 
 
 def report(name: str, r: dict) -> None:
@@ -118,9 +125,7 @@ def report(name: str, r: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.inference import load_model
-
-    models = {p: load_model(args.model, 32, p) for p in (FLOAT32, BFLOAT16)}
+    models = load_both(args.model)
     gate, size = models[FLOAT32].gate, models[FLOAT32].card.input_size
     band = gate.hue_band if gate is not None else None
     split = mdata.read_split(mdata.split_path(args.model))["splits"]
@@ -137,17 +142,18 @@ def run(args: argparse.Namespace) -> int:
         base = [load_rgb(blobs[i]) for i in order]
         for kind, make in KINDS.items():
             made = [m for m in (make(im, rng) for im in base) if m is not None]
-            sets[f"test, {kind}"] = ([prepare(_png(m), band, size) for m in made], None)
+            sets[f"test, {kind}"] = ([prepare(png_bytes(m), band, size) for m in made], None)
     if args.other_lab:
         files = sorted(f for f in args.other_lab.iterdir() if f.is_file())
         sets["other laboratory"] = ([prepare(f.read_bytes(), band, size) for f in files], None)
-    for name, (prepared, known) in sets.items():
-        report(name, compare(models, prepared, known))
+    results = compare_all(models, sets)
+    for name, r in results.items():
+        report(name, r)
     if args.write:
         card = read_card_data(args.model)
         if card is None:
             raise SystemExit(f"{args.model} has no card to write to")
-        card["precision_check"] = record(args.model, sets)
+        card["precision_check"] = card_entry(results)
         write_card(args.model, card)
         print(f"written to the card of {args.model.name}")
     return 0

@@ -17,10 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.session import engine_for, session_factory
 from leukoscreen.config import Settings, load_settings, resolve_secret_key
 from leukoscreen.storage import Store, open_store
-from model.card import read_card_data
 from model.inference import LoadedModel, load_model
-from model.precision import checked
-from model.precision import resolve as resolve_precision
+from model.precision import for_model as precision_for_model
 from worker.celery_app import app
 from worker.dispatch import watch_outbox
 from worker.scoring import register_model_version
@@ -53,12 +51,7 @@ class WorkerRuntime:
     def model(self) -> LoadedModel:
         on_gpu = configure_tensorflow(self.settings.tf_threads)
         path = self.settings.model_path
-        precision = resolve_precision(
-            self.settings.precision,
-            on_gpu,
-            onednn=self.settings.onednn,
-            card_checked=checked(read_card_data(path)) if path.is_file() else False,
-        )
+        precision = precision_for_model(self.settings.precision, path, on_gpu, self.settings.onednn)
         loaded = load_model(path, self.settings.batch_size, precision)
         log.info(
             "loaded model %s (%s) threshold %.4f, %s",
