@@ -359,8 +359,8 @@ def _model_init(args: argparse.Namespace) -> int:
 
     from model.architecture import ARCHITECTURES
     from model.card import CLASSES, P_CLASSES, P_LEUKEMIA, CardData, write_card
-    from model.gate import permissive_gate, write_statistics
-    from model.inference import feature_network
+    from model.gate import MEAN_AND_STD, permissive_gate, write_statistics
+    from model.gate_features import feature_network
 
     keras.utils.set_random_seed(args.seed)
     out = Path(args.out)
@@ -377,8 +377,8 @@ def _model_init(args: argparse.Namespace) -> int:
         "warning": "random weights for plumbing tests only; not a screening model",
     }
     if args.permissive_gate:
-        dim = int(feature_network(network).outputs[1].shape[-1])
-        card["gate"] = write_statistics(out, permissive_gate(dim)).describe()
+        dim = int(feature_network(network, MEAN_AND_STD).outputs[1].shape[-1])
+        card["gate"] = write_statistics(out, permissive_gate(dim, MEAN_AND_STD)).describe()
         card["gate_warning"] = "permissive gate: every image is judged by the network"
     write_card(out, card)
     print(f"wrote untrained {args.arch} to {out}")

@@ -22,7 +22,7 @@ Gradient-based Localization", ICCV 2017), applied to the leukemia score:
    (nothing raised the score) stays all zero.
 
 The networks are plain chains of layers (``model.folding.is_chain``), so the map is computed
-by replaying the chain layer by layer, as ``model.inference.feature_network`` does, on the
+by replaying the chain layer by layer, as ``model.gate_features.feature_network`` does, on the
 folded network that ``model.inference.load_model`` scores with; a batch-norm layer folded into
 its convolution changes nothing in the map.
 

@@ -22,6 +22,7 @@ recomputed on calibrated scores) and ``X.gate.npz``; with ``--plots DIR``, relia
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from model import precision_check
 from model.card import card_path, file_sha256, read_card_data, write_card
 from model.corruptions import KINDS, png_bytes
 from model.gate import (
+    MEAN_AND_STD,
     Gate,
     Route,
     expected_calibration_error,
@@ -73,12 +75,14 @@ class Network:
 
         from model.card import read_card
         from model.folding import fold_batch_norm
-        from model.inference import feature_network
+        from model.gate_features import feature_network
 
         facts = read_card(weights)
         self.output = facts.output
         self.input_size = facts.input_size
-        self.network = feature_network(fold_batch_norm(keras.saving.load_model(weights)))
+        self.network = feature_network(
+            fold_batch_norm(keras.saving.load_model(weights)), MEAN_AND_STD
+        )
         if self.network is None:
             raise SystemExit("the gate needs a network that is a simple chain of layers")
         self.batch_size = batch_size
@@ -157,16 +161,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name}: {len(prepared[name])} images scored", flush=True)
     limits = fit_limits(_measures(prepared["train"]))
     means, precision = fit_domain(feats["train"], labels["train"])
-    stats_sha = write_statistics(
-        weights, Gate(band, limits, 0.0, means, precision, (1.0, 0.0), {}, "")
-    ).sha256
+    provisional = write_statistics(
+        weights,
+        Gate(band, limits, float("inf"), means, precision, (1.0, 0.0), {}, "", MEAN_AND_STD),
+    )
 
     # 2. Validation split: domain threshold, calibration, operating threshold, drift reference.
-    provisional = Gate(band, limits, float("inf"), means, precision, (1.0, 0.0), {}, stats_sha)
     dist = {name: provisional.domain_distance(feats[name]) for name in split}
     domain_threshold = float(np.quantile(dist["val"], args.domain_quantile))
     ab = fit_calibration(raw["val"], labels["val"])
-    gate = Gate(band, limits, domain_threshold, means, precision, ab, {}, stats_sha)
+    gate = replace(provisional, domain_threshold=domain_threshold, calibration=ab)
     p = {name: gate.calibrate(raw[name]) for name in split}
     val_decisions = _decide_all(gate, 0.5, prepared["val"], p["val"], dist["val"])
     kept = np.array([d.route != Route.MANUAL_REVIEW for d in val_decisions])
@@ -179,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         "domain_distance": _quantile_edges(dist["val"][kept]),
         **{m: _quantile_edges(val_measures[:, MEASURES.index(m)]) for m in DRIFT_MEASURES[2:]},
     }
-    gate = Gate(band, limits, domain_threshold, means, precision, ab, reference, stats_sha)
+    gate = replace(gate, reference=reference)
 
     # 3. Test split and made-up out-of-domain sets.
     evaluation: dict[str, Any] = {}
@@ -268,9 +272,10 @@ def run(args: argparse.Namespace) -> int:
     card["gate"] = gate.describe()
     card["gate"]["domain_quantile"] = args.domain_quantile
     card["gate"]["features"] = (
-        "log(x + 0.001) of the penultimate layer and of the mean activation of each pooling "
-        f"block ({means.shape[1]} values); squared Mahalanobis distance to the nearer class "
-        "mean, tied covariance shrunk by 0.001 towards a scaled identity"
+        "log(x + 0.001) of the penultimate layer and of the mean and spatial standard "
+        f"deviation of each pooling block's channels ({means.shape[1]} values); squared "
+        "Mahalanobis distance to the nearer class mean, tied covariance shrunk by 0.001 "
+        "towards a scaled identity"
     )
     card["calibration"] = calibration
     card["gate_evaluation"] = evaluation

@@ -28,7 +28,7 @@ def is_chain(network: keras.Model) -> bool:
     shape folding, the gate's feature replay and Grad-CAM handle).
 
     Judged on each layer's first call, the one that built the network: replaying the
-    layers in another model (``model.inference.feature_network``) calls them again, which
+    layers in another model (``model.gate_features.feature_network``) calls them again, which
     must not make the same network look like something else.
     """
     chain = network.layers

@@ -106,31 +106,6 @@ class LoadedModel:
         return maps
 
 
-def feature_network(network: Any) -> Any:
-    """The same network with a second output: the features the domain gate measures.
-
-    They are the input of the last layer (the penultimate features) and the mean activation
-    of each pooling block, concatenated. Only a simple chain of layers can be replayed this
-    way; any other network gets ``None`` and its images no domain distance.
-    """
-    import keras
-    from keras import layers
-
-    from model.folding import is_chain
-
-    if not is_chain(network):
-        return None
-    x = inputs = keras.Input(shape=network.input_shape[1:], name="gate_image")
-    blocks: list[Any] = []
-    for layer in network.layers[1:-1]:
-        x = layer(x)
-        if isinstance(layer, layers.MaxPooling2D):
-            blocks.append(layers.GlobalAveragePooling2D(name=f"gate_block{len(blocks)}")(x))
-    penultimate = x if len(x.shape) == 2 else layers.Flatten(name="gate_flat")(x)
-    features = layers.Concatenate(name="gate_features")([penultimate, *blocks])
-    return keras.Model(inputs, [network.layers[-1](x), features], name=network.name + "_gate")
-
-
 def load_model(path: Path, batch_size: int = 32, precision: str = FLOAT32) -> LoadedModel:
     """The weights at ``path`` ready to score batches of ``batch_size``, their convolutions in
     ``precision`` (``model.precision``; a worker resolves its setting first)."""
@@ -142,12 +117,13 @@ def load_model(path: Path, batch_size: int = 32, precision: str = FLOAT32) -> Lo
             f"model weights not found at {path}; set LEUKOSCREEN_MODEL_PATH to a .keras file"
         )
     from model.folding import fold_batch_norm
+    from model.gate_features import feature_network
 
     network = fold_batch_norm(keras.saving.load_model(path, compile=False))
     scoring = in_precision(network, precision)
     raw_card = read_card_data(path)
     gate = read_gate(path, raw_card)
-    with_features = feature_network(scoring) if gate is not None else None
+    with_features = feature_network(scoring, gate.block_statistics) if gate is not None else None
     spec = tf.TensorSpec((batch_size, *network.input_shape[1:]), tf.uint8)
     if gate is not None:
         # The domain distance (``Gate.domain_distance``) inside the same graph: done in NumPy,

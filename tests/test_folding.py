@@ -94,11 +94,12 @@ def test_every_architecture_is_offered_by_name_without_keras():
 
 def test_a_chain_stays_a_chain_after_the_gate_replays_its_layers():
     from model.folding import is_chain
-    from model.inference import feature_network
+    from model.gate import MEAN_AND_STD
+    from model.gate_features import feature_network
 
     network = fold_batch_norm(bn_network_with_trained_statistics())
     assert is_chain(network)
-    assert feature_network(network) is not None  # calls every layer a second time
+    assert feature_network(network, MEAN_AND_STD) is not None  # calls every layer a second time
     assert is_chain(network)
 
 

@@ -12,6 +12,8 @@ from PIL import Image, ImageDraw
 
 from model.gate import (
     CHECKS,
+    MEAN_AND_STD,
+    MEAN_ONLY,
     Gate,
     Route,
     RouteReason,
@@ -23,7 +25,9 @@ from model.gate import (
     fit_limits,
     model_version,
     permissive_gate,
+    read_gate,
     route_image,
+    write_statistics,
 )
 from model.preprocess import prepare
 from model.quality import MEASURES, measure
@@ -198,6 +202,46 @@ def test_model_version_changes_with_the_threshold_and_the_gate():
     assert model_version("a" * 64, {}, None) == "a" * 64
 
 
+def test_a_mean_only_gate_keeps_its_version_and_a_spread_gate_says_what_it_measures(tmp_path):
+    weights = tmp_path / "m.keras"
+    weights.write_bytes(b"weights")
+    card = {"threshold": 0.5, "output": "p_leukemia"}
+    versions = {}
+    for statistics in (MEAN_ONLY, MEAN_AND_STD):
+        gate = write_statistics(weights, permissive_gate(3, statistics))
+        card["gate"] = gate.describe()
+        assert ("block_statistics" in card["gate"]) == (statistics != MEAN_ONLY)
+        read = read_gate(weights, card)
+        assert read is not None and read.block_statistics == statistics
+        versions[statistics] = model_version("a" * 64, card, read)
+    assert versions[MEAN_ONLY] != versions[MEAN_AND_STD]
+    card["gate"]["block_statistics"] = ["max"]
+    with pytest.raises(ValueError, match="block statistics"):
+        read_gate(weights, card)
+
+
+def test_gate_features_hold_each_blocks_mean_and_spread_per_channel():
+    import keras
+    from keras import layers
+
+    from model.gate_features import feature_network
+
+    inputs = keras.Input((16, 16, 3))
+    x = layers.Conv2D(4, 3, activation="relu")(inputs)
+    first_block = layers.MaxPooling2D(2)(x)
+    x = layers.Conv2D(6, 3, activation="relu")(first_block)
+    x = layers.GlobalAveragePooling2D()(layers.MaxPooling2D(2)(x))
+    network = keras.Model(inputs, layers.Dense(1, activation="sigmoid")(x))
+    images = np.random.default_rng(3).uniform(0, 1, (2, 16, 16, 3)).astype("float32")
+    block = keras.Model(inputs, first_block).predict(images, verbose=0)
+    _, mean_only = feature_network(network, MEAN_ONLY).predict(images, verbose=0)
+    _, spread = feature_network(network, MEAN_AND_STD).predict(images, verbose=0)
+    assert mean_only.shape == (2, 6 + 4 + 6)  # penultimate, then each block's means
+    assert spread.shape == (2, 6 + 2 * 4 + 2 * 6)
+    np.testing.assert_allclose(spread[:, 6:10], block.mean(axis=(1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(spread[:, 10:14], block.std(axis=(1, 2)), rtol=1e-4, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def shipped():
     from model.inference import load_model
@@ -266,7 +310,7 @@ def test_the_workers_graph_computes_the_gates_domain_distance(shipped):
     import keras
 
     from model.folding import fold_batch_norm
-    from model.inference import feature_network
+    from model.gate_features import feature_network
     from model.preprocess import scale
 
     images = np.stack(
@@ -276,7 +320,10 @@ def test_the_workers_graph_computes_the_gates_domain_distance(shipped):
         ]
     )
     in_graph = shipped.assess(images).domain_distance
-    network = feature_network(fold_batch_norm(keras.saving.load_model(SHIPPED, compile=False)))
+    network = feature_network(
+        fold_batch_norm(keras.saving.load_model(SHIPPED, compile=False)),
+        shipped.gate.block_statistics,
+    )
     _, features = network.predict(scale(images), verbose=0)
     np.testing.assert_allclose(in_graph, shipped.gate.domain_distance(features), rtol=1e-3)
 
