@@ -377,7 +377,10 @@ def _model_init(args: argparse.Namespace) -> int:
         "warning": "random weights for plumbing tests only; not a screening model",
     }
     if args.permissive_gate:
-        dim = int(feature_network(network, MEAN_AND_STD).outputs[1].shape[-1])
+        with_features = feature_network(network, MEAN_AND_STD)
+        if with_features is None:
+            raise SystemExit(f"{args.arch} is not a simple chain of layers: no gate features")
+        dim = int(with_features.outputs[1].shape[-1])
         card["gate"] = write_statistics(out, permissive_gate(dim, MEAN_AND_STD)).describe()
         card["gate_warning"] = "permissive gate: every image is judged by the network"
     write_card(out, card)

@@ -80,11 +80,10 @@ class Network:
         facts = read_card(weights)
         self.output = facts.output
         self.input_size = facts.input_size
-        self.network = feature_network(
-            fold_batch_norm(keras.saving.load_model(weights)), MEAN_AND_STD
-        )
-        if self.network is None:
+        network = feature_network(fold_batch_norm(keras.saving.load_model(weights)), MEAN_AND_STD)
+        if network is None:
             raise SystemExit("the gate needs a network that is a simple chain of layers")
+        self.network = network
         self.batch_size = batch_size
 
     def run(self, prepared: list[Prepared]) -> tuple[np.ndarray, np.ndarray]:
