@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import replace
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from model.corruptions import png_bytes
 from model.gate import (
     CHECKS,
     MEAN_AND_STD,
@@ -35,12 +35,6 @@ from tests.conftest import REPO
 
 SHIPPED = REPO / "model" / "weights" / "lenet_lld.keras"
 SHARED_DATA = REPO.parent / "shared" / "data"
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
 
 
 def _smear(seed: int = 0, size: int = 224) -> Image.Image:
@@ -88,7 +82,7 @@ def test_quality_measures_tell_dark_bright_empty_and_sharp_images_apart():
 def test_prepare_returns_the_same_pixels_as_preprocess_plus_the_measures():
     from model.preprocess import preprocess, scale
 
-    blob = _png(_smear())
+    blob = png_bytes(_smear())
     prepared = prepare(blob, (180, 215))
     assert prepared.pixels.dtype == np.uint8
     np.testing.assert_array_equal(scale(prepared.pixels), preprocess(blob))
@@ -278,11 +272,11 @@ def test_the_shipped_gate_sends_non_smears_and_damaged_captures_to_a_person(ship
     page = Image.new("RGB", (224, 224), "white")
     ImageDraw.Draw(page).multiline_text((5, 5), "patient report\n" * 12, fill="black")
     blobs = [
-        _png(Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8))),
-        _png(Image.new("RGB", (224, 224), (3, 3, 3))),
-        _png(Image.new("RGB", (224, 224), (236, 230, 240))),
-        _png(page),
-        _png(_smear().convert("L").convert("RGB")),
+        png_bytes(Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8))),
+        png_bytes(Image.new("RGB", (224, 224), (3, 3, 3))),
+        png_bytes(Image.new("RGB", (224, 224), (236, 230, 240))),
+        png_bytes(page),
+        png_bytes(_smear().convert("L").convert("RGB")),
     ]
     decisions = _route_all(shipped, blobs)
     assert [d.route for d in decisions] == [Route.MANUAL_REVIEW] * len(blobs)
@@ -315,7 +309,7 @@ def test_the_workers_graph_computes_the_gates_domain_distance(shipped):
 
     images = np.stack(
         [
-            prepare(_png(_smear(seed)), shipped.gate.hue_band, shipped.card.input_size).pixels
+            prepare(png_bytes(_smear(seed)), shipped.gate.hue_band, shipped.card.input_size).pixels
             for seed in range(5)
         ]
     )
@@ -332,11 +326,11 @@ def _colour_mode_versions(smear: Image.Image) -> dict[str, bytes]:
     """One smear saved as RGB, palette, 1-bit, 16-bit greyscale and greyscale with alpha."""
     grey16 = np.asarray(smear.convert("L"), dtype=np.uint16) * 257
     return {
-        "RGB": _png(smear),
-        "palette": _png(smear.convert("P", palette=Image.Palette.ADAPTIVE)),
-        "1-bit": _png(smear.convert("1")),
-        "16-bit": _png(Image.fromarray(grey16)),
-        "LA": _png(smear.convert("LA")),
+        "RGB": png_bytes(smear),
+        "palette": png_bytes(smear.convert("P", palette=Image.Palette.ADAPTIVE)),
+        "1-bit": png_bytes(smear.convert("1")),
+        "16-bit": png_bytes(Image.fromarray(grey16)),
+        "LA": png_bytes(smear.convert("LA")),
     }
 
 
