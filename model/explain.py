@@ -127,13 +127,16 @@ def _is_pooling(layer: Any) -> bool:
 
 
 def target_layer(network: Any) -> int:
-    """Index in ``network.layers`` of the last convolution block's activation: the layer that
-    feeds the last 2-D pooling, or else the last layer with a spatial (H, W, C) output."""
-    chain = network.layers
-    for i in range(len(chain) - 2, 0, -1):
+    """Index in ``model.folding.chain_layers(network)`` of the last convolution block's
+    activation: the layer that feeds the last 2-D pooling, or else the last layer with a
+    spatial (H, W, C) output."""
+    from model.folding import chain_layers
+
+    chain = chain_layers(network)
+    for i in range(len(chain) - 2, -1, -1):
         if _is_pooling(chain[i + 1]) and len(chain[i].output.shape) == 4:
             return i
-    for i in range(len(chain) - 2, 0, -1):
+    for i in range(len(chain) - 2, -1, -1):
         if len(chain[i].output.shape) == 4:
             return i
     raise ValueError(f"{network.name}: no convolution block to explain")
@@ -179,13 +182,13 @@ class GradCam:
     def __init__(self, network: Any, output: str, batch_size: int = 32) -> None:
         import tensorflow as tf
 
-        from model.folding import is_chain
+        from model.folding import chain_layers, is_chain
 
         if not is_chain(network):
             raise ValueError(f"{network.name}: Grad-CAM replays a chain of layers only")
-        chain = network.layers
+        chain = chain_layers(network)
         k = target_layer(network)
-        front, back, head = chain[1 : k + 1], chain[k + 1 : -1], chain[-1]
+        front, back, head = chain[: k + 1], chain[k + 1 : -1], chain[-1]
         self.batch_size = batch_size
         self.input_shape = tuple(int(d) for d in network.input_shape[1:])
         height, width = self.input_shape[:2]

@@ -23,6 +23,13 @@ def _bn_scale_shift(bn: layers.BatchNormalization) -> tuple[np.ndarray, np.ndarr
     return scale, beta - mean * scale
 
 
+def chain_layers(network: keras.Model) -> list[keras.layers.Layer]:
+    """A network's layers after its input, in order: a functional model lists its
+    ``InputLayer`` first and a ``keras.Sequential`` one does not, and every replay of the chain
+    (folding, bfloat16, the gate's features, Grad-CAM) must start at the same first layer."""
+    return [layer for layer in network.layers if not isinstance(layer, layers.InputLayer)]
+
+
 def is_chain(network: keras.Model) -> bool:
     """True when every layer feeds exactly the next one and the last is the output (the
     shape folding, the gate's feature replay and Grad-CAM handle).
@@ -57,13 +64,13 @@ def fold_batch_norm(network: keras.Model) -> keras.Model:
     Networks without such pairs, or that are not a simple chain of layers, are returned
     unchanged: the optimisation is never worth a wrong answer.
     """
-    chain = network.layers
+    chain = chain_layers(network)
     if not is_chain(network) or not any(
         _foldable(a, b) for a, b in zip(chain, chain[1:], strict=False)
     ):
         return network
-    x = inputs = keras.Input(shape=network.input_shape[1:], name=chain[0].name)
-    i = 1
+    x = inputs = keras.Input(shape=network.input_shape[1:], name=network.inputs[0].name)
+    i = 0
     while i < len(chain):
         layer = chain[i]
         if i + 1 < len(chain) and _foldable(layer, chain[i + 1]):

@@ -10,7 +10,7 @@ from typing import Any
 import keras
 from keras import layers, ops
 
-from model.folding import is_chain
+from model.folding import chain_layers, is_chain
 from model.gate import MEAN_ONLY
 
 
@@ -44,10 +44,11 @@ def feature_network(network: keras.Model, statistics: tuple[str, ...]) -> keras.
         return None
     x = inputs = keras.Input(shape=network.input_shape[1:], name="gate_image")
     blocks: list[Any] = []
-    for layer in network.layers[1:-1]:
+    *body, head = chain_layers(network)
+    for layer in body:
         x = layer(x)
         if isinstance(layer, layers.MaxPooling2D):
             blocks.append(BlockStatistics(statistics, name=f"gate_block{len(blocks)}")(x))
     penultimate = x if len(x.shape) == 2 else layers.Flatten(name="gate_flat")(x)
     features = layers.Concatenate(name="gate_features")([penultimate, *blocks])
-    return keras.Model(inputs, [network.layers[-1](x), features], name=network.name + "_gate")
+    return keras.Model(inputs, [head(x), features], name=network.name + "_gate")

@@ -103,17 +103,16 @@ def in_precision(network: Any, precision: str) -> Any:
     import keras
     from keras import layers
 
-    from model.folding import is_chain
+    from model.folding import chain_layers, is_chain
 
     if precision == FLOAT32 or not is_chain(network):
         return network
     if precision != BFLOAT16:
         raise ValueError(f"unknown precision {precision!r}")
     head = (layers.GlobalAveragePooling2D, layers.GlobalMaxPooling2D, layers.Flatten)
-    chain = network.layers
-    x = inputs = keras.Input(shape=network.input_shape[1:], name=chain[0].name)
+    x = inputs = keras.Input(shape=network.input_shape[1:], name=network.inputs[0].name)
     policy, convolutions = FLOAT32, 0
-    for layer in chain[1:]:
+    for layer in chain_layers(network):
         if isinstance(layer, layers.Conv2D):
             convolutions += 1
             if convolutions == 2:

@@ -119,3 +119,42 @@ def test_branches_and_reused_layers_are_not_chains_and_are_not_folded():
     relu = layers.Activation("relu")
     reused = keras.Model(inputs, twice(relu(twice(inputs))))
     assert not is_chain(reused)
+
+
+def test_a_sequential_network_is_folded_replayed_and_explained_from_its_first_layer():
+    """keras.Sequential lists no InputLayer: every replay must still start at its first
+    convolution, and give what the same layers give as a functional model."""
+    from model.explain import GradCam
+    from model.gate import MEAN_AND_STD
+    from model.gate_features import feature_network
+    from model.precision import BFLOAT16, in_precision
+
+    functional = bn_network_with_trained_statistics()
+    fresh = [type(x).from_config(x.get_config()) for x in functional.layers[1:]]
+    sequential = keras.Sequential([keras.Input(functional.input_shape[1:]), *fresh])
+    for new, old in zip(fresh, functional.layers[1:], strict=True):
+        new.set_weights(old.get_weights())
+    assert not isinstance(sequential.layers[0], keras.layers.InputLayer)
+    images = np.random.default_rng(2).random((2, 256, 256, 3), dtype=np.float32)
+    expected = functional(images, training=False).numpy()
+
+    folded = fold_batch_norm(sequential)
+    assert not any(isinstance(x, keras.layers.BatchNormalization) for x in folded.layers)
+    np.testing.assert_allclose(folded(images, training=False).numpy(), expected, atol=1e-5)
+
+    both = [feature_network(n, MEAN_AND_STD) for n in (functional, sequential)]
+    assert both[0] is not None and both[1] is not None
+    (score_f, feats_f), (score_s, feats_s) = (n(images, training=False) for n in both)
+    np.testing.assert_allclose(score_s.numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(feats_s.numpy(), feats_f.numpy(), rtol=1e-5, atol=1e-5)
+
+    reduced = in_precision(sequential, BFLOAT16)
+    assert isinstance(reduced.layers[1], keras.layers.Conv2D)
+    assert reduced.layers[1].dtype_policy.name == "float32"  # the first block stays float32
+    np.testing.assert_allclose(reduced(images, training=False).numpy(), expected, atol=0.05)
+
+    pixels = (images * 255).astype(np.uint8)
+    both_chains = (functional, sequential)
+    explained = [GradCam(n, "p_leukemia", batch_size=2).explain(pixels) for n in both_chains]
+    np.testing.assert_allclose(explained[1][1], explained[0][1], atol=1e-5)  # log-odds
+    np.testing.assert_allclose(explained[1][0], explained[0][0], atol=1e-4)  # maps
