@@ -257,6 +257,28 @@ def gate_section(card: CardData) -> list[str]:
             f"| {name} | {e['n']} | {_pct(e['manual_review'])} | {e['judged']} | "
             f"{_opt(e['sensitivity'])} | {_opt(e['specificity'])} | {e['reasons']} |"
         )
+    orientations = ev.get("orientations")
+    if orientations:
+        fitted = gate.get("orientations", {}).get("views", ["as taken"])
+        fitted_on = (
+            "the training images as the camera took them"
+            if len(fitted) == 1
+            else f"the training images in all {len(fitted)} views, one class mean per view"
+        )
+        lines += [
+            "",
+            "**Turned and mirrored fields**: the test images in each of the eight views of a "
+            "square, through the workers' decode, measures and route. The domain statistics "
+            f"were fitted on {fitted_on}.",
+            "",
+            "| view | to manual review | sensitivity among judged | specificity among judged |",
+            "|---|---|---|---|",
+        ]
+        for view, e in orientations.items():
+            lines.append(
+                f"| {view} | {_pct(e['manual_review'])} | {_opt(e['sensitivity'])} | "
+                f"{_opt(e['specificity'])} |"
+            )
     lines += [
         "",
         "**Made-up and other-laboratory sets** (`model/corruptions.py`), share sent to manual "

@@ -54,6 +54,61 @@ from model.train import summarise
 
 DRIFT_MEASURES = ("p_leukemia", "domain_distance", *MEASURES[:7])
 
+CAMERA = "camera"
+DIHEDRAL = "dihedral"
+# A smear has no up, and the network was trained on every rotation and both mirror images
+# (``model.train``'s augmentation), but the domain statistics fitted on the camera's
+# orientation alone send about half of turned or mirrored fields to a person. Fitted on all
+# eight views they let more damaged captures through, so "camera" stays the default
+# (docs/model-card/lenet_lld-notes.md, *Gate: turned and mirrored fields*).
+VIEWS: dict[str, Any] = {
+    "as taken": lambda x: x,
+    "rotated 90": lambda x: np.rot90(x, 1, axes=(-3, -2)),
+    "rotated 180": lambda x: np.rot90(x, 2, axes=(-3, -2)),
+    "rotated 270": lambda x: np.rot90(x, 3, axes=(-3, -2)),
+    "mirrored left-right": lambda x: np.flip(x, axis=-2),
+    "mirrored top-bottom": lambda x: np.flip(x, axis=-3),
+    "transposed": lambda x: np.swapaxes(x, -3, -2),
+    "anti-transposed": lambda x: np.rot90(np.swapaxes(x, -3, -2), 2, axes=(-3, -2)),
+}
+ORIENTATIONS = {CAMERA: ("as taken",), DIHEDRAL: tuple(VIEWS)}
+
+
+def oriented(pixels: np.ndarray, views: tuple[str, ...]) -> list[np.ndarray]:
+    """Each of ``views`` of a stack of (N, H, W, 3) pixels; a non-square image keeps only
+    the views that keep its shape."""
+    out = [np.ascontiguousarray(VIEWS[v](pixels)) for v in views]
+    return [x for x in out if x.shape == pixels.shape]
+
+
+def evaluate_orientations(
+    net: Network,
+    gate: Gate,
+    threshold: float,
+    prepared: list[Prepared],
+    labels: np.ndarray,
+    band: tuple[int, int],
+) -> dict[str, dict[str, Any]]:
+    """Routes of the images in each view of a square (``VIEWS``), each view through the
+    workers' own decode, measures and route; a non-square input gets the views that keep
+    its shape."""
+    pixels = np.stack([pr.pixels for pr in prepared])
+    out: dict[str, dict[str, Any]] = {}
+    for view in VIEWS:
+        turned = oriented(pixels, (view,))
+        if not turned:
+            continue
+        prep = _prepare_all(
+            [png_bytes(Image.fromarray(x)) for x in turned[0]], band, net.input_size
+        )
+        praw, pfeat = net.run(prep)
+        decisions = _decide_all(
+            gate, threshold, prep, gate.calibrate(praw), gate.domain_distance(pfeat)
+        )
+        out[view] = {**mm.route_summary(decisions, labels), **mm.judged_metrics(decisions, labels)}
+        print(f"{view:20s} manual review {out[view]['manual_review']:.3f}", flush=True)
+    return out
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=Path("model/weights/lenet_lld.keras"))
@@ -65,6 +120,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--plots", type=Path, default=None, help="folder for PNG plots")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--orientations",
+        choices=tuple(ORIENTATIONS),
+        default=CAMERA,
+        help="the training and validation images' views the domain statistics and threshold "
+        "are fitted on: as the camera took them, or also rotated by 90, 180 and 270 degrees "
+        "and mirrored (the eight views of a square, one class mean per view)",
+    )
 
 
 class Network:
@@ -87,11 +150,25 @@ class Network:
         self.batch_size = batch_size
 
     def run(self, prepared: list[Prepared]) -> tuple[np.ndarray, np.ndarray]:
+        return self.run_pixels(np.stack([p.pixels for p in prepared]))
+
+    def run_pixels(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         from model.card import to_p_leukemia
 
-        x = scale(np.stack([p.pixels for p in prepared]))
+        x = scale(pixels)
         raw, features = self.network.predict(x, batch_size=self.batch_size, verbose=0)
         return to_p_leukemia(raw, self.output), np.asarray(features, np.float64)
+
+
+def _oriented_features(
+    net: Network, prepared: list[Prepared], as_taken: np.ndarray, views: tuple[str, ...]
+) -> np.ndarray:
+    """Gate features of every view of the images (``as_taken``'s first, already computed)."""
+    if not prepared:
+        return as_taken
+    pixels = np.stack([p.pixels for p in prepared])
+    others = [net.run_pixels(x)[1] for x in oriented(pixels, views)[1:]]
+    return np.concatenate([as_taken, *others])
 
 
 def _prepare_all(
@@ -159,7 +236,15 @@ def run(args: argparse.Namespace) -> int:
         raw[name], feats[name] = net.run(prepared[name])
         print(f"{name}: {len(prepared[name])} images scored", flush=True)
     limits = fit_limits(_measures(prepared["train"]))
-    means, precision = fit_domain(feats["train"], labels["train"])
+    views = ORIENTATIONS[args.orientations]
+    fitted_on = {
+        name: _oriented_features(net, prepared[name], feats[name], views) for name in split
+    }
+    n_views = len(fitted_on["train"]) // len(labels["train"])
+    # One group per class and view: labels 0, 1 as taken, 2, 3 in the next view, and so on.
+    view_of = np.repeat(np.arange(n_views), len(labels["train"]))
+    view_groups = np.tile(labels["train"], n_views) + 2 * view_of
+    means, precision = fit_domain(fitted_on["train"], view_groups)
     provisional = write_statistics(
         weights,
         Gate(band, limits, float("inf"), means, precision, (1.0, 0.0), {}, "", MEAN_AND_STD),
@@ -167,7 +252,8 @@ def run(args: argparse.Namespace) -> int:
 
     # 2. Validation split: domain threshold, calibration, operating threshold, drift reference.
     dist = {name: provisional.domain_distance(feats[name]) for name in split}
-    domain_threshold = float(np.quantile(dist["val"], args.domain_quantile))
+    val_views = provisional.domain_distance(fitted_on["val"])
+    domain_threshold = float(np.quantile(val_views, args.domain_quantile))
     ab = fit_calibration(raw["val"], labels["val"])
     gate = replace(provisional, domain_threshold=domain_threshold, calibration=ab)
     p = {name: gate.calibrate(raw[name]) for name in split}
@@ -192,6 +278,9 @@ def run(args: argparse.Namespace) -> int:
             **mm.route_summary(decisions, labels[name]),
             **mm.judged_metrics(decisions, labels[name]),
         }
+    evaluation["orientations"] = evaluate_orientations(
+        net, gate, threshold, prepared["test"], labels["test"], band
+    )
     sets: dict[str, dict[str, Any]] = {"tuning": {}, "held_out": {}}
     for part, source in (("tuning", "val"), ("held_out", "test")):
         order = rng.permutation(len(blobs[source]))[: args.per_kind]
@@ -270,10 +359,12 @@ def run(args: argparse.Namespace) -> int:
     card["validation"] = mm.binary_metrics(labels["val"], p["val"], threshold)
     card["gate"] = gate.describe()
     card["gate"]["domain_quantile"] = args.domain_quantile
+    card["gate"]["orientations"] = {"name": args.orientations, "views": list(views)}
     card["gate"]["features"] = (
         "log(x + 0.001) of the penultimate layer and of the mean and spatial standard "
         f"deviation of each pooling block's channels ({means.shape[1]} values); squared "
-        "Mahalanobis distance to the nearer class mean, tied covariance shrunk by 0.001 "
+        "Mahalanobis distance to the nearest of the class means, one per class in each view "
+        f"of the training images ({len(means)} means), tied covariance shrunk by 0.001 "
         "towards a scaled identity"
     )
     card["calibration"] = calibration

@@ -111,7 +111,7 @@ class Gate:
     hue_band: tuple[int, int]
     limits: dict[str, dict[str, float]]  # measure -> {"low": x} and/or {"high": y}
     domain_threshold: float
-    class_means: np.ndarray  # (2, D)
+    class_means: np.ndarray  # (groups, D): each class, or each class in each view
     precision: np.ndarray  # (D, D)
     calibration: tuple[float, float]  # (a, b)
     reference: dict[str, list[float]]  # validation decile edges, for the drift alarm
@@ -122,7 +122,7 @@ class Gate:
         return calibrate(raw, self.calibration)
 
     def domain_distance(self, features: np.ndarray) -> np.ndarray:
-        """Squared Mahalanobis distance of each row to the nearer training class."""
+        """Squared Mahalanobis distance of each row to the nearest group mean (``fit_domain``)."""
         x = np.log(np.maximum(np.asarray(features, np.float64), 0.0) + FEATURE_OFFSET)
         # One matrix product in whitened space (precision = L L^T, so the distance is
         # |xL - mL|^2): a three-operand einsum looped naively and cost more than a tenth of
@@ -343,12 +343,20 @@ def fit_limits(
 
 
 def fit_domain(
-    features: np.ndarray, labels: np.ndarray, shrinkage: float = 1e-3
+    features: np.ndarray, groups: np.ndarray, shrinkage: float = 1e-3
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Class means and the shared precision matrix of log-scaled features."""
+    """Each group's mean and the shared precision matrix of log-scaled features.
+
+    The groups are the classes, or each class in each view of the images
+    (``model.fit_gate.VIEWS``): a view moves the mean of orientation-sensitive features but
+    not their spread, so one mean per view keeps the covariance as tight as the camera's own
+    orientation gives it, and a turned field is near its own view's mean.
+    """
     x = np.log(np.maximum(np.asarray(features, np.float64), 0.0) + FEATURE_OFFSET)
-    means = np.stack([x[labels == c].mean(axis=0) for c in (0, 1)])
-    centred = np.concatenate([x[labels == c] - means[c] for c in (0, 1)])
+    groups = np.asarray(groups)
+    members = [x[groups == g] for g in np.unique(groups)]
+    means = np.stack([m.mean(axis=0) for m in members])
+    centred = np.concatenate([m - mean for m, mean in zip(members, means, strict=True)])
     cov = np.cov(centred, rowvar=False)
     # Shrink towards a scaled identity: some feature channels are nearly constant.
     cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / len(cov) * np.eye(len(cov))

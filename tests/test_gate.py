@@ -171,6 +171,29 @@ def test_domain_distance_is_small_in_distribution_and_large_outside():
     assert np.median(outside) > 5 * np.quantile(inside, 0.99)
 
 
+def test_one_mean_per_view_keeps_each_views_images_close_and_the_spread_tight():
+    """A view that shifts some features: pooled into one mean per class it widens the
+    covariance (a shifted outlier hides inside); one mean per view keeps both views close
+    and the outlier far."""
+    rng = np.random.default_rng(4)
+    base = rng.normal(0, 0.1, (800, 4))
+    shift = np.array([3.0, -3.0, 0.0, 0.0])
+    labels = np.array([0, 1] * 400)
+    views = np.repeat([0, 1], 400)
+    x = base + views[:, None] * shift
+    feats = np.exp(x)
+    pooled = Gate((0, 255), {}, 0.0, *fit_domain(feats, labels), (1.0, 0.0), {}, "")
+    per_view = Gate((0, 255), {}, 0.0, *fit_domain(feats, labels + 2 * views), (1.0, 0.0), {}, "")
+    assert per_view.class_means.shape == (4, 4)
+    fresh = rng.normal(0, 0.1, (200, 4))
+    turned = np.exp(fresh + shift)
+    outlier = np.exp(fresh + shift / 2)  # halfway: in neither view, inside the pooled spread
+    assert np.quantile(per_view.domain_distance(turned), 0.99) < 20
+    assert np.median(per_view.domain_distance(outlier)) > 5 * np.median(
+        pooled.domain_distance(outlier)
+    )
+
+
 def test_calibration_recovers_a_known_miscalibration_and_lowers_the_error():
     rng = np.random.default_rng(2)
     true_p = rng.uniform(0.01, 0.99, 5000)
@@ -298,6 +321,25 @@ def test_the_shipped_gate_refers_other_labs_smears_and_keeps_its_own(shipped):
         shipped, [(SHARED_DATA / "taleqani-all" / r["file"]).read_bytes() for r in split]
     )
     assert sum(d.route == Route.MANUAL_REVIEW for d in own) <= 0.03 * len(own)
+
+
+def test_the_eight_views_of_a_square_are_distinct_and_a_rectangle_keeps_its_shapes():
+    from model.fit_gate import CAMERA, DIHEDRAL, ORIENTATIONS, oriented
+
+    square = np.arange(2 * 3 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3, 3)
+    views = oriented(square, ORIENTATIONS[DIHEDRAL])
+    assert len(views) == 8 and all(v.shape == square.shape for v in views)
+    assert len({v.tobytes() for v in views}) == 8  # no view repeats another
+    # Each view moves whole pixels (all three channels) of each image, losing none.
+    for v in views:
+        for original, moved in zip(square, v, strict=True):
+            assert sorted(map(tuple, original.reshape(-1, 3))) == sorted(
+                map(tuple, moved.reshape(-1, 3))
+            )
+    np.testing.assert_array_equal(views[1][0], np.rot90(square[0]))
+    assert [v.tobytes() for v in oriented(square, ORIENTATIONS[CAMERA])] == [square.tobytes()]
+    wide = np.zeros((1, 2, 5, 3), np.uint8)
+    assert len(oriented(wide, ORIENTATIONS[DIHEDRAL])) == 4
 
 
 def test_the_workers_graph_computes_the_gates_domain_distance(shipped):

@@ -297,6 +297,12 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
             assert sum(map(sum, sub["confusion"])) == sub["n"] > 0
         assert "stain jitter sigma 0.05" in card["training"]["augmentation"]
         assert card["gate_evaluation"]["held_out"]["other_lab"]["n"] > 0
+        # The domain statistics are fitted on the images as the camera took them, and the
+        # test images are routed in each of the eight views of a square.
+        assert card["gate"]["orientations"] == {"name": "camera", "views": ["as taken"]}
+        turned = card["gate_evaluation"]["orientations"]
+        assert len(turned) == 8 and "rotated 90" in turned
+        assert all(v["n"] == card["gate_evaluation"]["test"]["n"] for v in turned.values())
         assert (plots / "reliability.png").stat().st_size > 1000
         assert out.with_suffix(".gate.npz").is_file()
         from model import heatmap_figure
@@ -312,6 +318,16 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
         from model import heatmap_focus
 
         assert heatmap_focus.main(["--model", str(out), "--data", str(root), *cache]) == 0
+        from model import orientation_check
+
+        del card["gate_evaluation"]["orientations"], card["gate"]["orientations"]
+        out.with_suffix(".json").write_text(json.dumps(card))
+        argv = ["--model", str(out), "--data", str(root), "--write"]
+        assert orientation_check.main(argv) == 0  # a card fitted before records them too
+        rewritten = json.loads(out.with_suffix(".json").read_text())
+        assert rewritten["gate_evaluation"]["orientations"].keys() == turned.keys()
+        assert rewritten["gate"]["orientations"]["name"] == "camera"
+        assert rewritten["sha256"] == card["sha256"]
         from model import card_markdown
 
         markdown = tmp_path / "card.md"
@@ -320,6 +336,7 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
         assert "## B-ALL subtype (positive images)" in text and "| 224x224 |" in text
         assert "| Early pre-B | " in text and "## Gate: which images" in text
         assert "## bfloat16 workers" in text and "| held out, pure_noise |" in text
+        assert "| rotated 90 | " in text and "**Turned and mirrored fields**" in text
     else:
         assert card["output"] == "p_leukemia" and card["input_size"] == [256, 256]
     assert 0.0 <= card["threshold"] <= 1.0
