@@ -238,7 +238,8 @@ def run(args: argparse.Namespace) -> int:
     limits = fit_limits(_measures(prepared["train"]))
     views = ORIENTATIONS[args.orientations]
     fitted_on = {
-        name: _oriented_features(net, prepared[name], feats[name], views) for name in split
+        name: _oriented_features(net, prepared[name], feats[name], views)
+        for name in ("train", "val")
     }
     n_views = len(fitted_on["train"]) // len(labels["train"])
     # One group per class and view: labels 0, 1 as taken, 2, 3 in the next view, and so on.

@@ -355,6 +355,20 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
     history = json.loads(out.with_suffix(".history.json").read_text())
     training = card["training"]
     if arch == "lenet_lld_v2s":
+        # The gate fitted on all eight views instead: one mean per class and view.
+        from model import fit_gate
+        from model.gate import read_gate
+
+        assert (
+            fit_gate.main(["--model", str(out), "--data", str(root), "--orientations", "dihedral"])
+            == 0
+        )
+        dihedral = json.loads(out.with_suffix(".json").read_text())
+        assert dihedral["gate"]["orientations"]["name"] == "dihedral"
+        assert len(dihedral["gate"]["orientations"]["views"]) == 8
+        refitted = read_gate(out, dihedral)
+        assert refitted is not None and refitted.class_means.shape[0] == 16
+        assert dihedral["sha256"] != card["sha256"]  # a new gate is a new model version
         assert "loss" not in history and training["initialised_from"] == str(init)
         assert training["weight_averaging"].startswith("mean of the weights after each of 1 ")
         assert len(history["averaging"]["loss"]) == 1
