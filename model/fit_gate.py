@@ -164,7 +164,7 @@ def _oriented_features(
     net: Network, prepared: list[Prepared], as_taken: np.ndarray, views: tuple[str, ...]
 ) -> np.ndarray:
     """Gate features of every view of the images (``as_taken``'s first, already computed)."""
-    if not prepared:
+    if not prepared or len(views) == 1:  # the camera's view alone: nothing more to compute
         return as_taken
     pixels = np.stack([p.pixels for p in prepared])
     others = [net.run_pixels(x)[1] for x in oriented(pixels, views)[1:]]
