@@ -46,6 +46,7 @@ class RouteReason(enum.StrEnum):
     NOT_A_STAINED_SMEAR = "not_a_stained_smear"
     OUT_OF_FOCUS = "out_of_focus"
     NOISY = "noisy"
+    COMPRESSION_ARTEFACTS = "compression_artefacts"
     OUTSIDE_TRAINING_DOMAIN = "outside_training_domain"
     NO_GATE = "no_gate"
 
@@ -61,6 +62,8 @@ REASON_TEXT: dict[str, str] = {
     RouteReason.NOT_A_STAINED_SMEAR: "colours unlike a stained blood smear",
     RouteReason.OUT_OF_FOCUS: "out of focus",
     RouteReason.NOISY: "too noisy or grainy",
+    RouteReason.COMPRESSION_ARTEFACTS: "saved with heavy JPEG compression (blocks; fine "
+    "detail lost): save or export at a higher quality",
     RouteReason.OUTSIDE_TRAINING_DOMAIN: "unlike the images the model was trained on "
     "(another microscope, camera, stain or magnification?)",
     RouteReason.NO_GATE: "this model has no fitted quality and domain gate",
@@ -78,6 +81,7 @@ CHECKS: tuple[tuple[str, str, RouteReason], ...] = (
     ("object_fraction", "low", RouteReason.EMPTY_FIELD),
     ("stained_fraction", "low", RouteReason.NOT_A_STAINED_SMEAR),
     ("off_hue_fraction", "high", RouteReason.NOT_A_STAINED_SMEAR),
+    ("blockiness", "high", RouteReason.COMPRESSION_ARTEFACTS),
     ("focus", "low", RouteReason.OUT_OF_FOCUS),
     ("focus", "high", RouteReason.NOISY),
 )

@@ -389,3 +389,36 @@ def test_palette_1bit_and_16bit_versions_of_a_smear_go_to_manual_review_not_scor
         assert decisions[name].reason == RouteReason.UNUSUAL_COLOUR_MODE, name
     # The RGB original is judged on its own merits: its colour mode is never the reason.
     assert not any(f.startswith("mode:") for f in decisions["RGB"].failed)
+
+
+def _jpeg_bytes(img: Image.Image, quality: int) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def test_a_field_saved_as_a_low_quality_jpeg_goes_to_a_person_for_its_compression():
+    band = (180, 215)
+    clean = [prepare(png_bytes(_smear(seed)), band, (224, 224)) for seed in range(40)]
+    limits = fit_limits(np.array([[p.quality[m] for m in MEASURES] for p in clean]))
+    gate = _gate(limits)
+    field = _smear(99)
+    as_png = prepare(png_bytes(field), band, (224, 224))
+    at_95 = prepare(_jpeg_bytes(field, 95), band, (224, 224))
+    at_30 = prepare(_jpeg_bytes(field, 30), band, (224, 224))
+    assert at_30.quality["blockiness"] > limits["blockiness"]["high"] > 1.0
+    for kept in (as_png, at_95):
+        assert "blockiness:high" not in gate.decide(0.01, 0.5, kept.quality, 0.0, "RGB").failed
+    compressed = gate.decide(0.01, 0.5, at_30.quality, 0.0, "RGB")
+    assert compressed.route == Route.MANUAL_REVIEW
+    assert "blockiness:high" in compressed.failed
+    assert RouteReason.COMPRESSION_ARTEFACTS in {r for _, _, r in CHECKS}
+
+
+def test_blockiness_is_not_measured_on_an_image_smaller_than_one_block():
+    from model.quality import blockiness
+
+    assert np.isnan(blockiness(np.zeros((5, 5), np.uint8)))
+    assert blockiness(np.full((16, 16), 128, np.uint8)) == pytest.approx(1.0)
