@@ -117,8 +117,14 @@ KINDS: dict[str, Maker] = {
     "blur_sigma1.5": lambda im, rng: im.filter(ImageFilter.GaussianBlur(1.5)),
     "noise_sd25": lambda im, rng: _noise(im, rng, 25),
     "jpeg_quality5": lambda im, rng: _jpeg(im, 5),
+    # What an e-mail, chat or web form does to a capture; the network clears leukemic fields
+    # saved like this (validation, before the compression check: 20 of 332 at quality 50).
+    "jpeg_quality50": lambda im, rng: _jpeg(im, 50),
+    "jpeg_quality30": lambda im, rng: _jpeg(im, 30),
     "underexposed_x0.35": lambda im, rng: ImageEnhance.Brightness(im).enhance(0.35),
     "overexposed_x1.6": lambda im, rng: ImageEnhance.Brightness(im).enhance(1.6),
+    # Another camera's or another setting's flatter rendering of the same field.
+    "contrast_x0.7": lambda im, rng: ImageEnhance.Contrast(im).enhance(0.7),
     "near_black": lambda im, rng: ImageEnhance.Brightness(im).enhance(0.08),
     "empty_field": _empty_field,
     "hue_plus60": lambda im, rng: _hue_shift(im, 60),

@@ -96,6 +96,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="sigma of the optical-density stain jitter (0 = off; Tellez et al. use 0.05)",
     )
+    parser.add_argument(
+        "--jpeg-quality",
+        type=int,
+        default=0,
+        help="save half of the augmented images again as JPEG at a quality drawn from "
+        "[this, 95] (0 = off): laboratories' captures arrive more compressed than the training "
+        "files (quality about 95)",
+    )
+    parser.add_argument(
+        "--gamma-jitter",
+        type=float,
+        default=0.0,
+        help="per-image gamma drawn log-uniformly from [1/(1+g), 1+g] (0 = off)",
+    )
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/leukoscreen-cache"))
     parser.add_argument(
         "--init",
@@ -156,6 +170,30 @@ def stain_jitter(x, tf, sigma: float):
     return tf.clip_by_value(tf.exp(-od), 0.0, 1.0)
 
 
+def gamma_jitter(x, tf, g: float):
+    """Per-image gamma, log-uniform in [1/(1+g), 1+g]: another camera's tone curve, which
+    darkens or lightens the mid-tones (chromatin) more than the background and the stain
+    extremes, unlike the linear gain and contrast of ``colour_jitter``."""
+    n = tf.shape(x)[0]
+    log_gamma = tf.random.uniform([n, 1, 1, 1], -np.log1p(g), np.log1p(g))
+    return tf.pow(tf.clip_by_value(x, 1e-6, 1.0), tf.exp(log_gamma))
+
+
+def jpeg_jitter(x, tf, lowest_quality: int):
+    """Half of the images saved again as JPEG at a quality drawn from [lowest_quality, 95],
+    as the last step, as a capture is compressed after everything the optics and the camera
+    did to it (so its 8x8 grid stays on the image's corner)."""
+    n = tf.shape(x)[0]
+    quality = tf.random.uniform([n], lowest_quality, 96, dtype=tf.int32)
+    compress = tf.random.uniform([n]) < 0.5
+
+    def one(args):
+        image, q, c = args
+        return tf.cond(c, lambda: tf.image.adjust_jpeg_quality(image, q), lambda: image)
+
+    return tf.map_fn(one, (x, quality, compress), fn_output_signature=tf.float32)
+
+
 def random_affine(x, tf):
     """The thesis augmentation in one resampling pass: flips, rotation +-180deg, zoom 15%,
     shift 10%, shear 0.1, reflect fill.
@@ -205,6 +243,8 @@ def make_dataset(
     augment: bool,
     shuffle: bool,
     stain_sigma: float = 0.0,
+    jpeg_quality: int = 0,
+    gamma: float = 0.0,
 ):
     """tf.data over uint8 arrays already decoded by ``preprocess``; augmentation in tf ops."""
     import tensorflow as tf
@@ -220,7 +260,12 @@ def make_dataset(
             x = random_affine(x, tf)
             if stain_sigma > 0:
                 x = stain_jitter(x, tf, stain_sigma)
-            return colour_jitter(x, tf), y
+            if gamma > 0:
+                x = gamma_jitter(x, tf, gamma)
+            x = colour_jitter(x, tf)
+            if jpeg_quality > 0:
+                x = jpeg_jitter(x, tf, jpeg_quality)
+            return x, y
 
         ds = ds.map(augment_batch, num_parallel_calls=2)
     return ds.prefetch(2)
@@ -502,6 +547,8 @@ def run(args: argparse.Namespace) -> int:
         augment=not args.no_augment,
         shuffle=True,
         stain_sigma=args.stain_jitter,
+        jpeg_quality=args.jpeg_quality,
+        gamma=args.gamma_jitter,
     )
     val_ds = make_dataset(
         parts["val"].images,
@@ -619,8 +666,18 @@ def augmentation_text(args: argparse.Namespace) -> str:
         "flips h/v, rotation +-180deg, zoom 15%, shift 10%, shear 0.1 (one composed "
         "affine resampling, reflect fill); "
         + stain
+        + (
+            f"gamma 1/{1 + args.gamma_jitter:g}-{1 + args.gamma_jitter:g}; "
+            if args.gamma_jitter
+            else ""
+        )
         + "per-channel gain 0.85-1.15, brightness +-0.1, contrast 0.75-1.25, "
         "hue +-0.05, saturation 0.6-1.4"
+        + (
+            f"; half saved again as JPEG at quality {args.jpeg_quality}-95"
+            if args.jpeg_quality
+            else ""
+        )
     )
 
 

@@ -187,6 +187,42 @@ def test_colour_jitter_keeps_range_and_changes_colour():
     assert np.abs(y - x.numpy()).mean() > 0.01
 
 
+def test_jpeg_jitter_compresses_about_half_the_images_on_their_8x8_grid():
+    import tensorflow as tf
+
+    from model.quality import blockiness
+    from model.train import jpeg_jitter
+
+    tf.random.set_seed(2)
+    rng = np.random.default_rng(2)
+    ramp = np.linspace(0.2, 0.9, 64, dtype=np.float32)
+    x = np.repeat((ramp[None, :, None] * ramp[:, None, None]), 3, axis=2)
+    x = np.stack([x * rng.uniform(0.7, 1.0) for _ in range(64)])
+    y = jpeg_jitter(tf.constant(x), tf, 30).numpy()
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    changed = np.abs(y - x).max(axis=(1, 2, 3)) > 1 / 255
+    blocky = np.array([blockiness(np.round(im[..., 1] * 255).astype(np.uint8)) for im in y])
+    assert 16 <= changed.sum() <= 48  # half of 64, binomially
+    # Most of the compressed images show the block grid (the highest qualities barely do).
+    assert np.median(blocky[changed]) > 1.3 and blocky[~changed].max() < 1.1
+
+
+def test_gamma_jitter_moves_mid_tones_and_keeps_black_white_and_the_range():
+    import tensorflow as tf
+
+    from model.train import gamma_jitter
+
+    tf.random.set_seed(3)
+    x = np.tile(np.array([0.0, 0.5, 1.0], np.float32)[None, :, None, None], (32, 1, 1, 3))
+    y = gamma_jitter(tf.constant(x), tf, 0.25).numpy()
+    assert y.min() >= 0 and y.max() <= 1
+    np.testing.assert_allclose(y[:, 2], 1.0, atol=1e-6)
+    assert np.all(y[:, 0] < 1e-4)
+    mid = y[:, 1, 0, 0]
+    assert mid.min() >= 0.5**1.25 - 1e-6 and mid.max() <= 0.5 ** (1 / 1.25) + 1e-6
+    assert mid.std() > 0.01
+
+
 def test_random_affine_fills_by_reflection_and_keeps_the_pixel_range():
     import tensorflow as tf
 
@@ -247,6 +283,7 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
     init = tmp_path / "init.keras"
     if arch == "lenet_lld_v2":
         extra += ["--average-epochs", "2", "--average-lr", "1e-4"]
+        extra += ["--jpeg-quality", "30", "--gamma-jitter", "0.25"]
     if arch == "lenet_lld_v2s":
         # Weight averaging alone, from given weights: no main fit at all.
         from model.architecture import ARCHITECTURES
@@ -296,6 +333,9 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
             assert np.array(sub["confusion"]).shape == (3, 3)
             assert sum(map(sum, sub["confusion"])) == sub["n"] > 0
         assert "stain jitter sigma 0.05" in card["training"]["augmentation"]
+        if arch == "lenet_lld_v2":
+            assert "JPEG at quality 30-95" in card["training"]["augmentation"]
+            assert "gamma 1/1.25-1.25" in card["training"]["augmentation"]
         assert card["gate_evaluation"]["held_out"]["other_lab"]["n"] > 0
         # The domain statistics are fitted on the images as the camera took them, and the
         # test images are routed in each of the eight views of a square.
