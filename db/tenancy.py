@@ -82,10 +82,21 @@ def scoped(stmt: S, scope: Scope, column: InstrumentedAttribute[Any] | None = No
 def accounts_visible(scope: Scope) -> ColumnElement[bool]:
     """Accounts the scope's admin may see and manage: those of its laboratories, except that
     only a global admin sees a global admin (a lab admin resetting a global admin's password
-    or minting a token for one would gain every laboratory)."""
+    or minting a token for one would gain every laboratory), and only an admin who sees every
+    laboratory granted to an account sees that account (for the same reason, per laboratory)."""
     if scope.labs is None:
         return true()
-    return and_(visible(scope, User.laboratory_id), User.global_admin.is_(False))
+    granted_elsewhere = (
+        select(LaboratoryGrant.user_id)
+        .where(
+            LaboratoryGrant.user_id == User.id,
+            LaboratoryGrant.laboratory_id.not_in(sorted(scope.labs)),
+        )
+        .exists()
+    )
+    return and_(
+        visible(scope, User.laboratory_id), User.global_admin.is_(False), ~granted_elsewhere
+    )
 
 
 def _one_or_404(session: Session, stmt: Select[Any], what: str, ident: object) -> Any:

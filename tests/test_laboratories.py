@@ -221,6 +221,33 @@ def test_a_lab_admin_manages_only_their_laboratory_and_never_a_global_admin(db_s
     assert here.status_code == 201 and here.json["laboratory_id"] == DEFAULT_LAB_ID
 
 
+def test_a_lab_admin_cannot_take_over_an_account_granted_another_laboratory(db_settings):
+    url = db_settings.database_url
+    app = create_app(db_settings)
+    lab_b = _lab(url, "lab-b")
+    in_b, _ = seed_scored(url, [0.8], name="b", laboratory_id=lab_b)
+    _user(url, "rex", "reviewer", DEFAULT_LAB_ID)
+    boss = _client(app, _user(url, "boss", "admin", DEFAULT_LAB_ID, global_admin=True))
+    rex_id = _user_id(url, "rex")
+    assert boss.patch(f"/api/v1/users/{rex_id}", json={"laboratories": [lab_b]}).status_code == 200
+    # An admin of rex's home laboratory only: a token, a password or a role for rex would
+    # reach lab B, which nobody made them an admin of.
+    lab_admin = _client(app, _user(url, "ada", "admin", DEFAULT_LAB_ID))
+    minted = lab_admin.post(f"/api/v1/users/{rex_id}/tokens")
+    assert minted.status_code == 404
+    assert (
+        lab_admin.patch(f"/api/v1/users/{rex_id}", json={"password": "x" * 12}).status_code == 404
+    )
+    assert lab_admin.patch(f"/api/v1/users/{rex_id}", json={"role": "admin"}).status_code == 404
+    assert "rex" not in [u["name"] for u in lab_admin.get("/api/v1/users").json["users"]]
+    # An admin granted lab B as well sees every laboratory rex sees, and manages rex.
+    both = _client(app, _user(url, "bo", "admin", DEFAULT_LAB_ID))
+    bo_id = _user_id(url, "bo")
+    assert boss.patch(f"/api/v1/users/{bo_id}", json={"laboratories": [lab_b]}).status_code == 200
+    token = both.post(f"/api/v1/users/{rex_id}/tokens").json["token"]
+    assert _client(app, token).get(f"/api/v1/batches/{in_b}").status_code == 200
+
+
 def _user_id(database_url: str, name: str) -> int:
     with session_factory(engine_for(database_url))() as s:
         user = find_user(s, name)
