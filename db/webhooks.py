@@ -24,8 +24,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import secrets
+import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,8 +54,40 @@ SECRET_PREFIX = "whsec_"
 MAX_URL = 2048
 
 
+# Never a receiver: the cloud metadata service (link-local 169.254.169.254, and AWS's
+# fd00:ec2::254), "this host" (0.0.0.0 reaches the worker's own services on Linux) and
+# multicast. Private networks stay allowed: a laboratory's LIS usually lives on one.
+METADATA_ADDRESSES = frozenset({ipaddress.ip_address("fd00:ec2::254")})
+
+
 class SecretUnreadable(RuntimeError):
     """A stored secret no longer decrypts: the server's secret key changed since."""
+
+
+class RefusedAddress(RuntimeError):
+    """The receiver's host is, or resolves to, an address no webhook may be sent to."""
+
+
+def _refused(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # fe80::1%eth0: without the scope
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_link_local or ip.is_unspecified or ip.is_multicast or ip in METADATA_ADDRESSES
+
+
+def refused_address(host: str, numeric_only: bool = False) -> str | None:
+    """The address of ``host`` that no webhook may reach, or None.
+
+    ``numeric_only`` reads only the forms of an address itself (2852039166 and 0xa9.0xfe.0xa9.0xfe
+    are 169.254.169.254 to the resolver), without asking DNS: a name is checked when sent, as
+    it resolves then.
+    """
+    flags = socket.AI_NUMERICHOST if numeric_only else 0
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=flags)
+    except (OSError, UnicodeError, ValueError):
+        return None  # a name, or one that does not resolve: the send itself fails then
+    return next((str(a[4][0]) for a in found if _refused(str(a[4][0]))), None)
 
 
 def _fernet(server_key: str) -> Fernet:
@@ -92,6 +126,11 @@ def check_url(url: str) -> str:
         raise bad
     if parts.username or parts.password:
         raise Invalid("url must not carry a user name or password: deliveries are signed")
+    if (address := refused_address(host, numeric_only=True)) is not None:
+        raise Invalid(
+            f"url must not name the address {address}: a metadata, unspecified or multicast "
+            "address is never a receiver"
+        )
     return url
 
 

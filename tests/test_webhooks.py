@@ -366,6 +366,46 @@ def test_a_webhook_with_a_bad_url_or_unknown_events_is_refused(world, body):
     assert resp.status_code == 400 and resp.json["error"]
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",  # the cloud metadata service
+        "http://2852039166/latest/meta-data/",  # the same address as one number
+        "http://0xa9.0xfe.0xa9.0xfe/",  # ... in hexadecimal
+        "http://[::ffff:169.254.169.254]/",  # ... as an IPv4-mapped IPv6 address
+        "http://[fe80::1]/",
+        "http://[fd00:ec2::254]/",  # AWS's metadata service over IPv6
+        "http://0.0.0.0:6379/",  # "this host" on Linux
+        "http://224.0.0.1/",
+    ],
+)
+def test_a_webhook_to_a_metadata_or_unspecified_address_is_refused(world, url):
+    settings, _ = world
+    admin = token_client(create_app(settings), settings.database_url, "boss", "admin")
+
+    resp = admin.post("/api/v1/webhooks", json={"url": url, "events": ["batch.complete"]})
+
+    assert resp.status_code == 400 and "address" in resp.json["error"]
+
+
+def test_a_delivery_to_a_name_that_resolves_to_the_metadata_service_is_not_sent(world, monkeypatch):
+    settings, sessions = world
+    _webhook(sessions, settings, "http://metadata.lis.example/hook", ["batch.complete"])
+    (delivery_id,) = _emit(sessions)
+    monkeypatch.setattr(
+        "socket.getaddrinfo",
+        lambda *a, **k: [(2, 1, 6, "", ("169.254.169.254", 80))],
+    )
+    posted: list[str] = []
+    monkeypatch.setattr("requests.post", lambda url, **kw: posted.append(url))
+
+    sent = deliver(sessions, settings.secret_key, delivery_id, 5, 1)
+
+    assert posted == []
+    assert sent.state == DeliveryState.FAILED
+    assert "169.254.169.254" in (_delivery(sessions, delivery_id).last_error or "")
+
+
 def test_the_readme_signature_check_accepts_a_real_delivery_and_refuses_a_changed_one():
     from tests.conftest import REPO
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import requests
 from sqlalchemy.orm import Session, sessionmaker
@@ -59,6 +60,13 @@ def deliver(
     try:
         secret = webhooks.decrypt_secret(claim.secret_encrypted, server_key)
         payload = webhooks.body(claim.delivery_id, claim.event, claim.created_at, claim.payload)
+        # Resolved again at every send: a name may point at the metadata service since.
+        host = urlsplit(claim.url).hostname or ""
+        if (address := webhooks.refused_address(host)) is not None:
+            raise webhooks.RefusedAddress(
+                f"{host} resolves to {address}, a metadata, unspecified or multicast address: "
+                "not sent"
+            )
         response = requests.post(
             claim.url,
             data=payload,
@@ -70,7 +78,7 @@ def deliver(
         status = response.status_code
         delivered = 200 <= status < 300
         error = None if delivered else f"HTTP {status}: {response.text[:BODY_EXCERPT]}"
-    except (requests.RequestException, webhooks.SecretUnreadable) as exc:
+    except (requests.RequestException, webhooks.SecretUnreadable, webhooks.RefusedAddress) as exc:
         delivered, error = False, f"{type(exc).__name__}: {exc}"
     state = finish_delivery(
         sessions,
