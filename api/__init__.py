@@ -6,7 +6,7 @@ from celery import Celery
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api.params import reject_out_of_range_ids
+from api.params import limit_request_body, reject_out_of_range_ids
 from db.session import engine_for, session_factory
 from leukoscreen.config import Settings, load_settings, resolve_secret_key
 from leukoscreen.storage import open_store
@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     )
 
     request_context.register(app)
+    app.before_request(limit_request_body)  # before auth's CSRF check reads a form
     errors.register(app)
     auth.register(app)
     app.register_blueprint(health.bp)

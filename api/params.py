@@ -14,6 +14,11 @@ MAX_ID = 2**63 - 1
 # Users, tokens and webhooks are few, and an image has few decisions (review.seq): 32-bit.
 MAX_SMALL_ID = 2**31 - 1
 SMALL_IDS = frozenset({"user_id", "token_id", "webhook_id", "seq"})
+# Bodies of every request but an upload: a JSON object or a page's form. MAX_CONTENT_LENGTH
+# (LEUKOSCREEN_MAX_REQUEST_BYTES, gigabytes) is for images; a JSON body that large would be
+# parsed whole in memory, and the sign-in form's parts spooled to disk before any check.
+MAX_BODY_BYTES = 1024 * 1024
+UPLOAD_ENDPOINTS = frozenset({"batches.create_batch", "batches.add_to_batch"})
 
 
 def id_limit(name: str) -> int:
@@ -26,6 +31,13 @@ def reject_out_of_range_ids(endpoint: str | None, values: dict[str, object] | No
     for name, value in (values or {}).items():
         if isinstance(value, int) and value > id_limit(name):
             raise NotFound("no such record")
+
+
+def limit_request_body() -> None:
+    """Before any view (and the CSRF check, which reads a form): a body over the limit is a
+    413 when read, never read whole."""
+    if request.endpoint not in UPLOAD_ENDPOINTS:
+        request.max_content_length = MAX_BODY_BYTES
 
 
 def int_arg(name: str, default: int, minimum: int = 0, maximum: int = MAX_ID) -> int:

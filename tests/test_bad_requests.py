@@ -81,6 +81,45 @@ def test_new_user_with_a_number_as_password_is_refused_not_coerced(admin):
     assert resp.status_code == 400 and "password must be text" in resp.json["error"]
 
 
+OVER_A_MEBIBYTE = "x" * (2 * 1024 * 1024)
+
+
+def test_a_json_body_over_a_mebibyte_is_refused_before_it_is_read(admin, settings):
+    # Only uploads may be as large as LEUKOSCREEN_MAX_REQUEST_BYTES (2 GB): a JSON body that
+    # large would be parsed whole in memory.
+    uid = _user_id(settings, "big")
+    resp = admin.patch(f"/api/v1/users/{uid}", json={"password": OVER_A_MEBIBYTE})
+    assert resp.status_code == 413 and resp.json["error"]
+    created = admin.post(
+        "/api/v1/users", json={"name": "n", "role": "uploader", "password": OVER_A_MEBIBYTE}
+    )
+    assert created.status_code == 413
+
+
+def test_the_sign_in_form_refuses_a_body_over_a_mebibyte(app):
+    # Anyone may post it: a multipart part would otherwise be spooled to disk, up to 2 GB.
+    resp = app.test_client().post(
+        "/login",
+        data={"username": "x", "file": (io.BytesIO(OVER_A_MEBIBYTE.encode()), "f.bin")},
+        content_type="multipart/form-data",
+    )
+    assert resp.status_code == 413
+
+
+def test_an_upload_over_a_mebibyte_is_still_received(admin, make_jpeg):
+    resp = admin.post(
+        "/api/v1/batches",
+        data={
+            "images": [
+                (io.BytesIO(make_jpeg(1)), "a.jpg"),
+                (io.BytesIO(OVER_A_MEBIBYTE.encode()), "b.jpg"),
+            ]
+        },
+        content_type="multipart/form-data",
+    )
+    assert resp.status_code == 202 and resp.json["accepted"] == 1
+
+
 @pytest.mark.parametrize(
     "query",
     [
