@@ -7,6 +7,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api.params import limit_request_body, reject_out_of_range_ids
+from api.spool import SpoolingRequest
 from db.session import engine_for, session_factory
 from leukoscreen.config import Settings, load_settings, resolve_secret_key
 from leukoscreen.storage import open_store
@@ -18,11 +19,12 @@ def create_app(settings: Settings | None = None, celery: Celery | None = None) -
     # Before anything else: gunicorn workers and `serve` must not come up with a forgeable key.
     settings = resolve_secret_key(settings)
     app = Flask(__name__)
+    app.request_class = SpoolingRequest
     app.url_value_preprocessor(reject_out_of_range_ids)
     app.config.update(
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
-        # Werkzeug spools parts above this to disk, so a large upload never sits in memory.
+        # A form field's text (a file part goes to disk: api/spool.py).
         MAX_FORM_MEMORY_SIZE=1024 * 1024,
         MAX_FORM_PARTS=100_000,
         JSON_SORT_KEYS=False,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import errno
 import io
 import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
-from flask import Request
 from sqlalchemy import select
 
 from api import create_app
@@ -120,6 +120,39 @@ def test_an_upload_over_a_mebibyte_is_still_received(admin, make_jpeg):
     assert resp.status_code == 202 and resp.json["accepted"] == 1
 
 
+def test_an_upload_of_many_small_files_is_not_held_in_memory(admin, make_jpeg):
+    # Werkzeug keeps every file part under 500 KB in memory, and smear images are that size:
+    # a 2 GB upload of them would sit in one worker's memory until the request ends.
+    boundary = "b0undary"
+    picture = make_jpeg(1)
+    filler = b"\xff" * 400_000
+    parts = [("images", "a.jpg", picture)] + [("images", f"{i}.bin", filler) for i in range(100)]
+    body = (
+        b"".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+            f'filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
+            + data
+            + b"\r\n"
+            for field, name, data in parts
+        )
+        + f"--{boundary}--\r\n".encode()
+    )
+    tracemalloc.start()
+    try:
+        resp = admin.post(
+            "/api/v1/batches",
+            data=body,
+            content_type=f"multipart/form-data; boundary={boundary}",
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert resp.status_code == 202 and resp.json["accepted"] == 1
+    assert len(resp.json["files"]) == 101
+    # 40 MB were sent; what the request holds in memory is a small part of that.
+    assert peak < 10_000_000, peak
+
+
 @pytest.mark.parametrize(
     "query",
     [
@@ -149,7 +182,7 @@ class _FullDiskFile(io.BytesIO):
 
 
 def test_full_disk_while_receiving_the_upload_is_a_507(app, settings, make_jpeg, monkeypatch):
-    monkeypatch.setattr(Request, "_get_file_stream", lambda self, *a, **k: _FullDiskFile())
+    monkeypatch.setattr("api.spool._spool_file", _FullDiskFile)
     resp = _upload(app, make_jpeg, 3)
     assert resp.status_code == 507, resp.json
     assert "No space left" in resp.json["error"]
