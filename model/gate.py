@@ -62,8 +62,8 @@ REASON_TEXT: dict[str, str] = {
     RouteReason.NOT_A_STAINED_SMEAR: "colours unlike a stained blood smear",
     RouteReason.OUT_OF_FOCUS: "out of focus",
     RouteReason.NOISY: "too noisy or grainy",
-    RouteReason.COMPRESSION_ARTEFACTS: "saved with heavy JPEG compression (blocks; fine "
-    "detail lost): save or export at a higher quality",
+    RouteReason.COMPRESSION_ARTEFACTS: "JPEG block pattern stronger than in the training "
+    "images (heavy compression, or a compressed image enlarged): send the camera's original",
     RouteReason.OUTSIDE_TRAINING_DOMAIN: "unlike the images the model was trained on "
     "(another microscope, camera, stain or magnification?)",
     RouteReason.NO_GATE: "this model has no fitted quality and domain gate",
