@@ -36,6 +36,7 @@ from db.audit import Actor, record_event
 from db.errors import Conflict, Invalid, NotFound
 from db.models import (
     Batch,
+    Decision,
     Image,
     ImageState,
     Interpretation,
@@ -72,6 +73,9 @@ INTERPRETATION_TEXT = {
 }
 TO_PERSON = (Route.FLAGGED.value, Route.MANUAL_REVIEW.value)
 PENDING = (ImageState.QUEUED.value, ImageState.SCORING.value)
+# A request for a second opinion says nothing about leukemia: the image still waits for a
+# person to decide it, and the specimen for that decision before anyone signs it.
+NOT_A_DECISION = Decision.SECOND_OPINION.value
 MAX_COMMENT = 4000
 
 
@@ -96,6 +100,10 @@ class SpecimenImage:
     @property
     def to_person(self) -> bool:
         return self.route in TO_PERSON
+
+    @property
+    def awaits_decision(self) -> bool:
+        return self.to_person and self.decision in (None, NOT_A_DECISION)
 
     @property
     def subtype_shown(self) -> SubtypeEstimate | None:
@@ -168,7 +176,7 @@ class Specimen:
     def status(self) -> SpecimenStatus:
         if any(i.state in PENDING for i in self.images):
             return SpecimenStatus.SCORING
-        if any(i.to_person and i.decision is None for i in self.images):
+        if any(i.awaits_decision for i in self.images):
             return SpecimenStatus.NEEDS_REVIEW
         latest = self.latest_signoff
         if latest is None:
@@ -186,7 +194,7 @@ class Specimen:
             "images": len(self.images),
             **routes,
             "not_scored": sum(1 for i in self.images if i.state != ImageState.SCORED.value),
-            "awaiting_decision": sum(1 for i in self.images if i.to_person and not i.decision),
+            "awaiting_decision": sum(1 for i in self.images if i.awaits_decision),
         }
 
     def as_dict(self) -> dict[str, Any]:
@@ -352,6 +360,7 @@ def list_specimens(
     """Specimens of the scope's laboratories, the most recently extended first, keyset-paged
     on their newest image id."""
     to_person = Result.route.in_(TO_PERSON)
+    undecided = Review.id.is_(None) | (Review.decision == NOT_A_DECISION)
     last_id = func.max(Image.id)
     stmt = (
         select(
@@ -360,7 +369,7 @@ def list_specimens(
             func.sum(case((Image.state.in_(PENDING), 1), else_=0)),
             func.sum(case((Result.route == Route.FLAGGED.value, 1), else_=0)),
             func.sum(case((Result.route == Route.MANUAL_REVIEW.value, 1), else_=0)),
-            func.sum(case((to_person & Review.id.is_(None), 1), else_=0)),
+            func.sum(case((to_person & undecided, 1), else_=0)),
             func.max(Result.p_leukemia),
             last_id,
             func.max(Batch.created_at),

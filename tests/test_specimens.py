@@ -371,3 +371,26 @@ def test_an_undone_decision_leaves_the_specimen_waiting_and_unsignable(app, db_s
         "/api/v1/specimens/S-UNDO/signoffs", json={"interpretation": "leukemia_suspected"}
     )
     assert refused.status_code == 409 and "1 image(s) still wait" in refused.json["error"]
+
+
+def test_a_second_opinion_request_leaves_the_specimen_waiting_and_unsignable(app, db_settings):
+    # "Second opinion" says nothing about leukemia: the image still waits for a decision, so
+    # the specimen must not be signed (least of all "no leukemia") on the strength of it.
+    ids = _seed_specimen(db_settings, [0.9, 0.1], specimen="S-2ND")
+    reviewer = token_client(app, db_settings.database_url, "path", "reviewer")
+    asked = reviewer.post(f"/api/v1/images/{ids[0]}/reviews", json={"decision": "second_opinion"})
+    assert asked.status_code == 201
+    spec = reviewer.get("/api/v1/specimens/S-2ND").json
+    assert spec["status"] == SpecimenStatus.NEEDS_REVIEW
+    assert spec["counts"]["awaiting_decision"] == 1
+    listed = reviewer.get("/api/v1/specimens").json["specimens"]
+    assert [s["status"] for s in listed if s["specimen_id"] == "S-2ND"] == ["needs_review"]
+    refused = reviewer.post(
+        "/api/v1/specimens/S-2ND/signoffs", json={"interpretation": "no_leukemia_detected"}
+    )
+    assert refused.status_code == 409 and "1 image(s) still wait" in refused.json["error"]
+    decided = reviewer.post(
+        f"/api/v1/images/{ids[0]}/reviews", json={"decision": "confirmed", "expected_seq": 1}
+    )
+    assert decided.status_code == 201
+    assert reviewer.get("/api/v1/specimens/S-2ND").json["status"] == "ready_to_sign"
