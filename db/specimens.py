@@ -46,7 +46,12 @@ from db.models import (
     SpecimenSignoff,
     User,
 )
-from db.reviews import current_review_condition, latest_result_condition, newest_review
+from db.reviews import (
+    LEUKEMIA,
+    current_review_condition,
+    latest_result_condition,
+    newest_review,
+)
 from db.subtypes import SubtypeEstimate, estimate, subtype_json
 from model.gate import Route
 
@@ -96,6 +101,7 @@ class SpecimenImage:
     purged: bool
     subtype: str | None = None
     subtype_probs: dict[str, Any] | None = None
+    label: str | None = None  # the current decision's: leukemia, no_leukemia or none
 
     @property
     def to_person(self) -> bool:
@@ -234,6 +240,7 @@ def _images_select() -> Select:
             Result.threshold,
             ModelVersion.name.label("model_version"),
             Review.decision,
+            Review.label,
             # The newest row's seq even when it withdrew a decision: a signature covers it.
             newest_review(Review.seq).label("seq"),
             User.name,
@@ -293,6 +300,7 @@ def load_specimen(
             purged=r.purged_at is not None,
             subtype=r.subtype,
             subtype_probs=r.subtype_probs,
+            label=r.label,
         )
         for r in rows
     ]
@@ -412,6 +420,26 @@ def list_specimens(
     ]
 
 
+def _refuse_negative(specimen: Specimen) -> None:
+    """A specimen is positive if any of its fields is, and one with a field nobody could
+    examine (scoring failed) is not known to be negative: "no leukemia detected" would put a
+    negative report in the LIS that its own fields contradict."""
+    positive = [i for i in specimen.images if i.label == LEUKEMIA]
+    if positive:
+        names = ", ".join(f"{i.file_name} (image {i.image_id})" for i in positive)
+        raise Conflict(
+            f"specimen {specimen.specimen_id} cannot be signed no leukemia detected: "
+            f"a pathologist decided leukemia on {names}"
+        )
+    failed = [i for i in specimen.images if i.state == ImageState.FAILED.value]
+    if failed:
+        names = ", ".join(f"{i.file_name} (image {i.image_id})" for i in failed)
+        raise Conflict(
+            f"specimen {specimen.specimen_id} cannot be signed no leukemia detected: "
+            f"{names} could not be scored; sign it inadequate sample or send the field again"
+        )
+
+
 def sign(
     session: Session,
     specimen_id: str,
@@ -434,6 +462,8 @@ def sign(
         raise Conflict(
             f"specimen {specimen_id} cannot be signed: {waiting} image(s) still wait for a decision"
         )
+    if interpretation == Interpretation.NO_LEUKEMIA_DETECTED.value:
+        _refuse_negative(specimen)
     latest = specimen.latest_signoff
     if latest is not None and amends_id != latest.id:
         raise Conflict(

@@ -394,3 +394,76 @@ def test_a_second_opinion_request_leaves_the_specimen_waiting_and_unsignable(app
     )
     assert decided.status_code == 201
     assert reviewer.get("/api/v1/specimens/S-2ND").json["status"] == "ready_to_sign"
+
+
+def test_a_specimen_with_a_leukemia_field_cannot_be_signed_negative(app, db_settings):
+    ids = _seed_specimen(db_settings, [0.9, 0.1], specimen="S-POS")
+    reviewer = token_client(app, db_settings.database_url, "path", "reviewer")
+    assert (
+        reviewer.post(f"/api/v1/images/{ids[0]}/reviews", json={"decision": "confirmed"})
+    ).status_code == 201
+    negative = reviewer.post(
+        "/api/v1/specimens/S-POS/signoffs", json={"interpretation": "no_leukemia_detected"}
+    )
+    assert negative.status_code == 409, negative.json
+    assert str(ids[0]) in negative.json["error"]
+    assert reviewer.get("/api/v1/specimens/S-POS").json["signoffs"] == []
+    assert reviewer.get("/api/v1/specimens/S-POS/fhir").status_code == 409  # nothing reported
+    positive = reviewer.post(
+        "/api/v1/specimens/S-POS/signoffs", json={"interpretation": "leukemia_suspected"}
+    )
+    assert positive.status_code == 201, positive.json
+    # Nor can an amendment turn it negative while the field stays leukemia.
+    amend = reviewer.post(
+        "/api/v1/specimens/S-POS/signoffs",
+        json={
+            "interpretation": "no_leukemia_detected",
+            "amends_id": positive.json["signoff_id"],
+            "comment": "typo",
+        },
+    )
+    assert amend.status_code == 409
+
+
+def test_a_cleared_field_overturned_to_leukemia_in_qc_makes_the_specimen_not_negative(
+    app, db_settings
+):
+    ids = _seed_specimen(db_settings, [0.1, 0.2], specimen="S-QC")
+    reviewer = token_client(app, db_settings.database_url, "path", "reviewer")
+    assert (
+        reviewer.post(f"/api/v1/images/{ids[1]}/reviews", json={"decision": "overturned"})
+    ).status_code == 201
+    negative = reviewer.post(
+        "/api/v1/specimens/S-QC/signoffs", json={"interpretation": "no_leukemia_detected"}
+    )
+    assert negative.status_code == 409
+
+
+def test_a_specimen_with_a_field_that_failed_scoring_cannot_be_signed_negative(app, db_settings):
+    _seed_specimen(db_settings, [0.1], specimen="S-FAIL")
+    with session_factory(engine_for(db_settings.database_url)).begin() as s:
+        batch = s.scalars(select(Batch).order_by(Batch.created_at.desc())).first()
+        assert batch is not None
+        s.add(
+            Image(
+                batch_id=batch.id,
+                sha256="f" * 64,
+                original_name="broken.jpg",
+                storage_key="f" * 64,
+                size_bytes=1,
+                state="failed",
+                error="cannot decode",
+                specimen_id="S-FAIL",
+            )
+        )
+    reviewer = token_client(app, db_settings.database_url, "path", "reviewer")
+    assert reviewer.get("/api/v1/specimens/S-FAIL").json["status"] == "ready_to_sign"
+    negative = reviewer.post(
+        "/api/v1/specimens/S-FAIL/signoffs", json={"interpretation": "no_leukemia_detected"}
+    )
+    assert negative.status_code == 409, negative.json
+    assert "broken.jpg" in negative.json["error"]
+    inadequate = reviewer.post(
+        "/api/v1/specimens/S-FAIL/signoffs", json={"interpretation": "inadequate_sample"}
+    )
+    assert inadequate.status_code == 201, inadequate.json
