@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, case, func, select
+from sqlalchemy import ColumnElement, Select, case, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from db import tenancy
 from db.audit import Actor, record_event
@@ -102,6 +102,11 @@ class SpecimenImage:
     subtype: str | None = None
     subtype_probs: dict[str, Any] | None = None
     label: str | None = None  # the current decision's: leukemia, no_leukemia or none
+    twin_state: str | None = None  # a duplicate's twin's state: it is scored as its twin
+
+    @property
+    def pending(self) -> bool:
+        return self.state in PENDING or self.twin_state in PENDING
 
     @property
     def to_person(self) -> bool:
@@ -180,7 +185,7 @@ class Specimen:
 
     @property
     def status(self) -> SpecimenStatus:
-        if any(i.state in PENDING for i in self.images):
+        if any(i.pending for i in self.images):
             return SpecimenStatus.SCORING
         if any(i.awaits_decision for i in self.images):
             return SpecimenStatus.NEEDS_REVIEW
@@ -223,6 +228,24 @@ class Specimen:
         }
 
 
+# A duplicate (the same bytes earlier in its batch) is scored as its twin, which may be a field
+# of another specimen: its specimen takes the twin's result and waits while the twin scores,
+# as the exports do (``db.progress``), else it would look cleared and be signed unexamined.
+_TWIN = aliased(Image)
+
+
+def _scored_as() -> ColumnElement[bool]:
+    """Join condition: the newest result of the image, or of its twin for a duplicate."""
+    return (Result.image_id == func.coalesce(Image.duplicate_of_id, Image.id)) & (
+        latest_result_condition()
+    )
+
+
+def _pending() -> ColumnElement[bool]:
+    """True for an image still being scored, or a duplicate whose twin is."""
+    return Image.state.in_(PENDING) | _TWIN.state.in_(PENDING)
+
+
 def _images_select() -> Select:
     return (
         select(
@@ -232,6 +255,7 @@ def _images_select() -> Select:
             Image.state,
             Image.purged_at,
             Image.specimen_source,
+            _TWIN.state.label("twin_state"),
             Result.p_leukemia,
             Result.route,
             Result.route_reason,
@@ -246,7 +270,8 @@ def _images_select() -> Select:
             User.name,
         )
         .select_from(Image)
-        .outerjoin(Result, (Result.image_id == Image.id) & latest_result_condition())
+        .outerjoin(_TWIN, _TWIN.id == Image.duplicate_of_id)
+        .outerjoin(Result, _scored_as())
         .outerjoin(ModelVersion, ModelVersion.id == Result.model_version_id)
         # An undone decision (withdrawn) is no decision: the image waits for one again.
         .outerjoin(Review, current_review_condition())
@@ -301,6 +326,7 @@ def load_specimen(
             subtype=r.subtype,
             subtype_probs=r.subtype_probs,
             label=r.label,
+            twin_state=r.twin_state,
         )
         for r in rows
     ]
@@ -374,7 +400,7 @@ def list_specimens(
         select(
             Image.specimen_id,
             func.count(Image.id),
-            func.sum(case((Image.state.in_(PENDING), 1), else_=0)),
+            func.sum(case((_pending(), 1), else_=0)),
             func.sum(case((Result.route == Route.FLAGGED.value, 1), else_=0)),
             func.sum(case((Result.route == Route.MANUAL_REVIEW.value, 1), else_=0)),
             func.sum(case((to_person & undecided, 1), else_=0)),
@@ -385,7 +411,8 @@ def list_specimens(
         )
         .select_from(Image)
         .join(Batch, Batch.id == Image.batch_id)
-        .outerjoin(Result, (Result.image_id == Image.id) & latest_result_condition())
+        .outerjoin(_TWIN, _TWIN.id == Image.duplicate_of_id)
+        .outerjoin(Result, _scored_as())
         .outerjoin(Review, current_review_condition())
         .where(Image.specimen_id.is_not(None), tenancy.visible(scope, Batch.laboratory_id))
         .group_by(Batch.laboratory_id, Image.specimen_id)

@@ -467,3 +467,78 @@ def test_a_specimen_with_a_field_that_failed_scoring_cannot_be_signed_negative(a
         "/api/v1/specimens/S-FAIL/signoffs", json={"interpretation": "inadequate_sample"}
     )
     assert inadequate.status_code == 201, inadequate.json
+
+
+def test_a_field_sent_twice_for_two_specimens_counts_its_score_in_both(app, db_settings):
+    # Identical bytes in one batch are scored once: the second file is a ``duplicate`` of the
+    # first. When the two files name different specimens, the second specimen's field is still
+    # the flagged field, so it waits for the decision like the first one does.
+    twin_id = _seed_specimen(db_settings, [0.9], specimen="S-TWIN")[0]
+    with session_factory(engine_for(db_settings.database_url)).begin() as s:
+        twin = s.get(Image, twin_id)
+        assert twin is not None
+        copy = Image(
+            batch_id=twin.batch_id,
+            sha256=twin.sha256,
+            original_name="again.jpg",
+            storage_key=twin.storage_key,
+            size_bytes=1,
+            state="duplicate",
+            duplicate_of_id=twin.id,
+            error="the same bytes as cell_000.jpg",
+            specimen_id="S-COPY",
+        )
+        s.add(copy)
+        s.flush()
+        copy_id = copy.id
+    reviewer = token_client(app, db_settings.database_url, "path", "reviewer")
+    spec = reviewer.get("/api/v1/specimens/S-COPY").json
+    assert spec["status"] == "needs_review"
+    assert [(i["image_id"], i["route"], i["p_leukemia"]) for i in spec["images"]] == [
+        (copy_id, "flagged", 0.9)
+    ]
+    listed = reviewer.get("/api/v1/specimens").json["specimens"]
+    assert {s["specimen_id"]: s["status"] for s in listed}["S-COPY"] == "needs_review"
+    refused = reviewer.post(
+        "/api/v1/specimens/S-COPY/signoffs", json={"interpretation": "no_leukemia_detected"}
+    )
+    assert refused.status_code == 409
+    # One decision on the content decides both copies.
+    assert (
+        reviewer.post(f"/api/v1/images/{twin_id}/reviews", json={"decision": "confirmed"})
+    ).status_code == 201
+    assert reviewer.get("/api/v1/specimens/S-COPY").json["status"] == "ready_to_sign"
+    assert (
+        reviewer.post(
+            "/api/v1/specimens/S-COPY/signoffs", json={"interpretation": "no_leukemia_detected"}
+        ).status_code
+        == 409
+    )
+
+
+def test_a_duplicate_whose_twin_is_still_scoring_keeps_its_specimen_scoring(app, db_settings):
+    twin_id = _seed_specimen(db_settings, [0.2], specimen="S-WAIT")[0]
+    with session_factory(engine_for(db_settings.database_url)).begin() as s:
+        twin = s.get(Image, twin_id)
+        assert twin is not None
+        twin.state = "scoring"  # as if its score were not in yet (direct write: a fixture)
+        s.add(
+            Image(
+                batch_id=twin.batch_id,
+                sha256=twin.sha256,
+                original_name="again.jpg",
+                storage_key=twin.storage_key,
+                size_bytes=1,
+                state="duplicate",
+                duplicate_of_id=twin.id,
+                specimen_id="S-WAIT-COPY",
+            )
+        )
+    reviewer = token_client(app, db_settings.database_url, "path", "reviewer")
+    assert reviewer.get("/api/v1/specimens/S-WAIT-COPY").json["status"] == "scoring"
+    listed = reviewer.get("/api/v1/specimens").json["specimens"]
+    assert {s["specimen_id"]: s["status"] for s in listed}["S-WAIT-COPY"] == "scoring"
+    refused = reviewer.post(
+        "/api/v1/specimens/S-WAIT-COPY/signoffs", json={"interpretation": "no_leukemia_detected"}
+    )
+    assert refused.status_code == 409
