@@ -33,11 +33,12 @@ from sqlalchemy.orm import Session
 
 from api import context
 from api.errors import ApiError
+from api.params import MAX_SMALL_ID
 from db.accounts import check_password, end_sessions, find_user, user_for_token
 from db.audit import record_event
 from db.login_throttle import clear_failures, lockout, record_failure
 from db.models import Role, User
-from db.tenancy import Scope, scope_of
+from db.tenancy import Scope, narrowed, scope_of
 
 bp = Blueprint("auth", __name__)
 login_manager = LoginManager()
@@ -180,6 +181,22 @@ def require_global_admin() -> Callable[[F], F]:
 def scope() -> Scope:
     """The laboratories this request may see: pass it to every query of ``db/``."""
     return actor().scope
+
+
+def specimen_scope(specimen_id: str) -> Scope:
+    """The request's scope for a specimen id, narrowed to ``?laboratory=`` when given: a
+    specimen id names a specimen within one laboratory, so whoever sees several laboratories
+    that use the same id says whose they mean."""
+    raw = request.args.get("laboratory")
+    if raw is None or raw == "":
+        return scope()
+    try:
+        laboratory_id = int(raw)
+    except ValueError:
+        raise ApiError(400, "query parameter 'laboratory' must be a laboratory id") from None
+    if not 0 < laboratory_id <= MAX_SMALL_ID:  # beyond the column: no such laboratory
+        laboratory_id = 0
+    return narrowed(scope(), laboratory_id, "specimen", specimen_id)
 
 
 def actor() -> Principal:

@@ -30,7 +30,7 @@ from flask import Blueprint, Response
 from sqlalchemy.orm import Session
 
 from api import context
-from api.auth import scope
+from api.auth import scope, specimen_scope
 from db.errors import Conflict
 from db.lifecycle import emit
 from db.models import Batch, Interpretation, WebhookEvent
@@ -311,7 +311,7 @@ def _fhir(body: str, filename: str) -> Response:
 @bp.get("/specimens/<specimen_id>/fhir")
 def specimen_report(specimen_id: str):
     with context.sessions()() as session:
-        report = diagnostic_report(load_specimen(session, specimen_id, scope()))
+        report = diagnostic_report(load_specimen(session, specimen_id, specimen_scope(specimen_id)))
     # The id is checked at intake (letters, digits, . _ -): safe in a file name.
     return _fhir(report.model_dump_json(), f"specimen-{specimen_id}.fhir.json")
 

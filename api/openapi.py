@@ -434,6 +434,14 @@ SPECIMEN_ID = {
     "required": True,
     "schema": {"type": "string", "maxLength": 64},
 }
+# A specimen id names a specimen within one laboratory: whoever sees several that use the
+# same id says whose (else 409); one they do not see is 404.
+SPECIMEN_LAB = {
+    "name": "laboratory",
+    "in": "query",
+    "schema": {"type": "integer", "minimum": 1},
+    "description": "the laboratory whose specimen the id names",
+}
 SPECIMEN_COUNTS = {
     "type": "object",
     "properties": {
@@ -466,6 +474,7 @@ SPECIMEN_ROW = {
     "required": ["specimen_id", "status", "images"],
     "properties": {
         "specimen_id": {"type": "string"},
+        "laboratory_id": {"type": "integer"},
         "status": SPECIMEN_STATUS,
         "status_text": {"type": "string"},
         "images": {"type": "integer"},
@@ -488,6 +497,7 @@ SPECIMEN = {
     "required": ["specimen_id", "status", "counts", "images", "signoffs"],
     "properties": {
         "specimen_id": {"type": "string"},
+        "laboratory_id": {"type": "integer"},
         "source": {"type": "string"},
         "status": SPECIMEN_STATUS,
         "status_text": {"type": "string"},
@@ -530,14 +540,14 @@ def specimen_paths() -> dict[str, Any]:
         "/api/v1/specimens/{specimen_id}": {
             "get": {
                 "summary": "one specimen: images (most suspicious first), status, sign-offs",
-                "parameters": [SPECIMEN_ID],
-                "responses": {"200": _json(SPECIMEN, "specimen"), **_errors(404, 503)},
+                "parameters": [SPECIMEN_ID, SPECIMEN_LAB],
+                "responses": {"200": _json(SPECIMEN, "specimen"), **_errors(400, 404, 409, 503)},
             }
         },
         "/api/v1/specimens/{specimen_id}/signoffs": {
             "post": {
                 "summary": "sign the specimen, or amend its latest sign-off (amends_id)",
-                "parameters": [SPECIMEN_ID],
+                "parameters": [SPECIMEN_ID, SPECIMEN_LAB],
                 "requestBody": _json_body(
                     {
                         "type": "object",
@@ -819,11 +829,12 @@ def delivery_paths() -> dict[str, Any]:
                         "in": "path",
                         "required": True,
                         "schema": {"type": "string"},
-                    }
+                    },
+                    SPECIMEN_LAB,
                 ],
                 "responses": {
                     "200": _fhir("DiagnosticReport with contained Specimen and Observations"),
-                    **_errors(404, 409, 503),
+                    **_errors(400, 404, 409, 503),
                 },
             }
         },

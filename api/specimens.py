@@ -11,7 +11,7 @@ from flask import Blueprint, flash, jsonify, redirect, render_template, request,
 from sqlalchemy.orm import Session
 
 from api import context
-from api.auth import actor, require_role, scope
+from api.auth import actor, require_role, scope, specimen_scope
 from api.errors import ApiError
 from api.fhir import emit_specimen_signed
 from api.params import int_arg, json_object
@@ -50,7 +50,7 @@ def list_json():
 @bp.get("/specimens/<specimen_id>")
 def get_json(specimen_id: str):
     with context.sessions()() as session:
-        specimen = load_specimen(session, _specimen_arg(specimen_id), scope())
+        specimen = load_specimen(session, _specimen_arg(specimen_id), specimen_scope(specimen_id))
     return jsonify(specimen.as_dict())
 
 
@@ -60,10 +60,11 @@ def _sign_and_notify(
     """Record the signed-in reviewer's sign-off and, in the same transaction, its
     ``specimen.signed`` webhook deliveries: no report is signed without them. Returns the
     sign-off's id."""
+    within = specimen_scope(specimen_id)
     row = sign(
-        session, _specimen_arg(specimen_id), interpretation, actor(), comment, amends, scope()
+        session, _specimen_arg(specimen_id), interpretation, actor(), comment, amends, within
     )
-    emit_specimen_signed(session, specimen_id, scope())
+    emit_specimen_signed(session, specimen_id, within)
     return row.id
 
 
@@ -83,7 +84,7 @@ def sign_json(specimen_id: str):
     with context.sessions().begin() as session:
         signoff_id = _sign_and_notify(session, specimen_id, interpretation, comment, amends)
     with context.sessions()() as session:
-        specimen = load_specimen(session, specimen_id, scope())
+        specimen = load_specimen(session, specimen_id, specimen_scope(specimen_id))
     return jsonify(signoff_id=signoff_id, specimen=specimen.as_dict()), 201
 
 
@@ -102,7 +103,7 @@ def specimen_list():
 @pages.get("/specimens/<specimen_id>")
 def specimen_page(specimen_id: str):
     with context.sessions()() as session:
-        specimen = load_specimen(session, _specimen_arg(specimen_id), scope())
+        specimen = load_specimen(session, _specimen_arg(specimen_id), specimen_scope(specimen_id))
     return render_template(
         "specimen.html",
         specimen=specimen.as_dict(),
@@ -125,4 +126,10 @@ def specimen_sign(specimen_id: str):
             session, specimen_id, interpretation, request.form.get("comment", ""), amends
         )
     flash(f"Specimen {specimen_id} signed: {INTERPRETATION_TEXT[Interpretation(interpretation)]}.")
-    return redirect(url_for("specimen_pages.specimen_page", specimen_id=specimen_id))
+    return redirect(
+        url_for(
+            "specimen_pages.specimen_page",
+            specimen_id=specimen_id,
+            laboratory=request.args.get("laboratory") or None,
+        )
+    )

@@ -213,6 +213,7 @@ class Specimen:
         latest = self.latest_signoff
         return {
             "specimen_id": self.specimen_id,
+            "laboratory_id": self.laboratory_id,
             "source": self.source,
             "status": self.status.value,
             "status_text": STATUS_TEXT[self.status],
@@ -294,7 +295,10 @@ def _specimen_laboratory(session: Session, specimen_id: str, scope: tenancy.Scop
     if not labs:
         raise NotFound(f"no specimen {specimen_id}")
     if len(labs) > 1:
-        raise Conflict(f"specimen id {specimen_id} is used by more than one of your laboratories")
+        raise Conflict(
+            f"specimen id {specimen_id} is used by more than one of your laboratories: "
+            "say whose with ?laboratory=<laboratory id>"
+        )
     return labs[0]
 
 
@@ -364,6 +368,7 @@ class SpecimenSummary:
     last_image_id: int
     last_upload: datetime
     signed: bool
+    laboratory_id: int  # the id names a specimen within this laboratory
 
     @property
     def status(self) -> SpecimenStatus:
@@ -377,6 +382,7 @@ class SpecimenSummary:
     def as_dict(self) -> dict[str, Any]:
         return {
             "specimen_id": self.specimen_id,
+            "laboratory_id": self.laboratory_id,
             "status": self.status.value,
             "status_text": STATUS_TEXT[self.status],
             "images": self.images,
@@ -442,6 +448,7 @@ def list_specimens(
             last_image_id=r[7],
             last_upload=r[8],
             signed=(r[9], r[0]) in signed,
+            laboratory_id=r[9],
         )
         for r in rows
     ]

@@ -55,6 +55,17 @@ class Scope:
         return laboratory_id is not None and laboratory_id in self.labs
 
 
+def narrowed(scope: Scope, laboratory_id: int | None, what: str, ident: object) -> Scope:
+    """``scope`` limited to one of its laboratories (None: unchanged), for ids that name one
+    thing per laboratory (specimen ids): whoever sees several says whose they mean. A
+    laboratory outside the scope is answered as the thing not existing."""
+    if laboratory_id is None:
+        return scope
+    if not scope.sees(laboratory_id):
+        raise NotFound(f"no {what} {ident}")
+    return Scope(home=scope.home, labs=frozenset({laboratory_id}))
+
+
 def scope_of(session: Session, user: User) -> Scope:
     """A user's scope: a global admin sees everything; anyone else their home laboratory and
     the laboratories granted to them."""

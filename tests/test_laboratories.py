@@ -433,3 +433,54 @@ def test_webhooks_hear_only_their_own_laboratorys_events(db_settings):
     assert [h["url"] for h in admin_b.get("/api/v1/webhooks").json["webhooks"]] == [
         "https://b.example/h"
     ]
+
+
+def test_whoever_sees_two_laboratories_names_which_ones_specimen_a_shared_id_is(db_settings):
+    # Accession numbers are each laboratory's own: two laboratories may both have "S-1". A
+    # global admin, or a reviewer granted both, must still reach, sign and export each one.
+    from sqlalchemy import update
+
+    from db.models import Image
+
+    url = db_settings.database_url
+    app = create_app(db_settings)
+    lab_b, lab_c = _lab(url, "lab-b"), _lab(url, "lab-c")
+    _, in_a = seed_scored(url, [0.1], name="a")
+    _, in_b = seed_scored(url, [0.2, 0.3], name="b", laboratory_id=lab_b)
+    with session_factory(engine_for(url)).begin() as s:
+        s.execute(update(Image).where(Image.id.in_(in_a + in_b)).values(specimen_id="S-1"))
+    boss = _client(app, _user(url, "boss", "admin", DEFAULT_LAB_ID, global_admin=True))
+    rex = _user(url, "rex", "reviewer", DEFAULT_LAB_ID)
+    rex_id = next(u["id"] for u in boss.get("/api/v1/users").json["users"] if u["name"] == "rex")
+    assert boss.patch(f"/api/v1/users/{rex_id}", json={"laboratories": [lab_b]}).status_code == 200
+    reviewer = _client(app, rex)
+
+    listed = reviewer.get("/api/v1/specimens").json["specimens"]
+    assert sorted((s["specimen_id"], s["laboratory_id"]) for s in listed) == sorted(
+        [("S-1", DEFAULT_LAB_ID), ("S-1", lab_b)]
+    )
+    ambiguous = reviewer.get("/api/v1/specimens/S-1")
+    assert ambiguous.status_code == 409 and "laboratory" in ambiguous.json["error"]
+    of_b = reviewer.get(f"/api/v1/specimens/S-1?laboratory={lab_b}")
+    assert of_b.status_code == 200, of_b.json
+    assert sorted(i["image_id"] for i in of_b.json["images"]) == in_b
+    assert of_b.json["laboratory_id"] == lab_b
+    signed = reviewer.post(
+        f"/api/v1/specimens/S-1/signoffs?laboratory={lab_b}",
+        json={"interpretation": "no_leukemia_detected"},
+    )
+    assert signed.status_code == 201, signed.json
+    assert sorted(i["image_id"] for i in signed.json["specimen"]["images"]) == in_b
+    report = boss.get(f"/api/v1/specimens/S-1/fhir?laboratory={lab_b}")
+    assert report.status_code == 200, report.get_data(as_text=True)
+    assert boss.get(f"/api/v1/specimens/S-1?laboratory={DEFAULT_LAB_ID}").json["status"] == (
+        "ready_to_sign"  # B's signature is not A's
+    )
+    page = boss.get(f"/specimens/S-1?laboratory={lab_b}")
+    assert page.status_code == 200
+    assert f"/api/v1/specimens/S-1/fhir?laboratory={lab_b}" in page.get_data(as_text=True)
+    assert f"laboratory={lab_b}" in boss.get("/specimens").get_data(as_text=True)
+    # A laboratory the caller does not see is one with no such specimen.
+    assert reviewer.get(f"/api/v1/specimens/S-1?laboratory={lab_c}").status_code == 404
+    assert reviewer.get(f"/api/v1/specimens/S-1/fhir?laboratory={lab_c}").status_code == 404
+    assert reviewer.get("/api/v1/specimens/S-1?laboratory=x").status_code == 400
