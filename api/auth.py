@@ -183,12 +183,12 @@ def scope() -> Scope:
     return actor().scope
 
 
-def specimen_scope(specimen_id: str) -> Scope:
-    """The request's scope for a specimen id, narrowed to ``?laboratory=`` when given: a
-    specimen id names a specimen within one laboratory, so whoever sees several laboratories
-    that use the same id says whose they mean."""
+def laboratory_scope(what: str, ident: object) -> Scope:
+    """The request's scope, narrowed to ``?laboratory=`` when given: a specimen id names a
+    specimen within one laboratory, so whoever sees several laboratories that use the same
+    id says whose they mean. A laboratory outside the scope: no ``what`` ``ident`` (404)."""
     raw = request.args.get("laboratory")
-    if raw is None or raw == "":
+    if raw is None:
         return scope()
     try:
         laboratory_id = int(raw)
@@ -196,7 +196,11 @@ def specimen_scope(specimen_id: str) -> Scope:
         raise ApiError(400, "query parameter 'laboratory' must be a laboratory id") from None
     if not 0 < laboratory_id <= MAX_SMALL_ID:  # beyond the column: no such laboratory
         laboratory_id = 0
-    return narrowed(scope(), laboratory_id, "specimen", specimen_id)
+    return narrowed(scope(), laboratory_id, what, ident)
+
+
+def specimen_scope(specimen_id: str) -> Scope:
+    return laboratory_scope("specimen", specimen_id)
 
 
 def actor() -> Principal:

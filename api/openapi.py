@@ -595,6 +595,7 @@ def review_and_account_paths() -> dict[str, Any]:
                     },
                     _query("batch", {"type": "string"}),
                     _query("specimen", {"type": "string"}),
+                    {**SPECIMEN_LAB, "description": "one laboratory's images only"},
                     _query("since", {"type": "string", "format": "date"}),
                     _query("until", {"type": "string", "format": "date"}),
                     _query("min_p", UNIT),

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from flask import Blueprint, jsonify, request
 
 from api import context
-from api.auth import actor, require_role, scope
+from api.auth import actor, laboratory_scope, require_role, scope
 from api.errors import ApiError
 from api.params import int_arg, json_object, text_field
 from db.errors import NotFound
@@ -94,8 +94,11 @@ def queue():
     )
     limit = int_arg("limit", 50, minimum=1, maximum=500)
     with context.sessions()() as session:
+        # ``laboratory``: one laboratory's images, for whoever sees several (a specimen id
+        # names a specimen within its laboratory).
+        within = laboratory_scope("laboratory", request.args.get("laboratory"))
         items, cursor = review_queue(
-            session, f, parse_cursor(request.args.get("after")), limit, scope()
+            session, f, parse_cursor(request.args.get("after")), limit, within
         )
     return jsonify(items=items, next=cursor)
 

@@ -484,3 +484,31 @@ def test_whoever_sees_two_laboratories_names_which_ones_specimen_a_shared_id_is(
     assert reviewer.get(f"/api/v1/specimens/S-1?laboratory={lab_c}").status_code == 404
     assert reviewer.get(f"/api/v1/specimens/S-1/fhir?laboratory={lab_c}").status_code == 404
     assert reviewer.get("/api/v1/specimens/S-1?laboratory=x").status_code == 400
+
+
+def test_reviewing_a_specimen_shows_only_its_laboratorys_images_to_a_granted_reviewer(
+    db_settings,
+):
+    from sqlalchemy import update
+
+    from db.models import Image
+
+    url = db_settings.database_url
+    app = create_app(db_settings)
+    lab_b, lab_c = _lab(url, "lab-b"), _lab(url, "lab-c")
+    _, in_a = seed_scored(url, [0.9], name="a")
+    _, in_b = seed_scored(url, [0.8], name="b", laboratory_id=lab_b)
+    with session_factory(engine_for(url)).begin() as s:
+        s.execute(update(Image).where(Image.id.in_(in_a + in_b)).values(specimen_id="S-1"))
+    boss = _client(app, _user(url, "boss", "admin", DEFAULT_LAB_ID, global_admin=True))
+    rex = _user(url, "rex", "reviewer", DEFAULT_LAB_ID)
+    rex_id = next(u["id"] for u in boss.get("/api/v1/users").json["users"] if u["name"] == "rex")
+    assert boss.patch(f"/api/v1/users/{rex_id}", json={"laboratories": [lab_b]}).status_code == 200
+    reviewer = _client(app, rex)
+
+    queue = reviewer.get(f"/api/v1/review/queue?specimen=S-1&laboratory={DEFAULT_LAB_ID}")
+    assert [i["image_id"] for i in queue.json["items"]] == in_a
+    page = boss.get(f"/specimens/S-1?laboratory={lab_b}").get_data(as_text=True)
+    assert f"laboratory={lab_b}" in page.split("image(s) waiting")[0]  # the review link
+    assert reviewer.get(f"/api/v1/review/queue?laboratory={lab_c}").status_code == 404
+    assert reviewer.get("/api/v1/review/queue?laboratory=b").status_code == 400

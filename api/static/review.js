@@ -32,7 +32,7 @@
   // ---- loading the queue -------------------------------------------------------------
   function queueUrl() {
     const q = new URLSearchParams();
-    for (const key of ["batch", "specimen", "route", "state", "since", "until", "min_p", "max_p", "order"]) {
+    for (const key of ["batch", "specimen", "laboratory", "route", "state", "since", "until", "min_p", "max_p", "order"]) {
       if (params.get(key)) q.set(key, params.get(key));
     }
     if (state.threshold !== null) q.set("threshold", state.threshold);
