@@ -103,6 +103,7 @@ class SpecimenImage:
     subtype_probs: dict[str, Any] | None = None
     label: str | None = None  # the current decision's: leukemia, no_leukemia or none
     twin_state: str | None = None  # a duplicate's twin's state: it is scored as its twin
+    sha256: str = ""
 
     @property
     def pending(self) -> bool:
@@ -256,6 +257,7 @@ def _images_select() -> Select:
             Image.state,
             Image.purged_at,
             Image.specimen_source,
+            Image.sha256,
             _TWIN.state.label("twin_state"),
             Result.p_leukemia,
             Result.route,
@@ -331,6 +333,7 @@ def load_specimen(
             subtype_probs=r.subtype_probs,
             label=r.label,
             twin_state=r.twin_state,
+            sha256=r.sha256,
         )
         for r in rows
     ]
@@ -465,7 +468,13 @@ def _refuse_negative(specimen: Specimen) -> None:
             f"specimen {specimen.specimen_id} cannot be signed no leukemia detected: "
             f"a pathologist decided leukemia on {names}"
         )
-    failed = [i for i in specimen.images if i.state == ImageState.FAILED.value]
+    # A field sent again and scored this time was examined after all.
+    examined = {i.sha256 for i in specimen.images if i.p_leukemia is not None}
+    failed = [
+        i
+        for i in specimen.images
+        if i.state == ImageState.FAILED.value and i.sha256 not in examined
+    ]
     if failed:
         names = ", ".join(f"{i.file_name} (image {i.image_id})" for i in failed)
         raise Conflict(

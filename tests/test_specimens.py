@@ -15,6 +15,7 @@ from db.models import Batch, Image, SpecimenSignoff
 from db.reviews import record_decision
 from db.session import engine_for, session_factory
 from db.specimens import SpecimenStatus, load_specimen
+from db.tenancy import DEFAULT_LAB_ID
 from tests.conftest import browser_login, create_account, csrf_token, token_client
 from tests.reviewdata import EVERY_LAB, seed_scored
 
@@ -467,6 +468,33 @@ def test_a_specimen_with_a_field_that_failed_scoring_cannot_be_signed_negative(a
         "/api/v1/specimens/S-FAIL/signoffs", json={"interpretation": "inadequate_sample"}
     )
     assert inadequate.status_code == 201, inadequate.json
+
+
+def test_a_failed_field_sent_again_and_scored_no_longer_blocks_a_negative_sign_off(
+    app, db_settings
+):
+    _, (resent,) = seed_scored(db_settings.database_url, [0.1])
+    with session_factory(engine_for(db_settings.database_url)).begin() as s:
+        again = s.get(Image, resent)
+        assert again is not None
+        again.specimen_id = "S-AGAIN"
+        batch = Batch(name="first try", submitted_by="tests", laboratory_id=DEFAULT_LAB_ID)
+        s.add(
+            Image(
+                batch=batch,
+                sha256=again.sha256,
+                original_name="field.jpg",
+                size_bytes=1,
+                state="failed",
+                error="worker lost",
+                specimen_id="S-AGAIN",
+            )
+        )
+    reviewer = token_client(app, db_settings.database_url, "path", "reviewer")
+    negative = reviewer.post(
+        "/api/v1/specimens/S-AGAIN/signoffs", json={"interpretation": "no_leukemia_detected"}
+    )
+    assert negative.status_code == 201, negative.json
 
 
 def test_a_field_sent_twice_for_two_specimens_counts_its_score_in_both(app, db_settings):
