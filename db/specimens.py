@@ -6,7 +6,8 @@ reviews and its sign-offs, by these rules, first match wins:
 ``scoring``
     some image is still queued or being scored;
 ``needs_review``
-    some image the model routed to a person (flagged or manual review) has no decision yet;
+    some image the model routed to a person (flagged or manual review) has no decision yet
+    (a request for a second opinion is none; a duplicate is routed as the twin it repeats);
 ``ready_to_sign``
     nothing above, and not signed (a specimen whose images were all cleared is ready too: a
     pathologist still signs "no leukemia detected");
@@ -15,6 +16,9 @@ reviews and its sign-offs, by these rules, first match wins:
     due;
 ``signed``
     the latest sign-off covers exactly the specimen's current images and decisions.
+
+"No leukemia detected" is refused while a field is decided leukemia, or failed scoring and
+was not sent again and scored: a specimen is positive if any field is.
 
 A sign-off row is never updated or deleted (``db.audit`` and database triggers refuse it); an
 amendment is a new row naming the one it replaces, accepted only if that one is still the latest.
