@@ -463,8 +463,8 @@ def list_specimens(
 
 def _refuse_negative(specimen: Specimen) -> None:
     """A specimen is positive if any of its fields is, and one with a field nobody could
-    examine (scoring failed) is not known to be negative: "no leukemia detected" would put a
-    negative report in the LIS that its own fields contradict."""
+    examine (scoring failed, or the file was rejected) is not known to be negative: "no
+    leukemia detected" would put a negative report in the LIS that its own fields contradict."""
     positive = [i for i in specimen.images if i.label == LEUKEMIA]
     if positive:
         names = ", ".join(f"{i.file_name} (image {i.image_id})" for i in positive)
@@ -474,11 +474,10 @@ def _refuse_negative(specimen: Specimen) -> None:
         )
     # A field sent again and scored this time was examined after all.
     examined = {i.sha256 for i in specimen.images if i.p_leukemia is not None}
-    failed = [
-        i
-        for i in specimen.images
-        if i.state == ImageState.FAILED.value and i.sha256 not in examined
-    ]
+    # A rejected file (unreadable, too large, not an image) was never examined either: a
+    # specimen whose every file was rejected must not read "no leukemia detected".
+    unexamined = (ImageState.FAILED.value, ImageState.REJECTED.value)
+    failed = [i for i in specimen.images if i.state in unexamined and i.sha256 not in examined]
     if failed:
         names = ", ".join(f"{i.file_name} (image {i.image_id})" for i in failed)
         raise Conflict(

@@ -470,6 +470,34 @@ def test_a_specimen_with_a_field_that_failed_scoring_cannot_be_signed_negative(a
     assert inadequate.status_code == 201, inadequate.json
 
 
+def test_a_specimen_with_a_rejected_file_cannot_be_signed_negative(app, db_settings):
+    _seed_specimen(db_settings, [0.1], specimen="S-REJ")
+    with session_factory(engine_for(db_settings.database_url)).begin() as s:
+        batch = s.scalars(select(Batch).order_by(Batch.created_at.desc())).first()
+        assert batch is not None
+        s.add(
+            Image(
+                batch_id=batch.id,
+                sha256="e" * 64,
+                original_name="truncated.jpg",
+                size_bytes=1,
+                state="rejected",
+                error="not a readable image",
+                specimen_id="S-REJ",
+            )
+        )
+    reviewer = token_client(app, db_settings.database_url, "path", "reviewer")
+    negative = reviewer.post(
+        "/api/v1/specimens/S-REJ/signoffs", json={"interpretation": "no_leukemia_detected"}
+    )
+    assert negative.status_code == 409, negative.json
+    assert "truncated.jpg" in negative.json["error"]
+    inadequate = reviewer.post(
+        "/api/v1/specimens/S-REJ/signoffs", json={"interpretation": "inadequate_sample"}
+    )
+    assert inadequate.status_code == 201, inadequate.json
+
+
 def test_a_failed_field_sent_again_and_scored_no_longer_blocks_a_negative_sign_off(
     app, db_settings
 ):
