@@ -512,3 +512,7 @@ def test_reviewing_a_specimen_shows_only_its_laboratorys_images_to_a_granted_rev
     assert f"laboratory={lab_b}" in page.split("image(s) waiting")[0]  # the review link
     assert reviewer.get(f"/api/v1/review/queue?laboratory={lab_c}").status_code == 404
     assert reviewer.get("/api/v1/review/queue?laboratory=b").status_code == 400
+    # The page's filter form keeps the laboratory when the reviewer applies other filters.
+    review_page = reviewer.get(f"/review?specimen=S-1&laboratory={DEFAULT_LAB_ID}")
+    form = review_page.get_data(as_text=True).split('id="filters"')[1].split("</form>")[0]
+    assert f'name="laboratory" value="{DEFAULT_LAB_ID}"' in form
