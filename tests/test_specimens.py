@@ -390,6 +390,13 @@ def test_a_second_opinion_request_leaves_the_specimen_waiting_and_unsignable(app
         "/api/v1/specimens/S-2ND/signoffs", json={"interpretation": "no_leukemia_detected"}
     )
     assert refused.status_code == 409 and "1 image(s) still wait" in refused.json["error"]
+    # The specimen page leads to that field: the unreviewed queue no longer lists it.
+    page = reviewer.get("/specimens/S-2ND").get_data(as_text=True)
+    status = page.split('id="specimen-status"')[1].split("</p>")[0]
+    assert "state=second_opinion" in status and "Give the 1 second opinion(s)" in status
+    assert "image(s) waiting" not in status
+    queue = reviewer.get("/api/v1/review/queue?specimen=S-2ND&state=second_opinion").json
+    assert [i["image_id"] for i in queue["items"]] == [ids[0]]
     decided = reviewer.post(
         f"/api/v1/images/{ids[0]}/reviews", json={"decision": "confirmed", "expected_seq": 1}
     )
