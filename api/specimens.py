@@ -107,6 +107,8 @@ def specimen_page(specimen_id: str):
     return render_template(
         "specimen.html",
         specimen=specimen.as_dict(),
+        # Still waiting, but the unreviewed queue no longer lists them: a link of their own.
+        second_opinions=sum(1 for i in specimen.images if i.awaits_second_opinion),
         interpretations=INTERPRETATION_TEXT,
         reasons=REASON_TEXT,
         # Only for images that go to a person (db.subtypes): cleared ones show none.

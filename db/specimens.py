@@ -17,8 +17,8 @@ reviews and its sign-offs, by these rules, first match wins:
 ``signed``
     the latest sign-off covers exactly the specimen's current images and decisions.
 
-"No leukemia detected" is refused while a field is decided leukemia, or failed scoring and
-was not sent again and scored: a specimen is positive if any field is.
+"No leukemia detected" is refused while a field is decided leukemia, or failed scoring or was
+rejected and was not sent again and scored: a specimen is positive if any field is.
 
 A sign-off row is never updated or deleted (``db.audit`` and database triggers refuse it); an
 amendment is a new row naming the one it replaces, accepted only if that one is still the latest.
@@ -120,6 +120,10 @@ class SpecimenImage:
     @property
     def awaits_decision(self) -> bool:
         return self.to_person and self.decision in (None, NOT_A_DECISION)
+
+    @property
+    def awaits_second_opinion(self) -> bool:
+        return self.to_person and self.decision == NOT_A_DECISION
 
     @property
     def subtype_shown(self) -> SubtypeEstimate | None:

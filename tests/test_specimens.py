@@ -447,7 +447,14 @@ def test_a_cleared_field_overturned_to_leukemia_in_qc_makes_the_specimen_not_neg
     assert negative.status_code == 409
 
 
-def test_a_specimen_with_a_field_that_failed_scoring_cannot_be_signed_negative(app, db_settings):
+@pytest.mark.parametrize(
+    ("state", "name", "error"),
+    [("failed", "broken.jpg", "cannot decode"), ("rejected", "truncated.jpg", "not an image")],
+)
+def test_a_specimen_with_a_field_never_examined_cannot_be_signed_negative(
+    app, db_settings, state, name, error
+):
+    # A field that failed scoring, or a file rejected at intake, was never examined.
     _seed_specimen(db_settings, [0.1], specimen="S-FAIL")
     with session_factory(engine_for(db_settings.database_url)).begin() as s:
         batch = s.scalars(select(Batch).order_by(Batch.created_at.desc())).first()
@@ -456,11 +463,11 @@ def test_a_specimen_with_a_field_that_failed_scoring_cannot_be_signed_negative(a
             Image(
                 batch_id=batch.id,
                 sha256="f" * 64,
-                original_name="broken.jpg",
+                original_name=name,
                 storage_key="f" * 64,
                 size_bytes=1,
-                state="failed",
-                error="cannot decode",
+                state=state,
+                error=error,
                 specimen_id="S-FAIL",
             )
         )
@@ -470,37 +477,9 @@ def test_a_specimen_with_a_field_that_failed_scoring_cannot_be_signed_negative(a
         "/api/v1/specimens/S-FAIL/signoffs", json={"interpretation": "no_leukemia_detected"}
     )
     assert negative.status_code == 409, negative.json
-    assert "broken.jpg" in negative.json["error"]
+    assert name in negative.json["error"]
     inadequate = reviewer.post(
         "/api/v1/specimens/S-FAIL/signoffs", json={"interpretation": "inadequate_sample"}
-    )
-    assert inadequate.status_code == 201, inadequate.json
-
-
-def test_a_specimen_with_a_rejected_file_cannot_be_signed_negative(app, db_settings):
-    _seed_specimen(db_settings, [0.1], specimen="S-REJ")
-    with session_factory(engine_for(db_settings.database_url)).begin() as s:
-        batch = s.scalars(select(Batch).order_by(Batch.created_at.desc())).first()
-        assert batch is not None
-        s.add(
-            Image(
-                batch_id=batch.id,
-                sha256="e" * 64,
-                original_name="truncated.jpg",
-                size_bytes=1,
-                state="rejected",
-                error="not a readable image",
-                specimen_id="S-REJ",
-            )
-        )
-    reviewer = token_client(app, db_settings.database_url, "path", "reviewer")
-    negative = reviewer.post(
-        "/api/v1/specimens/S-REJ/signoffs", json={"interpretation": "no_leukemia_detected"}
-    )
-    assert negative.status_code == 409, negative.json
-    assert "truncated.jpg" in negative.json["error"]
-    inadequate = reviewer.post(
-        "/api/v1/specimens/S-REJ/signoffs", json={"interpretation": "inadequate_sample"}
     )
     assert inadequate.status_code == 201, inadequate.json
 
