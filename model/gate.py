@@ -60,7 +60,8 @@ REASON_TEXT: dict[str, str] = {
     RouteReason.OVEREXPOSED: "too bright or washed out (overexposed)",
     RouteReason.EMPTY_FIELD: "field mostly empty: few or no cells",
     RouteReason.NOT_A_STAINED_SMEAR: "colours unlike a stained blood smear",
-    RouteReason.OUT_OF_FOCUS: "out of focus",
+    RouteReason.OUT_OF_FOCUS: "out of focus, or enlarged from a smaller image or a digital "
+    "zoom: less fine detail than the training images",
     RouteReason.NOISY: "too noisy or grainy",
     RouteReason.COMPRESSION_ARTEFACTS: "JPEG block pattern stronger than in the training "
     "images (heavy compression, or a compressed image enlarged): send the camera's original",
@@ -81,6 +82,9 @@ CHECKS: tuple[tuple[str, str, RouteReason], ...] = (
     ("object_fraction", "low", RouteReason.EMPTY_FIELD),
     ("stained_fraction", "low", RouteReason.NOT_A_STAINED_SMEAR),
     ("off_hue_fraction", "high", RouteReason.NOT_A_STAINED_SMEAR),
+    # Before blockiness: a field enlarged 2x or 4x has its own steps every second pixel,
+    # which line up with JPEG's block edges, and enlarged is what the person should read.
+    ("fine_detail", "low", RouteReason.OUT_OF_FOCUS),
     ("blockiness", "high", RouteReason.COMPRESSION_ARTEFACTS),
     ("focus", "low", RouteReason.OUT_OF_FOCUS),
     ("focus", "high", RouteReason.NOISY),

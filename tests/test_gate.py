@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from model.corruptions import png_bytes
 from model.gate import (
@@ -422,3 +422,43 @@ def test_blockiness_is_not_measured_on_an_image_smaller_than_one_block():
 
     assert np.isnan(blockiness(np.zeros((5, 5), np.uint8)))
     assert blockiness(np.full((16, 16), 128, np.uint8)) == pytest.approx(1.0)
+
+
+def _textured_smear(seed: int) -> Image.Image:
+    """A synthetic smear with the camera's pixel-level grain (flat painted shapes have none,
+    and blur cannot remove detail that is not there)."""
+    grain = np.random.default_rng(1000 + seed).normal(0, 4, (224, 224, 3))
+    a = np.asarray(_smear(seed), np.float64) + grain
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+
+
+def test_a_blurred_or_digitally_enlarged_field_goes_to_a_person_as_out_of_focus():
+    from model.corruptions import _zoom_in
+
+    band = (180, 215)
+    clean = [prepare(png_bytes(_textured_smear(seed)), band, (224, 224)) for seed in range(40)]
+    limits = fit_limits(np.array([[p.quality[m] for m in MEASURES] for p in clean]))
+    gate = _gate(limits)
+    field = _textured_smear(99)
+    as_taken = prepare(png_bytes(field), band, (224, 224))
+    assert "fine_detail:low" not in gate.decide(0.01, 0.5, as_taken.quality, 0.0, "RGB").failed
+    damaged = {
+        "blur 1.5": field.filter(ImageFilter.GaussianBlur(1.5)),
+        "enlarged 2x": _zoom_in(field, 2),
+    }
+    for name, img in damaged.items():
+        quality = prepare(png_bytes(img), band, (224, 224)).quality
+        assert quality["fine_detail"] < limits["fine_detail"]["low"], name
+        decision = gate.decide(0.01, 0.5, quality, 0.0, "RGB")
+        assert decision.route == Route.MANUAL_REVIEW, name
+        assert "fine_detail:low" in decision.failed, name
+        assert decision.reason == RouteReason.OUT_OF_FOCUS, name
+
+
+def test_fine_detail_is_independent_of_contrast_and_undefined_below_three_pixels():
+    from model.quality import fine_detail
+
+    grain = np.random.default_rng(3).integers(100, 140, (64, 64)).astype(np.uint8)
+    flatter = (128 + (grain.astype(np.int16) - 128) // 2).astype(np.uint8)
+    assert fine_detail(grain) == pytest.approx(fine_detail(flatter), abs=0.03)
+    assert np.isnan(fine_detail(np.zeros((2, 2), np.uint8)))
