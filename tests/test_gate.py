@@ -399,11 +399,20 @@ def _jpeg_bytes(img: Image.Image, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def test_a_field_saved_as_a_low_quality_jpeg_goes_to_a_person_for_its_compression():
-    band = (180, 215)
-    clean = [prepare(png_bytes(_smear(seed)), band, (224, 224)) for seed in range(40)]
+BAND = (180, 215)
+
+
+def _fitted_on(make_field) -> tuple[Gate, dict[str, dict[str, float]]]:  # type: ignore[no-untyped-def]
+    """A gate whose quality limits are fitted on 40 synthetic fields, as fit-gate fits them
+    on the training split."""
+    clean = [prepare(png_bytes(make_field(seed)), BAND, (224, 224)) for seed in range(40)]
     limits = fit_limits(np.array([[p.quality[m] for m in MEASURES] for p in clean]))
-    gate = _gate(limits)
+    return _gate(limits), limits
+
+
+def test_a_field_saved_as_a_low_quality_jpeg_goes_to_a_person_for_its_compression():
+    band = BAND
+    gate, limits = _fitted_on(_smear)
     field = _smear(99)
     as_png = prepare(png_bytes(field), band, (224, 224))
     at_95 = prepare(_jpeg_bytes(field, 95), band, (224, 224))
@@ -435,10 +444,8 @@ def _textured_smear(seed: int) -> Image.Image:
 def test_a_blurred_or_digitally_enlarged_field_goes_to_a_person_as_out_of_focus():
     from model.corruptions import _zoom_in
 
-    band = (180, 215)
-    clean = [prepare(png_bytes(_textured_smear(seed)), band, (224, 224)) for seed in range(40)]
-    limits = fit_limits(np.array([[p.quality[m] for m in MEASURES] for p in clean]))
-    gate = _gate(limits)
+    band = BAND
+    gate, limits = _fitted_on(_textured_smear)
     field = _textured_smear(99)
     as_taken = prepare(png_bytes(field), band, (224, 224))
     assert "fine_detail:low" not in gate.decide(0.01, 0.5, as_taken.quality, 0.0, "RGB").failed
