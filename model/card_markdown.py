@@ -145,10 +145,14 @@ def render(weights: list[Path]) -> str:
     ]
     for w, c in cards:
         tr = c["training"]
+        # A run that starts from other weights (--init) is only reproducible from those.
+        start = f"started from {tr['initialised_from']}; " if tr.get("initialised_from") else ""
+        averaged = f" then the {tr['weight_averaging']};" if tr.get("weight_averaging") else ""
         lines += [
-            f"- `{w.name}`: `{tr['command']}`; {tr['epochs_run']} epochs "
-            f"(best {tr['best_epoch']}, restored), fit {tr['fit_seconds'] / 60:.1f} min, total "
-            f"{tr['total_seconds'] / 60:.1f} min on 2 CPU cores (shared); {tr['optimizer']}, "
+            f"- `{w.name}`: `{tr['command']}`; {start}{tr['epochs_run']} epochs "
+            f"(best {tr['best_epoch']}, restored),{averaged} "
+            f"fit {tr['fit_seconds'] / 60:.1f} min, total {tr['total_seconds'] / 60:.1f} min "
+            f"on 2 CPU cores (shared); {tr['optimizer']}, "
             f"{tr['loss']}, batch {tr['batch_size']}, class weights "
             f"{ {k: round(v, 3) for k, v in tr['class_weight'].items()} }.",
         ]
