@@ -207,6 +207,27 @@ def test_jpeg_jitter_compresses_about_half_the_images_on_their_8x8_grid():
     assert np.median(blocky[changed]) > 1.3 and blocky[~changed].max() < 1.1
 
 
+def test_blur_jitter_blurs_about_half_the_images_and_keeps_the_range():
+    import tensorflow as tf
+
+    from model.quality import fine_detail
+    from model.train import blur_jitter
+
+    tf.random.set_seed(4)
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0.2, 0.8, (64, 32, 32, 3)).astype(np.float32)
+    y = blur_jitter(tf.constant(x), tf, 1.5).numpy()
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    # The others come back exactly as they were (a one-tap kernel).
+    changed = np.abs(y - x).max(axis=(1, 2, 3)) > 1e-6
+    assert 16 <= changed.sum() <= 48  # half of 64, binomially
+    # A blur keeps the mean and removes the finest detail (fine_detail of white noise is
+    # about 1, of a smooth field about 0.5).
+    assert np.abs(y.mean(axis=(1, 2, 3)) - x.mean(axis=(1, 2, 3))).max() < 0.01
+    detail = np.array([fine_detail(np.round(im[..., 1] * 255).astype(np.uint8)) for im in y])
+    assert detail[~changed].min() > 0.9 and np.median(detail[changed]) < 0.85
+
+
 def test_gamma_jitter_moves_mid_tones_and_keeps_black_white_and_the_range():
     import tensorflow as tf
 
@@ -283,7 +304,7 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
     init = tmp_path / "init.keras"
     if arch == "lenet_lld_v2":
         extra += ["--average-epochs", "2", "--average-lr", "1e-4"]
-        extra += ["--jpeg-quality", "30", "--gamma-jitter", "0.25"]
+        extra += ["--jpeg-quality", "30", "--gamma-jitter", "0.25", "--blur-jitter", "1.0"]
     if arch == "lenet_lld_v2s":
         # Weight averaging alone, from given weights: no main fit at all.
         from model.architecture import ARCHITECTURES
@@ -336,6 +357,7 @@ def test_train_and_evaluate_smoke(tmp_path, arch):
         if arch == "lenet_lld_v2":
             assert "JPEG at quality 30-95" in card["training"]["augmentation"]
             assert "gamma 1/1.25-1.25" in card["training"]["augmentation"]
+            assert "half blurred, Gaussian sigma 0-1 px" in card["training"]["augmentation"]
         assert card["gate_evaluation"]["held_out"]["other_lab"]["n"] > 0
         # The domain statistics are fitted on the images as the camera took them, and the
         # test images are routed in each of the eight views of a square.
