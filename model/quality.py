@@ -141,8 +141,8 @@ def measure(
     objects = stained | (np.abs(small_grey - median) > OBJECT_CONTRAST)
     width, height = original_size
     # Green carries most of the luma (what JPEG codes finely and what blur softens), and
-    # needs no colour conversion.
-    green = np.asarray(img)[..., 1]
+    # needs no colour conversion; converted to int16 once for both full-size measures.
+    green = np.asarray(img)[..., 1].astype(np.int16)
     out = {
         "focus": float(lap @ (_LEVELS - lap_mean) ** 2),
         "brightness": float(hist @ _LEVELS / total / 255.0),
